@@ -1,0 +1,224 @@
+"""The ``sonofm`` command line: one sub-command per pipeline stage.
+
+Each handler imports its stage lazily so that ``sonofm --help`` stays fast and a stage that is
+not installed yet cannot break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sonofm import __version__
+
+EPILOG = "Run 'sonofm <command> --help' for the options of one stage."
+
+
+class CLIError(RuntimeError):
+    """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--config", default=default, help=f"YAML recipe (default: {default})")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from sonofm.datasets.synthetic import generate_corpus
+
+    manifest = generate_corpus(args.out, n=args.n, seed=args.seed, size=args.size, workers=args.workers)
+    print(f"wrote {args.n} synthetic images; manifest: {manifest}")
+    return 0
+
+
+def _cmd_shards_build(args: argparse.Namespace) -> int:
+    from sonofm.config import ShardsConfig, load_config
+
+    cfg = load_config(ShardsConfig, args.config, args.overrides)
+    from sonofm.datasets.build import build_shards, parse_source_arg
+
+    sources = [*cfg.sources, *(args.source or [])]
+    if not sources:
+        raise CLIError("no sources: pass --source ADAPTER:PATH (e.g. --source busi:../shared/data/busi) or a --config")
+    specs = [parse_source_arg(s) for s in sources]
+    out = args.out or cfg.out
+    report = build_shards(
+        specs,
+        out,
+        max_side=cfg.max_side,
+        samples_per_shard=cfg.samples_per_shard,
+        split_fractions={"train": cfg.train, "val": cfg.val, "test": cfg.test},
+        workers=args.workers or cfg.workers,
+        dedup=cfg.dedup,
+    )
+    print(f"shards written to {out}")
+    return 0 if report is not None else 1
+
+
+def _cmd_shards_inspect(args: argparse.Namespace) -> int:
+    from sonofm.datasets.inspect import inspect_shards
+
+    print(inspect_shards(args.dir, contact_sheet_dir=args.sheets))
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from sonofm.config import PretrainConfig, load_config
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    from sonofm.pretrain.engine import run_pretraining
+
+    run_pretraining(cfg, resume=args.resume)
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from sonofm.config import ProbeConfig, load_config
+
+    cfg = load_config(ProbeConfig, args.config, args.overrides)
+    from sonofm.evaluation.cli_entry import probe_from_config
+
+    probe_from_config(cfg)
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from sonofm.config import FinetuneConfig, load_config
+
+    overrides = [f"task={args.task}", *args.overrides]
+    cfg = load_config(FinetuneConfig, args.config, overrides)
+    from sonofm.finetune.cli_entry import finetune_from_config
+
+    finetune_from_config(cfg)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sonofm.export import export_backbone
+
+    export_backbone(
+        args.run_dir,
+        args.out_dir,
+        use_ema=args.ema,
+        results=args.results,
+        push_to_hub=args.push_to_hub,
+        dry_run=args.dry_run,
+    )
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from sonofm.quickstart import run_quickstart
+
+    run_quickstart(data=args.data, out=args.out, small=args.small)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sonofm",
+        description="Build ultrasound foundation models: shards -> masked ConvNeXt pretraining -> "
+        "probes and finetuning -> timm export.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"sonofm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+
+    p = sub.add_parser("demo-data", help="generate the built-in synthetic B-mode corpus",
+                       description="Generate a synthetic B-mode ultrasound corpus (speckle, fan or linear field, "
+                       "lesions with masks and labels) as image + mask folders and a CSV manifest.")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    p.set_defaults(func=_cmd_demo_data)
+
+    p = sub.add_parser("shards", help="build or inspect WebDataset shards",
+                       description="Turn ultrasound collections into sharded WebDataset tar files.")
+    shards = p.add_subparsers(dest="shards_command", metavar="<action>", required=True)
+    b = shards.add_parser("build", help="build shards from sources",
+                          description="Read sources through their adapters, preprocess (grayscale, field crop, "
+                          "resize, dedup), split by group and write {source}-{split}-NNNNNN.tar + index.")
+    b.add_argument("--source", action="append", metavar="ADAPTER:PATH",
+                   help="e.g. busi:../shared/data/busi, cca:PATH, pocus:PATH, csv:manifest.csv (repeatable)")
+    b.add_argument("--out", help="output folder (default from config: shards)")
+    b.add_argument("--workers", type=int, default=None, help="processes")
+    _add_config_args(b, None)
+    b.set_defaults(func=_cmd_shards_build)
+    i = shards.add_parser("inspect", help="print a shard folder's index and save contact sheets")
+    i.add_argument("dir", help="shard folder")
+    i.add_argument("--sheets", default=None, help="folder for one contact sheet PNG per source")
+    i.set_defaults(func=_cmd_shards_inspect)
+
+    p = sub.add_parser("pretrain", help="masked-image-modelling pretraining of a ConvNeXt encoder",
+                       description="Pretrain a ConvNeXt encoder with masked image modelling plus a hierarchical "
+                       "classifier under Accelerate. Launch on several GPUs with 'accelerate launch -m sonofm pretrain ...'.")
+    _add_config_args(p, "configs/pretrain/quickstart.yaml")
+    p.add_argument("--resume", default=None, help="'auto' (continue the last checkpoint of run_dir) or a checkpoint dir")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("probe", help="linear probe and kNN on frozen features",
+                       description="Evaluate a frozen encoder with a linear probe and kNN under group-aware k-fold CV.")
+    _add_config_args(p, "configs/finetune/probe.yaml")
+    p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("finetune", help="UPerNet segmentation or universal prompt finetuning",
+                       description="Finetune an encoder: 'seg' (UPerNet) or 'universal' (prompt-conditioned, several datasets).")
+    p.add_argument("task", choices=["seg", "universal"])
+    _add_config_args(p, None)
+    p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("export", help="export a pretrained backbone in timm's format",
+                       description="Write config.json + model.safetensors + README.md loadable with "
+                       "timm.create_model('local-dir:OUT_DIR', pretrained=True).")
+    p.add_argument("run_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--ema", action="store_true", help="export the EMA weights")
+    p.add_argument("--results", default=None, help="downstream results JSON to put into the model card")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
+    p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: print what would be uploaded")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("quickstart", help="the whole pipeline on built-in synthetic data (or --data)",
+                       description="Generate data, build shards, pretrain, probe, segment, export, and print a "
+                       "table comparing the pretrained encoder with a random one.")
+    p.add_argument("--data", default=None, help="folder of real datasets in known layouts (e.g. ../shared/data)")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--small", action="store_true", help="a reduced run (a minute or two) for tests")
+    p.set_defaults(func=_cmd_quickstart)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    from sonofm.config import ConfigError
+
+    try:
+        return func(args)
+    except (ConfigError, CLIError, FileNotFoundError) as exc:
+        print(f"sonofm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("sonofm."):
+            print(f"sonofm {args.command}: this stage is not available in this version ({exc.name} missing)",
+                  file=sys.stderr)
+            return 3
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()
