@@ -1,0 +1,1 @@
+"""Masked-image-modelling pretraining under Accelerate (engine, schedule, checkpoints, logging)."""

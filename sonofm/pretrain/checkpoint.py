@@ -1,0 +1,195 @@
+"""Atomic, resumable checkpoints: ``run_dir/checkpoints/step-N/`` plus a ``last`` pointer.
+
+A checkpoint directory is assembled under a hidden temporary name and renamed into place only
+when every file is written and flushed, so a crash (even ``kill -9``) leaves either the previous
+complete checkpoint or the new complete one, never a half-written one. Weights are safetensors;
+optimiser and RNG states are plain tensors and numbers that load with
+``torch.load(weights_only=True)``: nothing is ever unpickled.
+
+Layout of ``step-N/``: ``model.safetensors``, optional ``ema.safetensors``, ``optimizer.pt``,
+``rng.pt`` (per rank: ``rng-rank{r}.pt``), ``state.json`` (step, samples seen, extra state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+CKPT_DIR = "checkpoints"
+LAST = "last"
+STATE_FILE = "state.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CKPT_DIR
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def contiguous_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors needs contiguous, non-shared CPU tensors."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors and numbers (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_has_gauss": int(np_state[3]),
+        "numpy_gauss": float(np_state[4]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], state["numpy_has_gauss"], state["numpy_gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
+    state: dict[str, Any],
+    ema_state: dict[str, torch.Tensor] | None = None,
+    keep_last: int = 3,
+) -> Path:
+    """Write ``step-N/`` atomically, repoint ``last`` and prune all but the newest ``keep_last``."""
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(contiguous_state(model_state), str(tmp / "model.safetensors"))
+    if ema_state is not None:
+        save_file(contiguous_state(ema_state), str(tmp / "ema.safetensors"))
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+    torch.save(rng_state(), tmp / "rng-rank0.pt")
+    (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
+    _fsync_tree(tmp)
+    if final.exists():  # re-saving the same step (e.g. end of a run that just checkpointed)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    _point_last(root, final.name)
+    prune_checkpoints(root, keep_last)
+    return final
+
+
+def save_rank_rng(ckpt: Path, rank: int) -> None:
+    """Non-zero ranks add their own RNG state to a checkpoint the main process wrote."""
+    _atomic_torch_save(rng_state(), ckpt / f"rng-rank{rank}.pt")
+
+
+def _point_last(root: Path, name: str) -> None:
+    """Atomically point ``last`` at ``name`` (a symlink, or a text file where links are unavailable)."""
+    link = root / LAST
+    tmp = root / f".{LAST}.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    try:
+        os.symlink(name, tmp)
+    except OSError:
+        tmp.write_text(name)
+    os.replace(tmp, link)
+
+
+def prune_checkpoints(root: Path, keep_last: int) -> None:
+    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in steps[: max(0, len(steps) - max(1, keep_last))]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".step-*.tmp-*"):  # left by a crash mid-write
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run (``last``, else the highest ``step-N``), or None."""
+    root = checkpoints_dir(run_dir)
+    link = root / LAST
+    if link.is_symlink() or link.is_file():
+        name = os.readlink(link) if link.is_symlink() else link.read_text().strip()
+        target = root / name
+        if (target / STATE_FILE).is_file():
+            return target
+    steps = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file())
+    return steps[-1] if steps else None
+
+
+def resolve_checkpoint(run_dir: str | os.PathLike, resume: str | None) -> Path | None:
+    """``auto`` → latest of ``run_dir`` (None when the run is new); a path → that checkpoint."""
+    if resume in (None, "", "none"):
+        return None
+    if resume == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(resume)
+    if (path / STATE_FILE).is_file():
+        return path
+    found = latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"--resume {resume}: no complete checkpoint there (expected {STATE_FILE})")
+    return found
+
+
+def load_checkpoint(ckpt: Path, rank: int = 0, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely: safetensors weights, weights_only tensors, JSON state."""
+    out: dict[str, Any] = {
+        "model": load_file(str(ckpt / "model.safetensors"), device=str(map_location)),
+        "state": json.loads((ckpt / STATE_FILE).read_text()),
+    }
+    if (ckpt / "ema.safetensors").is_file():
+        out["ema"] = load_file(str(ckpt / "ema.safetensors"), device=str(map_location))
+    if (ckpt / "optimizer.pt").is_file():
+        out["optimizer"] = torch.load(ckpt / "optimizer.pt", map_location=map_location, weights_only=True)
+    rng_file = ckpt / f"rng-rank{rank}.pt"
+    if rng_file.is_file():
+        out["rng"] = torch.load(rng_file, weights_only=True)
+    return out
