@@ -1,0 +1,1 @@
+"""Frozen-feature evaluation: metrics, feature extraction, probes and plots."""

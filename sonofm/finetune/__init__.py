@@ -1,0 +1,1 @@
+"""Supervised finetuning: UPerNet segmentation, prompt-conditioned model, universal training."""
