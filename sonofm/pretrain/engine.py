@@ -1,0 +1,284 @@
+"""The pretraining loop (``sonofm pretrain``): short, per-step, resumable, under Accelerate.
+
+One optimiser step = ``accum_steps`` micro-batches. Everything that decides what the run does at
+step ``s`` (learning rate, the masks drawn, the data position) is a function of ``s`` and the seed,
+so ``--resume auto`` continues exactly where the last complete checkpoint stopped. The data loader
+is deliberately not passed through ``accelerator.prepare`` (that would read every sample on every
+rank): each rank streams its own shards and batches are moved to the device here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from sonofm.config import PretrainConfig, save_config
+from sonofm.models.pretrain_model import PretrainModel, count_params, param_groups
+from sonofm.pretrain.checkpoint import (
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_rank_rng,
+    set_rng_state,
+)
+from sonofm.pretrain.ema import ModelEMA
+from sonofm.pretrain.loggers import MetricsLogger
+from sonofm.pretrain.schedule import apply_lr, lr_at, scaled_lr
+from sonofm.pretrain.visualize import plot_loss_curve, save_reconstruction_grid
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite: training stops instead of corrupting the weights."""
+
+
+def build_model(cfg: PretrainConfig, tree: dict[str, Any] | None) -> PretrainModel:
+    """Map the typed config onto the model's plain arguments."""
+    return PretrainModel(
+        encoder=cfg.model.name,
+        in_chans=cfg.model.in_chans,
+        img_size=cfg.data.img_size,
+        mask_ratio=cfg.masking.ratio,
+        decoder=cfg.decoder.kind,
+        dec_dim=cfg.decoder.dim,
+        dec_depth=cfg.decoder.depth,
+        target=cfg.target.kind,
+        target_kwargs={"sigma": cfg.target.lowpass_sigma} if cfg.target.kind == "lowpass" else None,
+        hier_weight=cfg.hierarchy.weight,
+        levels=cfg.hierarchy.levels,
+        tree=tree,
+        drop_path_rate=cfg.model.drop_path_rate,
+    )
+
+
+def mask_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generator:
+    """The masks of a micro-batch depend only on (seed, rank, step, micro): resumable without state."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + rank * 10_007 + step * 101 + micro) % (2**63 - 1))
+    return g
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device, non_blocking=True)
+        elif isinstance(v, dict):
+            out[k] = {kk: vv.to(device, non_blocking=True) for kk, vv in v.items()}
+        else:
+            out[k] = v
+    return out
+
+
+class _Window:
+    """Averages of logged scalars between two log rows."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def add(self, key: str, value: float, weight: float = 1.0) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + value * weight
+        self.counts[key] = self.counts.get(key, 0.0) + weight
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k] > 0}
+
+
+def _taxonomy_for(cfg: PretrainConfig):
+    from sonofm.datasets.taxonomy import Taxonomy
+
+    return Taxonomy.load(cfg.hierarchy.taxonomy)
+
+
+def _make_loader(cfg: PretrainConfig, rank: int, world: int, resume_samples: int, target_fn):
+    from sonofm.datasets.stream import StreamSpec, make_train_loader
+
+    if not cfg.data.shards:
+        raise ValueError("data.shards is empty: give shard folders, e.g. data.shards=[shards/shared]")
+    spec = StreamSpec(paths=list(cfg.data.shards), weights=cfg.data.weights, temperature=cfg.data.temperature,
+                      split=cfg.data.split)
+    return make_train_loader(
+        spec,
+        batch_size=cfg.data.batch_size,
+        img_size=cfg.data.img_size,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world,
+        num_workers=cfg.data.num_workers,
+        resume_samples=resume_samples,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        aug=asdict(cfg.data.augment),
+        target_fn=target_fn,
+    )
+
+
+def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
+    """Train (or continue training) the run described by ``cfg``; returns the run directory."""
+    accelerator = Accelerator(mixed_precision=cfg.precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    run_dir = Path(cfg.run_dir)
+    set_seed(cfg.seed + rank)
+
+    taxonomy = _taxonomy_for(cfg) if cfg.hierarchy.weight > 0 else None
+    tree = taxonomy.tree() if taxonomy is not None else None
+    model = build_model(cfg, tree)
+    accum = max(1, cfg.optim.accum_steps)
+    global_batch = cfg.data.batch_size * world * accum
+    peak_lr = scaled_lr(cfg.optim.base_lr, global_batch, cfg.optim.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=peak_lr,
+                                  betas=tuple(cfg.optim.betas))
+
+    ckpt = resolve_checkpoint(run_dir, resume)
+    start_step, samples_per_rank = 0, 0
+    loaded: dict[str, Any] | None = None
+    if ckpt is not None:
+        loaded = load_checkpoint(ckpt, rank=rank)
+        model.load_state_dict(loaded["model"], strict=True)
+        optimizer.load_state_dict(loaded["optimizer"])
+        start_step = int(loaded["state"]["step"])
+        samples_per_rank = int(loaded["state"]["samples_per_rank"])
+        if int(loaded["state"].get("world_size", world)) != world:
+            accelerator.print(f"warning: resuming a {loaded['state']['world_size']}-process run on {world} "
+                              "processes: the data order will differ from an uninterrupted run")
+    ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
+    if ema is not None and loaded is not None and "ema" in loaded:
+        ema.load_state_dict(loaded["ema"])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if loaded is not None and "rng" in loaded:
+        set_rng_state(loaded["rng"])
+
+    if main:
+        save_config(cfg, run_dir)
+        n_params = count_params(accelerator.unwrap_model(model).encoder.parameters())
+        accelerator.print(f"sonofm pretrain: {cfg.model.name} ({n_params / 1e6:.2f} M encoder params), "
+                          f"{world} process(es), global batch {global_batch}, peak lr {peak_lr:.2e}, "
+                          f"steps {start_step} -> {cfg.steps}" + (f", resumed from {ckpt}" if ckpt else ""))
+    logger = MetricsLogger(run_dir, enabled=main, wandb=cfg.logging.wandb, wandb_project=cfg.logging.wandb_project,
+                           wandb_mode=cfg.logging.wandb_mode, tensorboard=cfg.logging.tensorboard,
+                           config=None, resume_step=start_step)
+    if start_step >= cfg.steps:
+        accelerator.print(f"run already complete at step {start_step} (steps={cfg.steps})")
+        logger.close()
+        return run_dir
+
+    target_fn = taxonomy.targets if taxonomy is not None else None
+    loader = _make_loader(cfg, rank, world, samples_per_rank, target_fn)
+    batches = iter(loader)
+    unwrapped: PretrainModel = accelerator.unwrap_model(model)
+    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (main and cfg.logging.progress),
+               desc="pretrain", dynamic_ncols=True)
+    window = _Window()
+    t_window, wait_window, images_window = time.perf_counter(), 0.0, 0
+    model.train()
+    step = start_step
+    try:
+        for step in range(start_step, cfg.steps):
+            lr = lr_at(step, cfg.steps, peak_lr, cfg.optim.warmup_steps, cfg.optim.min_lr)
+            apply_lr(optimizer, lr)
+            for micro in range(accum):
+                t0 = time.perf_counter()
+                batch = next(batches)
+                wait_window += time.perf_counter() - t0
+                batch = _to_device(batch, accelerator.device)
+                images = batch["image"]
+                images_window += images.shape[0]
+                samples_per_rank += images.shape[0]
+                sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
+                with sync, accelerator.autocast():
+                    out = model(images, batch.get("field"), batch.get("targets"),
+                                generator=mask_generator(cfg.seed, rank, step, micro))
+                    loss = out["loss"]
+                    _check_finite(loss, accelerator, step, run_dir)
+                    accelerator.backward(loss / accum)
+                for key in ("loss", "loss_rec", "loss_hier"):
+                    window.add(key, float(out[key].detach()))
+                for key, value in out.items():
+                    if key.startswith("acc/"):
+                        n = float(out.get("count/" + key[4:], torch.tensor(1.0)))
+                        if n > 0:
+                            window.add(key, float(value), n)
+            grad_norm = None
+            if cfg.optim.clip_grad:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(unwrapped)
+            done = step + 1
+            bar.update(1)
+
+            if done % cfg.logging.log_every == 0 or done == cfg.steps:
+                elapsed = time.perf_counter() - t_window
+                row = window.means()
+                row.update({"lr": lr, "images_per_s": images_window * world / max(elapsed, 1e-9),
+                            "data_wait": wait_window / max(elapsed, 1e-9), "samples_per_rank": samples_per_rank,
+                            "images_seen": samples_per_rank * world})
+                if grad_norm is not None:
+                    row["grad_norm"] = float(grad_norm)
+                logger.log(done, row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}",
+                                wait=f"{100 * row['data_wait']:.0f}%")
+                window = _Window()
+                t_window, wait_window, images_window = time.perf_counter(), 0.0, 0
+            if main and cfg.logging.sample_every and (done % cfg.logging.sample_every == 0 or done == cfg.steps):
+                model.eval()
+                with torch.no_grad():
+                    rec = unwrapped.reconstruction(images.float(), {k: v.float() for k, v in out.items()
+                                                                   if k in ("pred", "mask")})
+                save_reconstruction_grid({"input": images, "masked": rec["masked"], "reconstruction": rec["pasted"],
+                                          "target": rec["target"]}, run_dir / "samples" / f"step-{done:08d}.png")
+                model.train()
+            if done % cfg.checkpoint.every == 0 or done == cfg.steps:
+                _checkpoint(accelerator, unwrapped, optimizer, ema, run_dir, done, samples_per_rank, cfg)
+    finally:
+        bar.close()
+        logger.close()
+    if main:
+        plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "plots" / "loss.png")
+        accelerator.print(f"done: {run_dir} (last checkpoint step {cfg.steps}; loss curve plots/loss.png)")
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _check_finite(loss: torch.Tensor, accelerator: Accelerator, step: int, run_dir: Path) -> None:
+    flag = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    if float(flag) > 0:
+        raise NonFiniteLossError(
+            f"non-finite loss ({float(loss.detach())}) at step {step + 1}: stopping before the weights are "
+            f"corrupted. Lower optim.base_lr, check the data, or resume from the last checkpoint in "
+            f"{run_dir / 'checkpoints'} with --resume auto."
+        )
+
+
+def _checkpoint(accelerator: Accelerator, model: PretrainModel, optimizer, ema, run_dir: Path, step: int,
+                samples_per_rank: int, cfg: PretrainConfig) -> None:
+    accelerator.wait_for_everyone()
+    state = {"samples_per_rank": samples_per_rank, "world_size": accelerator.num_processes,
+             "images_seen": samples_per_rank * accelerator.num_processes, "model": cfg.model.name,
+             "in_chans": cfg.model.in_chans, "img_size": cfg.data.img_size}
+    if accelerator.is_main_process:
+        save_checkpoint(run_dir, step, model.state_dict(), optimizer.state_dict(), state,
+                               ema_state=ema.state_dict() if ema is not None else None,
+                               keep_last=cfg.checkpoint.keep_last)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        from sonofm.pretrain.checkpoint import latest_checkpoint
+
+        latest = latest_checkpoint(run_dir)
+        if latest is not None:
+            save_rank_rng(latest, accelerator.process_index)
+    accelerator.wait_for_everyone()
+
+
+__all__ = ["run_pretraining", "build_model", "NonFiniteLossError"]
