@@ -1,0 +1,168 @@
+"""Shard writer: keys, metadata, atomic and deterministic tars, cutting by count, resume checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sonofm.datasets.records import META_KEYS
+from sonofm.datasets.shards import (
+    ResumeMismatch,
+    Sample,
+    ShardSetWriter,
+    TarShard,
+    encode_png,
+    file_sha256,
+    iter_tar_samples,
+    sample_key,
+    sample_meta,
+    shard_name,
+    shard_pattern,
+    to_jsonable,
+)
+from sonofm.datasets.shards import (
+    tmp_path as shard_tmp_path,
+)
+
+
+def _sample(i: int, split: str = "train", mask: bool = True) -> Sample:
+    rng = np.random.default_rng(i)
+    img = rng.integers(0, 255, size=(24, 32), dtype=np.uint8)
+    meta = sample_meta({"source": "toy", "split": split, "group": f"g{i}", "path": f"d/{i}.png",
+                        "extra": np.float32(1.5)})
+    return Sample(
+        key=sample_key("toy", f"d/{i}.png"),
+        meta=meta,
+        png=encode_png(img),
+        mask_png=encode_png((img > 128).astype(np.uint8)) if mask else None,
+        field_png=encode_png(np.ones_like(img, dtype=bool)),
+    )
+
+
+def test_sample_key_is_safe_unique_and_stable():
+    k = sample_key("busi", "benign/benign (1).png")
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", k) and k.startswith("busi-benign_benign_1-")
+    assert k == sample_key("busi", "benign/benign (1).png")
+    assert sample_key("s", "a b.png") != sample_key("s", "a_b.png")  # sanitise alike, hash differs
+    assert sample_key("s", "v.mp4", frame=3) != sample_key("s", "v.mp4", frame=4)
+    assert "_f00003-" in sample_key("s", "v.mp4", frame=3)
+    assert "." not in sample_key("s", "x" * 300 + ".tar.gz")
+
+
+def test_meta_has_all_keys_and_plain_types():
+    m = sample_meta({"source": "x", "pixel_spacing_mm": np.array([0.1, 0.2]), "n": np.int64(3),
+                     "flag": np.bool_(True), "bad": float("nan"), "field": {"box": (1, 2, 3, 4)}})
+    assert list(m)[: len(META_KEYS)] == list(META_KEYS)
+    assert m["label"] is None and m["pixel_spacing_mm"] == [0.1, 0.2] and m["n"] == 3
+    assert m["flag"] is True and m["bad"] is None and m["field"] == {"box": [1, 2, 3, 4]}
+    json.dumps(m)
+    with pytest.raises(TypeError, match="cannot store object"):
+        to_jsonable(object())
+
+
+def test_shard_invisible_until_commit_and_byte_identical(tmp_path):
+    final = tmp_path / shard_name("toy", "train", 0)
+    shard = TarShard(final)
+    shard.add(_sample(0))
+    assert not list(tmp_path.glob("*.tar")) and shard_tmp_path(final).exists()
+    entry = shard.commit()
+    assert entry["count"] == 1 and final.is_file() and not shard_tmp_path(final).exists()
+    assert entry["sha256"] == file_sha256(final)
+    # Same samples -> same bytes (fixed mtimes/owners), so a rebuild can be compared by hash.
+    other = tmp_path / "b" / final.name
+    other.parent.mkdir()
+    s2 = TarShard(other)
+    s2.add(_sample(0))
+    assert s2.commit()["sha256"] == entry["sha256"]
+    # Aborting removes the temporary file and leaves nothing visible.
+    s3 = TarShard(tmp_path / shard_name("toy", "val", 0))
+    s3.add(_sample(1))
+    s3.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", final.name]
+
+
+def test_writer_cuts_by_count_per_split_and_is_readable(tmp_path):
+    import webdataset as wds
+
+    w = ShardSetWriter(tmp_path, "toy", samples_per_shard=3)
+    splits = ["train", "val", "train", "train", "train", "val", "test", "train"]
+    for i, s in enumerate(splits):
+        w.add(_sample(i, s, mask=i % 2 == 0))
+    entries = w.close()
+    assert [(e["file"], e["count"]) for e in entries] == [
+        ("toy-test-000000.tar", 1), ("toy-train-000000.tar", 3), ("toy-train-000001.tar", 2),
+        ("toy-val-000000.tar", 2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [e["file"] for e in entries]
+    assert all(shard_pattern("toy").match(e["file"]) for e in entries)
+    # Readable by webdataset, with the layout of records.py.
+    ds = wds.WebDataset(str(tmp_path / "toy-train-000000.tar"), shardshuffle=False)
+    got = list(ds)
+    assert [g["__key__"] for g in got] == [sample_key("toy", f"d/{i}.png") for i in (0, 2, 3)]
+    assert "mask.png" in got[0] and "mask.png" not in got[2] and "field.png" in got[0]
+    meta = json.loads(got[0]["json"])
+    assert meta["split"] == "train" and meta["extra"] == 1.5
+    img = np.asarray(Image.open(io.BytesIO(got[0]["png"])))
+    assert img.shape == (24, 32) and img.dtype == np.uint8
+    assert [s["__key__"] for s in iter_tar_samples(tmp_path / "toy-train-000000.tar")] == [
+        g["__key__"] for g in got]
+
+
+def _write_all(out, splits, done=None, per=3, encode=None):
+    log = []
+    w = ShardSetWriter(out, "toy", samples_per_shard=per, done=done or {}, on_commit=log.append)
+    for i, s in enumerate(splits):
+        smp = _sample(i, s)
+        if encode is not None and not encode(smp.key):
+            smp.png = smp.mask_png = smp.field_png = None
+        w.add(smp)
+    return w, w.close(), log
+
+
+def test_resume_skips_recorded_shards_and_checks_keys(tmp_path):
+    splits = ["train"] * 7 + ["val"] * 2
+    full, entries, log = _write_all(tmp_path / "a", splits)
+    ref = {e["file"]: e["sha256"] for e in entries}
+    # A killed build recorded only the first train shard; a re-run that skips its samples' encoding.
+    _, e1, log1 = _write_all(tmp_path / "b", splits)
+    done = {log1[0]["file"]: log1[0]}
+    for e in e1[1:]:
+        (tmp_path / "b" / e["file"]).unlink()
+    recorded = set(log1[0]["keys"])
+    w, e2, _ = _write_all(tmp_path / "b", splits, done=done, encode=lambda k: k not in recorded)
+    assert w.skipped == 1
+    assert {e["file"]: e["sha256"] for e in e2} == ref
+    # Different samples than recorded -> ResumeMismatch (the build then starts the source over).
+    w = ShardSetWriter(tmp_path / "b", "toy", samples_per_shard=3, done=done)
+    with pytest.raises(ResumeMismatch, match="recorded shard has"):
+        w.add(_sample(99, "train"))
+    w.abort()
+    # A sample the workers did not encode but that must be written is a mismatch too.
+    w = ShardSetWriter(tmp_path / "c", "toy", samples_per_shard=3)
+    smp = _sample(0)
+    smp.png = None
+    with pytest.raises(ResumeMismatch, match="not encoded"):
+        w.add(smp)
+    w.abort()
+    assert not list((tmp_path / "c").iterdir())
+
+
+def test_resume_ignores_records_whose_file_is_gone(tmp_path):
+    splits = ["train"] * 4
+    _, entries, log = _write_all(tmp_path, splits)
+    (tmp_path / entries[0]["file"]).unlink()
+    w, e2, _ = _write_all(tmp_path, splits, done={log[0]["file"]: log[0]})
+    assert w.skipped == 0 and e2[0]["sha256"] == entries[0]["sha256"]
+
+
+def test_bad_names_rejected(tmp_path):
+    with pytest.raises(ValueError, match="source name"):
+        ShardSetWriter(tmp_path, "bad.name")
+    w = ShardSetWriter(tmp_path, "ok")
+    smp = _sample(0, "tr-ain")
+    with pytest.raises(ValueError, match="split name"):
+        w.add(smp)
