@@ -1,0 +1,60 @@
+"""UPerNet head: shapes, stride-4 fusion, gradients everywhere, and the CE + Dice loss."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from sonofm.finetune.losses import seg_loss, soft_dice_loss
+from sonofm.finetune.upernet import SegModel, UPerNetHead
+
+
+def _encoder():
+    torch.manual_seed(0)
+    return timm.create_model("convnextv2_atto", pretrained=False, in_chans=1, num_classes=0)
+
+
+@pytest.mark.parametrize("norm", ["gn", "bn"])
+def test_segmodel_shapes_and_gradients(norm):
+    model = SegModel(_encoder(), num_classes=3, channels=32, norm=norm)
+    x = torch.randn(2, 1, 64, 96)
+    logits = model(x)
+    assert logits.shape == (2, 3, 64, 96)
+    feats = model.encoder.forward_intermediates(x, intermediates_only=True)
+    assert model.decoder.fused(feats).shape == (2, 32, 16, 24)  # fusion at stride 4
+    assert len(model.decoder.ppm) == 4 and model.decoder.pool_scales == (1, 2, 3, 6)
+    seg_loss(logits, torch.randint(0, 3, (2, 64, 96))).backward()
+    # the encoder's pooled-head norm is the only part segmentation does not use
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None and not n.startswith("encoder.head.")]
+    assert not no_grad, no_grad
+
+
+def test_every_stage_reaches_the_output():
+    head = UPerNetHead([8, 16, 32, 64], num_classes=2, channels=16, dropout=0.0).eval()
+    feats = [torch.randn(1, c, 32 // 2**i, 32 // 2**i) for i, c in enumerate([8, 16, 32, 64])]
+    base = head(feats)
+    for i in range(4):
+        changed = [f.clone() for f in feats]
+        changed[i] = changed[i] + 1.0
+        assert not torch.allclose(head(changed), base), f"stage {i} has no effect"
+
+
+def test_bad_input_size():
+    model = SegModel(_encoder(), num_classes=2, channels=16)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.randn(1, 1, 60, 64))
+    with pytest.raises(ValueError, match="num_classes"):
+        SegModel(_encoder(), num_classes=1)
+
+
+def test_dice_loss_values():
+    target = torch.tensor([[[0, 1], [1, 1]]])
+    perfect = torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2).float() * 50
+    assert soft_dice_loss(perfect, target, smooth=0.0).item() == pytest.approx(0.0, abs=1e-6)
+    # uniform prediction: foreground prob 0.5 everywhere: 2 * 1.5 / (2 + 3) = 0.6 -> loss 0.4
+    assert soft_dice_loss(torch.zeros(1, 2, 2, 2), target, smooth=0.0).item() == pytest.approx(0.4)
+    # an ignored pixel drops out of both terms
+    ignored = torch.tensor([[[0, 1], [1, 255]]])
+    loss = seg_loss(perfect, ignored, ce_weight=1.0, dice_weight=1.0)
+    assert loss.item() == pytest.approx(0.0, abs=1e-5)
