@@ -1,0 +1,62 @@
+"""Dataset adapters: each turns one collection layout into :class:`~sonofm.datasets.records.Record` objects.
+
+``get_adapter("busi", root)`` builds one by name; :data:`ADAPTERS` lists them. Every adapter has a
+cheap ``items()`` listing and a ``load(item)`` that decodes one item (see :mod:`.base`), and raises
+:class:`AdapterError` naming the file for anything it cannot read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+from sonofm.datasets.adapters.base import Adapter, Item, merge_masks
+from sonofm.datasets.adapters.busi import BusiAdapter
+from sonofm.datasets.adapters.cca import CcaAdapter
+from sonofm.datasets.adapters.csv_manifest import CsvAdapter
+from sonofm.datasets.adapters.dicom import DicomAdapter
+from sonofm.datasets.adapters.folder import FolderAdapter
+from sonofm.datasets.adapters.hc18 import Hc18Adapter
+from sonofm.datasets.adapters.pocus import PocusAdapter
+from sonofm.datasets.adapters.synthetic import SyntheticAdapter
+from sonofm.datasets.imageio import AdapterError
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    "busi": BusiAdapter,
+    "cca": CcaAdapter,
+    "pocus": PocusAdapter,
+    "hc18": Hc18Adapter,
+    "folder": FolderAdapter,
+    "csv": CsvAdapter,
+    "dicom": DicomAdapter,
+    "synthetic": SyntheticAdapter,
+}
+
+
+def get_adapter(name: str, root: str | os.PathLike, **options: Any) -> Adapter:
+    """The adapter called ``name`` over ``root``; an unknown name lists the known ones."""
+    cls = ADAPTERS.get(name)
+    if cls is None:
+        close = difflib.get_close_matches(name, ADAPTERS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise KeyError(f"unknown adapter {name!r}{hint}; known adapters: {', '.join(sorted(ADAPTERS))}")
+    return cls(root, **options)
+
+
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "AdapterError",
+    "BusiAdapter",
+    "CcaAdapter",
+    "CsvAdapter",
+    "DicomAdapter",
+    "FolderAdapter",
+    "Hc18Adapter",
+    "Item",
+    "PocusAdapter",
+    "SyntheticAdapter",
+    "get_adapter",
+    "merge_masks",
+]

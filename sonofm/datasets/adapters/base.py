@@ -1,0 +1,183 @@
+"""The adapter interface shared by every source, and the decoding helpers they have in common.
+
+An adapter is split into a cheap ``items()`` listing and a ``load(item)`` that decodes one item,
+so the shard writer can spread items over processes (items are small picklable dataclasses) and
+count the :class:`AdapterError` of each bad file without losing the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sonofm.datasets.imageio import IMAGE_EXTENSIONS, AdapterError, binarize, read_image, read_mask
+from sonofm.datasets.records import Record
+from sonofm.datasets.video import DEDUP_THRESHOLD, VIDEO_EXTENSIONS, sample_video
+
+DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+
+
+@dataclass
+class Item:
+    """One file to decode: ``path`` relative to the adapter's ``data_dir``, its mask files and known metadata."""
+
+    path: str
+    masks: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Adapter:
+    """Base class: option checking, record metadata and the image/video/mask decoding every adapter uses.
+
+    Subclasses set ``name`` (default source name), ``options`` (option name -> default; anything
+    else passed to ``__init__`` is an error listing the valid names) and implement :meth:`items`;
+    :meth:`load` decodes images, videos and DICOM files by extension and merges the item's masks.
+    """
+
+    name: ClassVar[str] = "adapter"
+    #: Options every adapter accepts (frame sampling for video items).
+    common_options: ClassVar[dict[str, Any]] = {
+        "frames_per_video": 8,
+        "fps": None,
+        "dedup_threshold": DEDUP_THRESHOLD,
+        "decode_limit": None,
+    }
+    options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, root: str | os.PathLike, source: str | None = None, **options: Any) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.exists():
+            raise AdapterError(f"{type(self).__name__}: dataset root {self.root} does not exist")
+        #: Folder that item paths are relative to (a subclass may point it inside ``root``).
+        self.data_dir = self.root
+        self.source = source or self.name
+        valid = {**self.common_options, **self.options}
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}: unknown option(s) {unknown}; valid options: {sorted(valid)}"
+            )
+        self.opts: dict[str, Any] = {**valid, **options}
+        #: Counters for the build report (files skipped, near-duplicate frames, ...).
+        self.stats: dict[str, int] = {}
+
+    # -- interface ---------------------------------------------------------------------------
+    def items(self) -> list[Item]:
+        """Every file of the source in a deterministic order, without decoding anything."""
+        raise NotImplementedError
+
+    def load(self, item: Item) -> Iterator[Record]:
+        """Decode ``item`` into one record (image) or several (video frames, multi-frame files)."""
+        mask = self.read_masks(item) if item.masks else None
+        for frame_index, image, extra in self.decode(item.path):
+            if mask is not None and mask.shape != image.shape[:2]:
+                raise AdapterError(
+                    f"{self.data_dir / item.path}: mask {item.masks[0]} is {mask.shape[1]}x{mask.shape[0]} "
+                    f"but the image is {image.shape[1]}x{image.shape[0]}"
+                )
+            yield Record(image=image, mask=mask, meta=self.meta(item, frame_index, extra))
+
+    def __iter__(self) -> Iterator[Record]:
+        for item in self.items():
+            yield from self.load(item)
+
+    def report(self) -> dict[str, int]:
+        """Counters gathered so far (skipped files, dropped duplicate frames) for the build report."""
+        return dict(self.stats)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    def meta(
+        self, item: Item, frame: int | None = None, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Record metadata: the item's values, then what the file itself says (``extra``), then defaults."""
+        meta: dict[str, Any] = {
+            "source": self.source,
+            "group": None,
+            "path": item.path,
+            "label": None,
+            "probe": None,
+            "pixel_spacing_mm": None,
+        }
+        meta.update({k: v for k, v in item.meta.items() if v is not None or k not in meta})
+        for k, v in (extra or {}).items():
+            if meta.get(k) is None:
+                meta[k] = v
+        if meta["group"] is None:
+            meta["group"] = item.path
+        meta["frame"] = frame
+        return meta
+
+    def decode(self, rel: str) -> Iterator[tuple[int | None, np.ndarray, dict[str, Any]]]:
+        """``(frame index or None, uint8 image, metadata found in the file)`` for one file, by extension."""
+        path = self.data_dir / rel
+        ext = path.suffix.lower()
+        if ext in VIDEO_EXTENSIONS:
+            clip = sample_video(path, **self.frame_options())
+            self.count("video_frames_kept", len(clip.frames))
+            self.count("video_frames_dropped_duplicate", clip.n_duplicates)
+            for f in clip.frames:
+                yield f.index, f.image, {}
+        elif ext in DICOM_EXTENSIONS:
+            from sonofm.datasets.adapters.dicom import read_dicom
+
+            dcm = read_dicom(path, **self.frame_options())
+            self.count("dicom_frames_dropped_duplicate", dcm.n_duplicates)
+            for index, image in dcm.frames:
+                yield index, image, dcm.meta
+        else:
+            yield None, read_image(path), {}
+
+    def frame_options(self) -> dict[str, Any]:
+        """The frame-sampling options, as passed to the video and DICOM readers."""
+        return {k: self.opts[k] for k in ("frames_per_video", "fps", "dedup_threshold", "decode_limit")}
+
+    def read_masks(self, item: Item) -> np.ndarray:
+        """The item's masks merged into one class-id mask (several lesion files: logical OR -> 1)."""
+        return merge_masks([self.data_dir / m for m in item.masks])
+
+
+def merge_masks(paths: Iterable[Path], binary: bool = True) -> np.ndarray:
+    """Merge mask files: ``binary`` ORs their foregrounds into class 1, else keeps the largest id."""
+    merged: np.ndarray | None = None
+    first: Path | None = None
+    for p in paths:
+        m = read_mask(p)
+        m = binarize(m) if binary else m
+        if merged is None:
+            merged, first = m, p
+        elif m.shape != merged.shape:
+            raise AdapterError(f"{p}: mask size {m.shape} differs from {first} ({merged.shape})")
+        else:
+            merged = np.maximum(merged, m)
+    if merged is None:
+        raise AdapterError("merge_masks: no mask files given")
+    return merged
+
+
+def relpath(path: Path, root: Path) -> str:
+    """POSIX path of ``path`` relative to ``root`` (stable across operating systems)."""
+    return path.relative_to(root).as_posix()
+
+
+def list_files(folder: Path, extensions: Iterable[str]) -> list[Path]:
+    """Files under ``folder`` (recursive) with one of ``extensions`` (case-insensitive), sorted, no hidden ones."""
+    exts = {e.lower() for e in extensions}
+    out = [
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in exts
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    return sorted(out, key=lambda p: p.relative_to(folder).as_posix())
+
+
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS | DICOM_EXTENSIONS

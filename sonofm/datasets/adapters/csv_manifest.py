@@ -1,0 +1,120 @@
+"""Generic CSV manifest: one row per image, video or DICOM file, with any subset of known columns.
+
+Columns: ``path`` (required), ``label``, ``mask`` (several files separated by ``;`` are merged),
+``group``, ``organ``, ``region``, ``source``, ``probe``, ``pixel_spacing_mm`` (one number, or
+``row col`` separated by space, ``;``, ``x`` or written as ``[row, col]``); any other column is
+copied into the metadata as a string. Paths are relative to the CSV's folder and must stay inside
+it: a manifest is a dataset description, and a path escaping it is almost always a mistake (or a
+manifest from elsewhere), so it is an error naming the CSV and the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from sonofm.datasets.adapters.base import Adapter, Item, merge_masks
+from sonofm.datasets.imageio import AdapterError
+
+KNOWN_COLUMNS = ("path", "label", "mask", "group", "organ", "region", "source", "probe", "pixel_spacing_mm")
+
+
+def parse_spacing(text: str) -> list[float] | None:
+    """``"0.1"`` -> ``[0.1, 0.1]``; ``"0.1 0.2"``, ``"0.1;0.2"``, ``"0.1x0.2"``, ``"[0.1, 0.2]"`` -> ``[0.1, 0.2]``."""
+    parts = [t for t in re.split(r"[\s,;xX\[\]()]+", text.strip()) if t]
+    if not parts:
+        return None
+    values = [float(t) for t in parts]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or any(v <= 0 for v in values):
+        raise ValueError(f"expected one or two positive numbers, got {text!r}")
+    return values
+
+
+class CsvAdapter(Adapter):
+    """``root`` is the CSV file, or a folder holding ``manifest`` (default ``manifest.csv``).
+
+    Options: ``manifest`` (file name when ``root`` is a folder), ``mask_values`` (``"binary"``: any
+    non-zero is class 1, e.g. 0/255 masks; ``"ids"``: stored class ids), ``require_source``
+    (rows without a ``source`` value need ``source=``; default True for the generic adapter).
+    """
+
+    name = "csv"
+    options = {"manifest": "manifest.csv", "mask_values": "binary"}
+
+    def __init__(self, root, source: str | None = None, **options) -> None:
+        super().__init__(root, source, **options)
+        self.source_given = source is not None
+        self.csv_path = self.root if self.root.is_file() else self.root / self.opts["manifest"]
+        if not self.csv_path.is_file():
+            raise AdapterError(f"{type(self).__name__}: manifest {self.csv_path} not found")
+        self.data_dir = self.csv_path.parent
+        if self.opts["mask_values"] not in ("binary", "ids"):
+            raise TypeError(f"csv: mask_values must be 'binary' or 'ids', got {self.opts['mask_values']!r}")
+
+    def _inside(self, value: str, row: int, column: str) -> str:
+        """``value`` as a normalised POSIX path relative to the CSV's folder, or an error if it escapes."""
+        where = f"{self.csv_path}, row {row}, column {column!r}"
+        base = os.path.abspath(self.data_dir)
+        full = os.path.normpath(os.path.join(base, value))
+        if os.path.commonpath([base, full]) != base:
+            raise AdapterError(f"{where}: path {value!r} leaves the dataset folder {self.data_dir}")
+        return Path(os.path.relpath(full, base)).as_posix()
+
+    def _default_source(self) -> str | None:
+        return self.source if self.source_given else None
+
+    def items(self) -> list[Item]:
+        try:
+            with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                header = [h.strip() for h in (reader.fieldnames or [])]
+                if "path" not in header:
+                    raise AdapterError(f"{self.csv_path}: required column 'path' missing (columns: {header})")
+                rows = list(reader)
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise AdapterError(f"{self.csv_path}: cannot parse CSV ({e})") from e
+        items = []
+        for n, raw in enumerate(rows, start=2):
+            row = {
+                (k or "").strip(): (v or "").strip()
+                for k, v in raw.items()
+                if isinstance(v, str) or v is None
+            }
+            items.append(self._item(row, n))
+        if not items:
+            raise AdapterError(f"{self.csv_path}: manifest has no rows")
+        return items
+
+    def _item(self, row: dict[str, str], n: int) -> Item:
+        if not row.get("path"):
+            raise AdapterError(f"{self.csv_path}, row {n}: empty 'path'")
+        path = self._inside(row["path"], n, "path")
+        masks = tuple(self._inside(m.strip(), n, "mask") for m in row.get("mask", "").split(";") if m.strip())
+        source = row.get("source") or self._default_source()
+        if not source:
+            raise AdapterError(
+                f"{self.csv_path}, row {n}: no source: add a 'source' column or pass source=NAME to the csv adapter"
+            )
+        meta: dict[str, Any] = {"source": source}
+        for key in ("label", "group", "organ", "region", "probe"):
+            if row.get(key):
+                meta[key] = row[key]
+        if row.get("pixel_spacing_mm"):
+            try:
+                meta["pixel_spacing_mm"] = parse_spacing(row["pixel_spacing_mm"])
+            except ValueError as e:
+                raise AdapterError(f"{self.csv_path}, row {n}, column 'pixel_spacing_mm': {e}") from e
+        for key, value in row.items():
+            if key and key not in KNOWN_COLUMNS and value:
+                meta[key] = value
+        return Item(path=path, masks=masks, meta=meta)
+
+    def read_masks(self, item: Item):
+        return merge_masks(
+            [self.data_dir / m for m in item.masks], binary=self.opts["mask_values"] == "binary"
+        )
