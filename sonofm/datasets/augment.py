@@ -1,0 +1,212 @@
+"""Per-sample transforms of the stream: random crop inside the acoustic field, flip, gamma, gain.
+
+Ultrasound frames are mostly black outside the fan: a plain RandomResizedCrop often returns a crop
+of padding, which teaches the encoder nothing. The crop box here is drawn around the field's
+bounding box and accepted only when at least ``min_field_fraction`` of it lies in the field.
+Image, field and mask go through the *same* box and flip (bilinear for the image, nearest for the
+label maps), so masks stay aligned pixel for pixel. Evaluation uses deterministic letterbox or
+centre crop instead.
+
+Everything works on numpy/PIL and returns torch tensors, so it runs inside DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels of the source image
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation; set a range to (1.0, 1.0) or a probability to 0 to disable a part."""
+
+    crop_scale: tuple[float, float] = (0.35, 1.0)  # crop area / area of the field's bounding box
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # width / height, drawn log-uniformly
+    min_field_fraction: float = 0.5  # share of the crop box that must lie inside the field
+    hflip: float = 0.5  # probability of a horizontal flip (never vertical: depth has a direction)
+    gamma: tuple[float, float] = (0.8, 1.25)  # intensity exponent, drawn log-uniformly
+    gain: tuple[float, float] = (0.85, 1.15)  # intensity multiplier, drawn uniformly
+    max_tries: int = 10  # crop boxes tried before falling back to the best one seen
+
+    def __post_init__(self) -> None:
+        for name in ("crop_scale", "crop_ratio", "gamma", "gain"):
+            lo, hi = (float(v) for v in getattr(self, name))
+            if not (0 < lo <= hi):
+                raise ValueError(f"AugmentConfig.{name} must be (low, high) with 0 < low <= high, got {(lo, hi)}")
+            setattr(self, name, (lo, hi))
+        if self.crop_scale[1] > 1.0:
+            raise ValueError(f"AugmentConfig.crop_scale upper bound must be <= 1, got {self.crop_scale}")
+        if not 0.0 <= self.min_field_fraction <= 1.0:
+            raise ValueError(f"AugmentConfig.min_field_fraction must be in [0, 1], got {self.min_field_fraction}")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"AugmentConfig.hflip must be a probability, got {self.hflip}")
+        if self.max_tries < 1:
+            raise ValueError(f"AugmentConfig.max_tries must be >= 1, got {self.max_tries}")
+
+    @classmethod
+    def from_any(cls, aug: AugmentConfig | dict[str, Any] | None) -> AugmentConfig:
+        """Accept a config, a plain dict (e.g. from YAML; unknown keys are an error) or None (defaults)."""
+        if aug is None:
+            return cls()
+        if isinstance(aug, cls):
+            return aug
+        if isinstance(aug, dict):
+            valid = {f.name for f in fields(cls)}
+            unknown = sorted(set(aug) - valid)
+            if unknown:
+                raise ValueError(f"unknown augmentation keys {unknown}; valid keys: {sorted(valid)}")
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
+        raise TypeError(f"aug must be AugmentConfig, dict or None, got {type(aug).__name__}")
+
+
+def _bbox(field: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box (x0, y0, x1, y1), exclusive end, of the nonzero pixels; the whole image if none."""
+    rows = np.flatnonzero(field.any(axis=1))
+    cols = np.flatnonzero(field.any(axis=0))
+    if rows.size == 0:
+        return 0, 0, field.shape[1], field.shape[0]
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def field_fraction(field: np.ndarray, box: Box) -> float:
+    """Share of the (integer-rounded) box that lies inside the field."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    window = field[max(y0, 0) : y1, max(x0, 0) : x1]
+    area = max((x1 - x0) * (y1 - y0), 1)
+    return float(np.count_nonzero(window)) / area
+
+
+def _axis_start(rng: np.random.Generator, size: int, lo: int, hi: int, limit: int) -> int:
+    """Start of a segment of length ``size`` on [0, limit) that stays on [lo, hi) or covers it."""
+    if size <= hi - lo:
+        a, b = lo, hi - size
+    else:  # longer than the field extent: cover it, stay inside the image
+        a, b = max(0, hi - size), min(lo, limit - size)
+    return int(rng.integers(a, b + 1)) if b >= a else max(0, min(lo, limit - size))
+
+
+def random_field_crop(field: np.ndarray | None, shape: tuple[int, int], rng: np.random.Generator,
+                      cfg: AugmentConfig) -> Box:
+    """Draw a crop box mostly inside the field (see module docstring); falls back to the best box tried.
+
+    ``field`` is a (H, W) bool array or None (then the whole image is the field).
+    """
+    h, w = shape
+    if field is None:
+        field = np.ones((h, w), dtype=bool)
+    bx0, by0, bx1, by1 = _bbox(field)
+    bw, bh = bx1 - bx0, by1 - by0
+    # Integral image: the field share of every candidate box in O(1).
+    integral = np.zeros((h + 1, w + 1), dtype=np.int64)
+    integral[1:, 1:] = np.cumsum(np.cumsum(field, axis=0, dtype=np.int64), axis=1)
+    log_ratio = (math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
+    best: tuple[float, Box] = (
+        float(integral[by1, bx1] - integral[by0, bx1] - integral[by1, bx0] + integral[by0, bx0]) / max(bw * bh, 1),
+        (float(bx0), float(by0), float(bx1), float(by1)),
+    )
+    for _ in range(cfg.max_tries):
+        area = bw * bh * rng.uniform(*cfg.crop_scale)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        cw = min(w, max(1, int(round(math.sqrt(area * ratio)))))
+        ch = min(h, max(1, int(round(math.sqrt(area / ratio)))))
+        x0 = _axis_start(rng, cw, bx0, bx1, w)
+        y0 = _axis_start(rng, ch, by0, by1, h)
+        inside = integral[y0 + ch, x0 + cw] - integral[y0, x0 + cw] - integral[y0 + ch, x0] + integral[y0, x0]
+        frac = float(inside) / (cw * ch)
+        box = (float(x0), float(y0), float(x0 + cw), float(y0 + ch))
+        if frac >= cfg.min_field_fraction:
+            return box
+        if frac > best[0]:
+            best = (frac, box)
+    return best[1]
+
+
+def _resize(arr: np.ndarray, box: Box, size: int, resample: Image.Resampling) -> np.ndarray:
+    return np.asarray(Image.fromarray(arr).resize((size, size), resample=resample, box=box))
+
+
+def _intensity_lut(gamma: float, gain: float) -> np.ndarray:
+    """uint8 -> float32 lookup table for ``clip(gain * (x/255) ** gamma, 0, 1)``; one gather per image."""
+    x = np.arange(256, dtype=np.float64) / 255.0
+    return np.clip(gain * np.power(x, gamma), 0.0, 1.0).astype(np.float32)
+
+
+_IDENTITY_LUT = _intensity_lut(1.0, 1.0)
+
+
+def _pack(image: np.ndarray, field: np.ndarray, mask: np.ndarray | None, lut: np.ndarray) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "image": torch.from_numpy(lut[image]).unsqueeze(0),
+        "field": torch.from_numpy((field > 0).astype(np.float32)).unsqueeze(0),
+    }
+    if mask is not None:
+        out["mask"] = torch.from_numpy(mask.astype(np.int64))
+    return out
+
+
+def augment_sample(image: np.ndarray, field: np.ndarray | None, mask: np.ndarray | None, size: int,
+                   rng: np.random.Generator, cfg: AugmentConfig) -> dict[str, Any]:
+    """Training transform: field-aware random resized crop, flip, gamma and gain.
+
+    ``image`` (H, W) uint8; ``field`` (H, W) bool or None; ``mask`` (H, W) uint8 or None. Returns
+    ``image`` float [1,S,S] in [0,1], ``field`` float [1,S,S] of 0/1, ``mask`` long [S,S] if given, and
+    ``box``/``flip`` (the geometry used, for checks and debugging).
+    """
+    h, w = image.shape
+    box = random_field_crop(field, (h, w), rng, cfg)
+    flip = bool(rng.random() < cfg.hflip)
+    gamma = math.exp(rng.uniform(math.log(cfg.gamma[0]), math.log(cfg.gamma[1])))
+    gain = float(rng.uniform(*cfg.gain))
+    img = _resize(image, box, size, Image.Resampling.BILINEAR)
+    fld = (_resize(field.astype(np.uint8), box, size, Image.Resampling.NEAREST) if field is not None
+           else np.ones((size, size), dtype=np.uint8))
+    msk = _resize(mask, box, size, Image.Resampling.NEAREST) if mask is not None else None
+    if flip:
+        img, fld = img[:, ::-1], fld[:, ::-1]
+        msk = msk[:, ::-1] if msk is not None else None
+    out = _pack(np.ascontiguousarray(img), np.ascontiguousarray(fld),
+                None if msk is None else np.ascontiguousarray(msk), _intensity_lut(gamma, gain))
+    out["box"], out["flip"] = box, flip
+    return out
+
+
+def eval_sample(image: np.ndarray, field: np.ndarray | None, mask: np.ndarray | None, size: int,
+                mode: str = "letterbox") -> dict[str, Any]:
+    """Deterministic transform for evaluation.
+
+    ``letterbox`` scales the longest side to ``size`` and pads with zeros (nothing is lost: the padding
+    has field 0 and mask 0); ``center_crop`` scales the shortest side to ``size`` and crops the centre.
+    """
+    h, w = image.shape
+    if mode == "letterbox":
+        scale = size / max(h, w)
+        nw, nh = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
+        ox, oy = (size - nw) // 2, (size - nh) // 2
+
+        def place(arr: np.ndarray, resample: Image.Resampling) -> np.ndarray:
+            canvas = np.zeros((size, size), dtype=arr.dtype)
+            canvas[oy : oy + nh, ox : ox + nw] = np.asarray(Image.fromarray(arr).resize((nw, nh), resample=resample))
+            return canvas
+
+        img = place(image, Image.Resampling.BILINEAR)
+        fld = place(field.astype(np.uint8) if field is not None else np.ones((h, w), np.uint8),
+                    Image.Resampling.NEAREST)
+        msk = place(mask, Image.Resampling.NEAREST) if mask is not None else None
+    elif mode == "center_crop":
+        side = min(h, w)
+        x0, y0 = (w - side) / 2, (h - side) / 2
+        box = (x0, y0, x0 + side, y0 + side)
+        img = _resize(image, box, size, Image.Resampling.BILINEAR)
+        fld = (_resize(field.astype(np.uint8), box, size, Image.Resampling.NEAREST) if field is not None
+               else np.ones((size, size), dtype=np.uint8))
+        msk = _resize(mask, box, size, Image.Resampling.NEAREST) if mask is not None else None
+    else:
+        raise ValueError(f"eval transform must be 'letterbox' or 'center_crop', got {mode!r}")
+    return _pack(img, fld, msk, _IDENTITY_LUT)

@@ -1,0 +1,789 @@
+"""Streaming shards into training and evaluation batches.
+
+Training stream (``make_train_loader``), infinite and reproducible
+-----------------------------------------------------------------
+Every consumer (one DataLoader worker of one rank) produces its own sequence of *rounds*. A round
+is planned from the shard index alone, without reading data: each shard set ``i`` earns
+``p_i * round_samples`` sample credits per round and draws whole shards (with replacement,
+probability proportional to their sample count) until its credit is spent; overdrawn credit carries
+over, so long-run shares equal ``p_i`` exactly. The samples of the round's shards are merged in a
+uniformly random interleaving, passed through a shuffle buffer that is drained at the end of the
+round, decoded and augmented. Every random choice comes from ``numpy`` generators seeded by
+``(seed, rank, world_size, role, num_workers, round[, position])``.
+
+Resume: ``resume_samples`` is the number of samples this rank has already consumed (a multiple of
+``batch_size``; with gradient accumulation, count micro-batches). Batches are collated inside the
+workers and the DataLoader takes them round-robin, so after ``B`` batches, role ``r`` has produced
+exactly ``B // W + (r < B % W)`` of them. On resume, loader worker ``w`` plays role ``(w + B) % W``,
+re-plans the rounds (arithmetic only) up to its position and skips the already-consumed part of
+that round without decoding it. The resumed run therefore yields *exactly* the batches the
+uninterrupted run would have yielded next, provided ``seed``, ``world_size``, ``num_workers``,
+``batch_size`` and ``round_samples`` are unchanged and no sample before the position was corrupt
+(corrupt samples shift the position by their number; the continuation is then still fresh, never a
+repeat of the beginning).
+
+Why every worker draws from every shard (resampled mode): splitting a set's shards among
+``world_size * num_workers`` consumers fails as soon as a small source has fewer shards than
+consumers, and makes each consumer's mixture depend on which shards it got. With resampling each
+consumer draws from all shards with its own seed, which is sampling with replacement: the
+distribution is exactly the mixture asked for at any scale. ``resampled=False`` instead gives each
+consumer a disjoint share of every set (``shards[c::C]``, visited in a fresh random order per pass)
+and fails loudly when a set has fewer shards than consumers.
+
+Evaluation stream (``make_eval_loader``), finite, exactly once
+--------------------------------------------------------------
+The split's shards are dealt round-robin to the ``C = world_size * num_workers`` consumers. When
+there are fewer shards than consumers, shard ``j`` is shared by consumers ``c = j, j+n, j+2n, ...``,
+which take the samples whose index inside the shard is congruent to their rank among them. Each
+sample is decoded by exactly one consumer, with a deterministic letterbox or centre-crop transform.
+
+Corrupt data
+------------
+An unreadable PNG, bad JSON, a mask/field that does not decode or match the image size, and a
+truncated or unreadable tar are skipped, logged with the shard url and key, and counted in a
+counter shared by the workers: ``corrupt_counts(loader)``. A shard that yields no usable sample and
+a round (or an evaluation rank) that yields nothing raise :class:`StreamError`.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import multiprocessing
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import braceexpand
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from sonofm.datasets.augment import AugmentConfig, augment_sample, eval_sample
+
+log = logging.getLogger(__name__)
+
+TargetFn = Callable[[dict[str, Any]], dict[str, Any]]
+Shard = tuple[str, int]  # (url, sample count; -1 when unknown)
+
+CORRUPT_KINDS: tuple[str, ...] = ("image", "json", "mask", "field", "tar")
+_PLAN, _ROUND, _AUG = 1, 2, 3  # seed-sequence tags: independent streams for planning, mixing, augmentation
+
+
+class StreamError(RuntimeError):
+    """The stream cannot produce data: empty split, unreadable shard, or nothing but corrupt samples."""
+
+
+@dataclass
+class StreamSpec:
+    """What to stream: shard sets (mixed by ``weights`` or by a temperature over their sizes) and a split.
+
+    Each entry of ``paths`` is one shard set: a directory (all its ``*.index.json``), one
+    ``{source}.index.json`` (local or URL), or shard URLs (brace pattern, ``pipe:``/``https:`` URLs,
+    several joined with ``::``).
+    """
+
+    paths: list[str]
+    weights: list[float] | None = None
+    temperature: float = 1.0
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.paths, (str, os.PathLike)):
+            self.paths = [str(self.paths)]
+        self.paths = [str(p) for p in self.paths]
+        if not self.paths:
+            raise ValueError("StreamSpec.paths is empty: give at least one shard directory, index or URL list")
+        if self.weights is not None and len(self.weights) != len(self.paths):
+            raise ValueError(f"StreamSpec has {len(self.paths)} paths but {len(self.weights)} weights")
+        if self.temperature <= 0:
+            raise ValueError(f"StreamSpec.temperature must be > 0, got {self.temperature}")
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def _is_url(s: str) -> bool:
+    return "://" in s or s.startswith("pipe:")
+
+
+def _read_index(url: str) -> dict[str, Any]:
+    try:
+        if _is_url(url):
+            from webdataset.gopen import gopen
+
+            with gopen(url) as f:
+                index = json.loads(f.read())
+        else:
+            with open(url, encoding="utf-8") as f:
+                index = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{url}: cannot read shard index: {e}") from e
+    shards = index.get("shards") if isinstance(index, dict) else None
+    if not isinstance(shards, list) or not all(
+        isinstance(s, dict) and {"file", "split", "count"} <= set(s) for s in shards
+    ):
+        raise ValueError(f"{url}: not a shard index (needs 'shards': [{{'file', 'split', 'count'}}, ...])")
+    return index
+
+
+def _index_shards(index_url: str, split: str | None) -> list[Shard]:
+    index = _read_index(index_url)
+    base = index_url.rsplit("/", 1)[0] if "/" in index_url else "."
+    out = []
+    for s in index["shards"]:
+        if split is None or s["split"] == split:
+            url = s["file"] if _is_url(s["file"]) or os.path.isabs(s["file"]) else f"{base}/{s['file']}"
+            if not _is_url(url) and not os.path.isfile(url):
+                raise ValueError(f"{index_url}: lists shard {s['file']} but {url} does not exist")
+            out.append((url, int(s["count"])))
+    return out
+
+
+def _scan_count(path: str) -> int:
+    """Number of samples in a local tar, from its headers only (seeks over the data)."""
+    keys = set()
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if m.isreg():
+                    keys.add(_split_name(m.name)[0])
+    except (OSError, tarfile.TarError) as e:
+        log.warning("%s: could not scan the whole shard (%s); counted %d samples", path, e, len(keys))
+    return len(keys)
+
+
+def _sibling_counts(path: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for idx in glob.glob(os.path.join(os.path.dirname(path) or ".", "*.index.json")):
+        for url, n in _index_shards(idx, None):
+            counts[os.path.abspath(url)] = n
+    return counts
+
+
+def discover_shards(path_or_urls: str | os.PathLike | Sequence[str], split: str | None) -> list[Shard]:
+    """List ``(url, sample_count)`` of one shard set; the count is -1 when no index knows it.
+
+    A directory reads its ``*.index.json`` files (falling back to ``*-{split}-*.tar`` scanned for
+    counts), an ``*.index.json`` path or URL reads that index, anything else is a brace pattern or a
+    ``::``-separated list of shard URLs taken as given (``split`` does not filter explicit URLs).
+    """
+    if not isinstance(path_or_urls, (str, os.PathLike)):
+        return [s for p in path_or_urls for s in discover_shards(p, split)]
+    spec = str(path_or_urls)
+    if "::" in spec:
+        return [s for p in spec.split("::") for s in discover_shards(p, split)]
+    if os.path.isdir(spec):
+        indexes = sorted(glob.glob(os.path.join(spec, "*.index.json")))
+        if indexes:
+            shards = [s for idx in indexes for s in _index_shards(idx, split)]
+        else:
+            pattern = f"*-{split}-*.tar" if split else "*.tar"
+            tars = sorted(glob.glob(os.path.join(spec, pattern)))
+            if tars:
+                log.warning("%s: no *.index.json; counting samples of %d shards by scanning", spec, len(tars))
+            shards = [(t, _scan_count(t)) for t in tars]
+        if not shards:
+            raise StreamError(f"{spec}: no shards of split {split!r} (looked for *.index.json and {split}-*.tar)")
+        return shards
+    if spec.endswith(".index.json"):
+        shards = _index_shards(spec, split)
+        if not shards:
+            raise StreamError(f"{spec}: the index lists no shard of split {split!r}")
+        return shards
+    urls = list(braceexpand.braceexpand(spec))
+    known: dict[str, int] = {}
+    out = []
+    for url in urls:
+        if _is_url(url):
+            out.append((url, -1))
+            continue
+        if not os.path.isfile(url):
+            raise StreamError(f"{url}: shard file not found (from {spec!r})")
+        if not known:
+            known = _sibling_counts(url)
+        n = known.get(os.path.abspath(url))
+        out.append((url, n if n is not None else _scan_count(url)))
+    return out
+
+
+def mixing_probabilities(sizes: Sequence[int], weights: Sequence[float] | None = None,
+                         temperature: float = 1.0) -> np.ndarray:
+    """Share of each shard set: normalised ``weights`` if given, else ``p_i ∝ n_i ** (1 / temperature)``.
+
+    ``temperature`` 1 samples in proportion to size; larger values flatten towards uniform, which
+    keeps small sources from being drowned by large ones.
+    """
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (len(sizes),) or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+            raise ValueError(f"mixing weights must be {len(sizes)} non-negative numbers, not all zero: {weights}")
+        return w / w.sum()
+    n = np.asarray(sizes, dtype=np.float64)
+    if np.any(n <= 0):
+        raise ValueError(
+            f"cannot mix by temperature: set sizes {list(sizes)} include unknown (-1) or empty sets; give weights"
+        )
+    w = np.power(n, 1.0 / temperature)
+    return w / w.sum()
+
+
+# --------------------------------------------------------------------------- corrupt-sample counter
+
+
+class CorruptCounter:
+    """Counts of skipped corrupt data by kind, in shared memory so DataLoader workers can add to it."""
+
+    def __init__(self) -> None:
+        self._values = multiprocessing.get_context().Array("q", len(CORRUPT_KINDS))
+
+    def add(self, kind: str, url: str, key: str | None, reason: str) -> None:
+        with self._values.get_lock():
+            self._values[CORRUPT_KINDS.index(kind)] += 1
+        log.warning("corrupt %s skipped: shard %s, key %s: %s", kind, url, key or "-", reason)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._values.get_lock():
+            out = {k: int(v) for k, v in zip(CORRUPT_KINDS, self._values[:])}
+        out["total"] = sum(out.values())
+        return out
+
+
+# --------------------------------------------------------------------------- reading shards
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """``dir/key.mask.png`` -> (``dir/key``, ``mask.png``): keys never contain dots."""
+    head, _, base = name.rpartition("/")
+    key, _, suffix = base.partition(".")
+    return (f"{head}/{key}" if head else key), suffix.lower()
+
+
+def _read_shard(url: str, counter: CorruptCounter, stride: int = 1, offset: int = 0,
+                report_tar: bool = True) -> Iterator[dict[str, Any]]:
+    """Raw samples (dicts of bytes) of one tar shard, in file order, keeping indices ``offset::stride``.
+
+    A read error (truncated or unreadable tar) drops the sample in progress, is counted once per
+    shard (by the reader with ``report_tar``) and ends the shard; samples already read are kept.
+    """
+    from webdataset.gopen import gopen
+
+    index, current, stream = 0, None, None  # index: position of ``current`` in the shard
+
+    try:
+        stream = gopen(url)
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        for member in tar:
+            if not member.isreg():
+                continue
+            key, suffix = _split_name(member.name)
+            if key.startswith("__") or not suffix:
+                continue
+            if current is not None and key != current["__key__"]:
+                if index % stride == offset:
+                    yield current
+                current, index = None, index + 1
+            if current is None:
+                current = {"__key__": key, "__url__": url}
+            # Samples of other consumers are not read: the stream skips over their bytes.
+            current[suffix] = tar.extractfile(member).read() if index % stride == offset else b""
+            tar.members = []  # stream mode keeps every TarInfo otherwise: memory would grow per shard
+        if current is not None and index % stride == offset:
+            yield current
+    except (OSError, EOFError, tarfile.TarError, ValueError) as e:
+        if report_tar:
+            key = current["__key__"] if current is not None else None
+            counter.add("tar", url, key, f"{type(e).__name__}: {e} (shard ends here)")
+    finally:
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as e:  # a pipe: command that failed reports here
+                if report_tar:
+                    counter.add("tar", url, None, f"closing failed: {e}")
+
+
+class _Corrupt(Exception):
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+
+
+def _decode_png(data: bytes, kind: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im).astype(np.float64)
+                top = max(arr.max(), 1.0)
+                return (arr * (255.0 / top)).astype(np.uint8) if top > 255 else arr.astype(np.uint8)
+            if im.mode != "L":
+                im = im.convert("L")
+            return np.asarray(im)
+    except Exception as e:  # PIL raises many types for bad bytes: all mean the same here
+        raise _Corrupt(kind, f"{kind} PNG does not decode: {type(e).__name__}: {e}") from e
+
+
+def _decode(raw: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+    """Image, field (bool or None), mask (uint8 or None) and metadata of one raw sample."""
+    if "png" not in raw:
+        raise _Corrupt("image", f"no image member (has {sorted(k for k in raw if not k.startswith('__'))})")
+    image = _decode_png(raw["png"], "image")
+    if "json" not in raw:
+        raise _Corrupt("json", "no json member")
+    try:
+        meta = json.loads(raw["json"])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _Corrupt("json", f"bad JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise _Corrupt("json", f"JSON is a {type(meta).__name__}, not an object")
+    mask = field = None
+    if "mask.png" in raw:
+        mask = _decode_png(raw["mask.png"], "mask")
+        if mask.shape != image.shape:
+            raise _Corrupt("mask", f"mask size {mask.shape} differs from image size {image.shape}")
+    if "field.png" in raw:
+        field = _decode_png(raw["field.png"], "field") > 127
+        if field.shape != image.shape:
+            raise _Corrupt("field", f"field size {field.shape} differs from image size {image.shape}")
+    return image, field, mask, meta
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def _collate(samples: list[dict[str, Any]], return_meta: bool) -> dict[str, Any]:
+    """Stack one batch inside the worker: fixed-size tensors, targets with -1 for unknown."""
+    batch: dict[str, Any] = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "field": torch.stack([s["field"] for s in samples]),
+        "key": [s["key"] for s in samples],
+    }
+    has = [s.get("mask") is not None for s in samples]
+    batch["has_mask"] = torch.tensor(has, dtype=torch.bool)
+    if any(has):
+        size = samples[0]["image"].shape[-2:]
+        zeros = torch.zeros(size, dtype=torch.long)
+        batch["mask"] = torch.stack([s["mask"] if s.get("mask") is not None else zeros for s in samples])
+    names = sorted({k for s in samples for k in s["targets"]})
+    batch["targets"] = {
+        n: torch.tensor([-1 if s["targets"].get(n) is None else int(s["targets"][n]) for s in samples],
+                        dtype=torch.long)
+        for n in names
+    }
+    if return_meta:
+        batch["meta"] = [s["meta"] for s in samples]
+    return batch
+
+
+class _ShardChecker:
+    """Per-shard tallies of one round / one evaluation pass, to fail loudly on a shard that yields nothing."""
+
+    def __init__(self) -> None:
+        self.expected: Counter[str] = Counter()
+        self.ok: Counter[str] = Counter()
+        self.bad: Counter[str] = Counter()
+        self.raw: Counter[str] = Counter()
+
+    def check(self, where: str) -> None:
+        for url, n in self.expected.items():
+            if n != 0 and self.raw[url] == 0:
+                raise StreamError(
+                    f"shard {url} yielded no sample ({where}; index says {n}): it is empty, truncated at its "
+                    "start or unreadable"
+                )
+            if self.ok[url] == 0 and self.bad[url] > 0 and self.bad[url] == self.raw[url]:
+                raise StreamError(
+                    f"shard {url} yielded no usable sample ({where}): all {self.bad[url]} samples were corrupt"
+                )
+
+
+class _Base(IterableDataset):
+    def __init__(self, *, batch_size: int, img_size: int, target_fn: TargetFn | None, return_meta: bool,
+                 counter: CorruptCounter) -> None:
+        if batch_size < 1 or img_size < 1:
+            raise ValueError(f"batch_size and img_size must be >= 1, got {batch_size}, {img_size}")
+        self.batch_size, self.img_size = batch_size, img_size
+        self.target_fn, self.return_meta, self.counter = target_fn, return_meta, counter
+
+    def _sample(self, raw: dict[str, Any], transform: Callable[..., dict[str, Any]]) -> dict[str, Any] | None:
+        try:
+            image, field, mask, meta = _decode(raw)
+        except _Corrupt as e:
+            self.counter.add(e.kind, raw["__url__"], raw["__key__"], str(e))
+            return None
+        out = transform(image, field, mask)
+        out.pop("box", None)
+        out.pop("flip", None)
+        out["key"] = raw["__key__"].rpartition("/")[2]
+        out["targets"] = dict(self.target_fn(meta)) if self.target_fn is not None else {}
+        out["meta"] = meta if self.return_meta else None
+        return out
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+# --------------------------------------------------------------------------- training stream
+
+
+def _planned(count: int, fallback: int) -> int:
+    return count if count > 0 else fallback
+
+
+class _ShardSequence:
+    """Infinite sequence of shards of one set for one consumer (resampled or passes over its share)."""
+
+    def __init__(self, shards: list[Shard], resampled: bool, rng: np.random.Generator, fallback: int) -> None:
+        self.shards, self.resampled, self.rng = shards, resampled, rng
+        counts = np.array([_planned(c, fallback) for _, c in shards], dtype=np.float64)
+        self.p = counts / counts.sum()
+        self.fallback = fallback
+        self._order: list[int] = []
+        self._peek: Shard | None = None
+
+    def peek(self) -> Shard:
+        if self._peek is None:
+            if self.resampled:
+                i = int(self.rng.choice(len(self.shards), p=self.p))
+            else:
+                if not self._order:
+                    self._order = list(self.rng.permutation(len(self.shards)))
+                i = int(self._order.pop(0))
+            url, count = self.shards[i]
+            self._peek = (url, _planned(count, self.fallback))
+        return self._peek
+
+    def take(self) -> Shard:
+        shard = self.peek()
+        self._peek = None
+        return shard
+
+
+class _TrainStream(_Base):
+    def __init__(self, sets: list[list[Shard]], probs: np.ndarray, *, seed: int, rank: int, world_size: int,
+                 num_workers: int, resume_samples: int, shuffle_buffer: int, round_samples: int,
+                 resampled: bool, aug: AugmentConfig, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.sets, self.probs = sets, probs
+        self.seed, self.rank, self.world_size, self.num_workers = seed % 2**63, rank, world_size, num_workers
+        self.resume_samples, self.shuffle_buffer = resume_samples, max(shuffle_buffer, 1)
+        self.round_samples, self.resampled, self.aug = round_samples, resampled, aug
+        known = [c for s in sets for _, c in s if c > 0]
+        self.fallback = int(np.mean(known)) if known else 1000
+
+    def _words(self, role: int) -> list[int]:
+        return [self.seed, self.rank, self.world_size, role, self.num_workers]
+
+    def _plans(self, role: int) -> Iterator[list[list[Shard]]]:
+        words = self._words(role)
+        consumer, n_consumers = self.rank * self.num_workers + role, self.world_size * self.num_workers
+        seqs = []
+        for i, shards in enumerate(self.sets):
+            own = [s for s in shards if s[1] != 0]
+            if not self.resampled:
+                own = own[consumer::n_consumers]
+            seqs.append(_ShardSequence(own, self.resampled, np.random.default_rng([*words, _PLAN, i]),
+                                       self.fallback))
+        credit = np.zeros(len(self.sets))
+        while True:
+            plan: list[list[Shard]] = []
+            for i, seq in enumerate(seqs):
+                credit[i] += self.probs[i] * self.round_samples
+                chosen = []
+                while credit[i] > 0:
+                    url, n = seq.take()
+                    chosen.append((url, n))
+                    credit[i] -= n
+                plan.append(chosen)
+            yield plan
+
+    def _round(self, plan: list[list[Shard]], rng: np.random.Generator,
+               checker: _ShardChecker) -> Iterator[dict[str, Any]]:
+        """Raw samples of one round: uniformly random merge of the sets' shard chains, then shuffle buffer."""
+
+        def chain(shards: list[Shard]) -> Iterator[dict[str, Any]]:
+            for url, _ in shards:
+                for raw in _read_shard(url, self.counter):
+                    checker.raw[url] += 1
+                    yield raw
+
+        for shards in plan:
+            for url, n in shards:
+                checker.expected[url] += n
+        subs = [chain(shards) for shards in plan]
+        order = rng.permutation(np.repeat(np.arange(len(plan)), [sum(n for _, n in s) for s in plan]))
+
+        def merged() -> Iterator[dict[str, Any]]:
+            for i in order:
+                raw = next(subs[i], None)
+                if raw is not None:
+                    yield raw
+            for sub in subs:  # the index undercounted a shard: keep its extra samples
+                yield from sub
+
+        buf: list[dict[str, Any]] = []
+        for raw in merged():
+            if len(buf) < self.shuffle_buffer:
+                buf.append(raw)
+                continue
+            j = int(rng.integers(len(buf)))
+            buf[j], raw = raw, buf[j]
+            yield raw
+        for j in rng.permutation(len(buf)):
+            yield buf[j]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, n_workers = _worker()
+        if n_workers != self.num_workers:
+            raise StreamError(f"stream built for {self.num_workers} workers runs in {n_workers}")
+        done_batches = self.resume_samples // self.batch_size
+        role = (worker + done_batches) % n_workers
+        produced = done_batches // n_workers + (1 if role < done_batches % n_workers else 0)
+        skip = produced * self.batch_size
+        words = self._words(role)
+        rounds = self._plans(role)
+        round_idx = 0
+        plan = next(rounds)
+        while skip >= sum(n for shards in plan for _, n in shards):  # arithmetic only: no reading
+            skip -= sum(n for shards in plan for _, n in shards)
+            plan, round_idx = next(rounds), round_idx + 1
+        batch: list[dict[str, Any]] = []
+        while True:
+            checker = _ShardChecker()
+            rng = np.random.default_rng([*words, _ROUND, round_idx])
+            decoded = ok = 0
+            for pos, raw in enumerate(self._round(plan, rng, checker)):
+                if pos < skip:
+                    continue
+                aug_rng = np.random.default_rng([*words, _AUG, round_idx, pos])
+                sample = self._sample(raw, lambda im, f, m, r=aug_rng: augment_sample(
+                    im, f, m, self.img_size, r, self.aug))
+                decoded += 1
+                if sample is None:
+                    checker.bad[raw["__url__"]] += 1
+                    continue
+                ok += 1
+                checker.ok[raw["__url__"]] += 1
+                batch.append(sample)
+                if len(batch) == self.batch_size:
+                    yield _collate(batch, self.return_meta)
+                    batch = []
+            where = f"training round {round_idx} of rank {self.rank}, worker role {role}"
+            checker.check(where)
+            if decoded and not ok:
+                raise StreamError(f"the stream yielded no usable sample in {where}: "
+                                  f"corrupt counts {self.counter.as_dict()}")
+            skip = 0
+            plan, round_idx = next(rounds), round_idx + 1
+
+
+# --------------------------------------------------------------------------- evaluation stream
+
+
+def eval_assignment(n_shards: int, consumer: int, n_consumers: int) -> list[tuple[int, int, int]]:
+    """``(shard, stride, offset)`` reads of one consumer so that every sample is read exactly once."""
+    if n_shards >= n_consumers:
+        return [(j, 1, 0) for j in range(consumer, n_shards, n_consumers)]
+    j = consumer % n_shards
+    sharers = len(range(j, n_consumers, n_shards))
+    return [(j, sharers, consumer // n_shards)]
+
+
+class _EvalStream(_Base):
+    def __init__(self, shards: list[Shard], *, rank: int, world_size: int, num_workers: int, transform: str,
+                 **kw: Any) -> None:
+        super().__init__(**kw)
+        self.shards, self.rank, self.world_size, self.num_workers = shards, rank, world_size, num_workers
+        self.transform = transform
+
+    def expected_on_rank(self) -> int:
+        """Samples the index promises this rank (-1 if some count is unknown)."""
+        total = 0
+        for w in range(self.num_workers):
+            for j, stride, offset in eval_assignment(len(self.shards), self.rank * self.num_workers + w,
+                                                     self.world_size * self.num_workers):
+                n = self.shards[j][1]
+                if n < 0:
+                    return -1
+                total += len(range(offset, n, stride))
+        return total
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        worker, n_workers = _worker()
+        if n_workers != self.num_workers:
+            raise StreamError(f"stream built for {self.num_workers} workers runs in {n_workers}")
+        checker = _ShardChecker()
+        batch: list[dict[str, Any]] = []
+        consumer = self.rank * n_workers + worker
+        for j, stride, offset in eval_assignment(len(self.shards), consumer, self.world_size * n_workers):
+            url, n = self.shards[j]
+            checker.expected[url] += len(range(offset, n, stride)) if n >= 0 else -1
+            for raw in _read_shard(url, self.counter, stride, offset, report_tar=offset == 0):
+                checker.raw[url] += 1
+                sample = self._sample(raw, lambda im, f, m: eval_sample(im, f, m, self.img_size, self.transform))
+                if sample is None:
+                    checker.bad[url] += 1
+                    continue
+                checker.ok[url] += 1
+                batch.append(sample)
+                if len(batch) == self.batch_size:
+                    yield _collate(batch, self.return_meta)
+                    batch = []
+        if batch:
+            yield _collate(batch, self.return_meta)
+        checker.check(f"evaluation, rank {self.rank}, worker {worker}")
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+class StreamLoader(DataLoader):
+    """A plain DataLoader over a stream that also exposes the corrupt-sample counts.
+
+    Iterate a training loader once (it is infinite; a second ``iter`` restarts at the resume
+    position). An evaluation loader raises :class:`StreamError` when its rank got no sample although
+    the index promised some.
+    """
+
+    corrupt: CorruptCounter
+
+    def corrupt_counts(self) -> dict[str, int]:
+        """Corrupt data skipped so far on this rank, by kind, plus ``total`` (all-reduce across ranks if needed)."""
+        return self.corrupt.as_dict()
+
+    def __iter__(self) -> Iterator[Any]:
+        dataset = self.dataset
+        if not isinstance(dataset, _EvalStream):
+            yield from super().__iter__()
+            return
+        n = 0
+        for batch in super().__iter__():
+            n += len(batch["key"])
+            yield batch
+        if n == 0 and dataset.expected_on_rank() != 0:
+            raise StreamError(f"evaluation stream of rank {dataset.rank} yielded nothing: "
+                              f"corrupt counts {self.corrupt_counts()}")
+
+
+def corrupt_counts(loader: StreamLoader | IterableDataset) -> dict[str, int]:
+    """Corrupt samples/shards skipped so far by a loader (or its dataset) on this rank, by kind + ``total``."""
+    counter = getattr(loader, "corrupt", None) or getattr(loader, "counter", None)
+    if counter is None:
+        dataset = getattr(loader, "dataset", None)
+        counter = getattr(dataset, "counter", None)
+    if not isinstance(counter, CorruptCounter):
+        raise TypeError(f"{type(loader).__name__} is not a sonofm stream loader")
+    return counter.as_dict()
+
+
+def _loader(dataset: _Base, num_workers: int, persistent_workers: bool, pin_memory: bool,
+            prefetch_factor: int | None) -> StreamLoader:
+    loader = StreamLoader(
+        dataset,
+        batch_size=None,  # batches are collated in the workers
+        num_workers=num_workers,
+        persistent_workers=persistent_workers and num_workers > 0,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+    )
+    loader.corrupt = dataset.counter
+    return loader
+
+
+def _check_common(batch_size: int, rank: int, world_size: int, num_workers: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def make_train_loader(spec: StreamSpec, *, batch_size: int, img_size: int, seed: int, rank: int = 0,
+                      world_size: int = 1, num_workers: int = 2, resume_samples: int = 0,
+                      shuffle_buffer: int = 1000, aug: AugmentConfig | dict[str, Any] | None = None,
+                      target_fn: TargetFn | None = None, round_samples: int | None = None,
+                      resampled: bool = True, return_meta: bool = False, persistent_workers: bool = True,
+                      pin_memory: bool = False, prefetch_factor: int | None = 2) -> StreamLoader:
+    """Infinite, reproducible, resumable training loader for one rank (see the module docstring).
+
+    ``resume_samples``: samples this rank consumed before (``steps * batch_size``). ``round_samples``:
+    samples per worker between re-planning (default ``max(1024, 4 * largest shard)``; larger is
+    smoother mixing, smaller is cheaper to resume). Do not pass it through ``accelerator.prepare``.
+    """
+    _check_common(batch_size, rank, world_size, num_workers)
+    if resume_samples < 0 or resume_samples % batch_size:
+        raise ValueError(f"resume_samples must be a multiple of batch_size={batch_size}, got {resume_samples}")
+    sets = [discover_shards(p, spec.split) for p in spec.paths]
+    consumers = world_size * max(num_workers, 1)
+    for path, shards in zip(spec.paths, sets):
+        usable = [s for s in shards if s[1] != 0]
+        if not usable:
+            raise StreamError(f"{path}: no non-empty shard of split {spec.split!r}")
+        if not resampled and len(usable) < consumers:
+            raise StreamError(
+                f"{path}: {len(usable)} shards of split {spec.split!r} for {consumers} consumers "
+                f"(world_size {world_size} x num_workers {max(num_workers, 1)}); every consumer needs one. "
+                "Write smaller shards, use fewer workers, or keep resampled=True"
+            )
+    sizes = [sum(c for _, c in s) if all(c >= 0 for _, c in s) else -1 for s in sets]
+    probs = mixing_probabilities(sizes, spec.weights, spec.temperature)
+    largest = max(c for s in sets for _, c in s)
+    if round_samples is None:
+        round_samples = max(1024, 4 * largest)
+    if round_samples < 1:
+        raise ValueError(f"round_samples must be >= 1, got {round_samples}")
+    dataset = _TrainStream(
+        sets, probs, seed=seed, rank=rank, world_size=world_size, num_workers=max(num_workers, 1),
+        resume_samples=resume_samples, shuffle_buffer=shuffle_buffer, round_samples=round_samples,
+        resampled=resampled, aug=AugmentConfig.from_any(aug), batch_size=batch_size, img_size=img_size,
+        target_fn=target_fn, return_meta=return_meta, counter=CorruptCounter(),
+    )
+    log.info("training stream: %s", ", ".join(
+        f"{p} ({len(s)} shards, {n if n >= 0 else '?'} samples, p={q:.3f})"
+        for p, s, n, q in zip(spec.paths, sets, sizes, probs)))
+    return _loader(dataset, num_workers, persistent_workers, pin_memory, prefetch_factor)
+
+
+def make_eval_loader(spec: StreamSpec, *, batch_size: int, img_size: int, rank: int = 0, world_size: int = 1,
+                     num_workers: int = 2, target_fn: TargetFn | None = None, transform: str = "letterbox",
+                     return_meta: bool = False, persistent_workers: bool = False,
+                     pin_memory: bool = False, prefetch_factor: int | None = 2) -> StreamLoader:
+    """Finite loader reading every sample of ``spec.split`` exactly once across all ranks and workers.
+
+    ``transform``: ``letterbox`` (whole image, zero padding) or ``center_crop``. Batches may be
+    smaller than ``batch_size`` at the end of each worker's share.
+    """
+    _check_common(batch_size, rank, world_size, num_workers)
+    shards = [s for p in spec.paths for s in discover_shards(p, spec.split)]
+    if not shards:
+        raise StreamError(f"no shard of split {spec.split!r} in {spec.paths}")
+    if transform not in ("letterbox", "center_crop"):
+        raise ValueError(f"transform must be 'letterbox' or 'center_crop', got {transform!r}")
+    dataset = _EvalStream(
+        shards, rank=rank, world_size=world_size, num_workers=max(num_workers, 1), transform=transform,
+        batch_size=batch_size, img_size=img_size, target_fn=target_fn, return_meta=return_meta,
+        counter=CorruptCounter(),
+    )
+    return _loader(dataset, num_workers, persistent_workers, pin_memory, prefetch_factor)
+
+
+def samples_per_rank(batches: int, batch_size: int) -> int:
+    """The ``resume_samples`` value after ``batches`` batches of ``batch_size`` on each rank."""
+    return int(batches) * int(batch_size)
+
+
+__all__ = [
+    "CORRUPT_KINDS", "AugmentConfig", "CorruptCounter", "StreamError", "StreamLoader", "StreamSpec",
+    "corrupt_counts", "discover_shards", "eval_assignment", "make_eval_loader", "make_train_loader",
+    "mixing_probabilities", "samples_per_rank",
+]
