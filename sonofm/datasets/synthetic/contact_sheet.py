@@ -1,0 +1,65 @@
+"""A contact sheet of a corpus: images with their mask contours and labels, to eyeball realism."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_contact_sheet(manifest: Path, out_png: Path, n: int = 24, cols: int = 6) -> Path:
+    """Save a grid of the first ``n`` images of a manifest, spread over sources and labels.
+
+    Picks round-robin over (source, label) so a small sheet still shows every kind of image.
+    The PNG is palette-quantised to stay small enough to live in ``docs/``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    manifest = Path(manifest)
+    root = manifest.parent
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{manifest}: manifest has no rows")
+    buckets: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for r in rows:
+        buckets.setdefault((r["source"], r["label"]), []).append(r)
+    keys = sorted(buckets)
+    picked: list[dict[str, str]] = []
+    while len(picked) < min(n, len(rows)):
+        for k in keys:
+            if buckets[k] and len(picked) < n:
+                picked.append(buckets[k].pop(0))
+    picked.sort(key=lambda r: (r["source"], r["label"]))
+    nrows = (len(picked) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.0 * cols, 2.15 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, picked):
+        img = np.asarray(Image.open(root / r["path"]).convert("L"))
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        if r.get("mask"):
+            m = np.asarray(Image.open(root / r["mask"]).convert("L")) > 127
+            if m.any():
+                ax.contour(m.astype(np.float32), levels=[0.5], colors=["#ff3030"], linewidths=0.6)
+        src = r["source"].removeprefix("synth_")
+        ax.set_title(f"{r['label']}\n{src}", fontsize=7, pad=2)
+    fig.subplots_adjust(left=0.005, right=0.995, top=0.95, bottom=0.005, wspace=0.03, hspace=0.22)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, facecolor="white")
+    plt.close(fig)
+    buf.seek(0)
+    sheet = Image.open(buf).convert("RGB").quantize(colors=96, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(out_png.name + ".tmp")
+    sheet.save(tmp, format="PNG", optimize=True)
+    os.replace(tmp, out_png)
+    return out_png
