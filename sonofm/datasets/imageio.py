@@ -51,7 +51,7 @@ def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     except AdapterError:
         raise
     except Image.DecompressionBombError as e:
-        raise AdapterError(f"{p}: refused as a decompression bomb ({e})") from e
+        raise AdapterError(f"{p}: refused as a possible decompression bomb ({e})") from e
     except UnidentifiedImageError as e:
         raise AdapterError(f"{p}: not a readable image (unknown or corrupt format)") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
