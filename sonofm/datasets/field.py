@@ -1,0 +1,367 @@
+"""Acoustic-field detection: find the fan or rectangle that holds the ultrasound image.
+
+Scanner screens and exported frames carry black borders, burnt-in text (patient name, date,
+hospital), rulers, logos and colour bars around the image. Training on them teaches a model to
+read the UI, and keeping them leaks identities, so every image is cropped to its acoustic field
+at shard time, and the field itself is kept as a mask (masked pretraining and augmentation stay
+inside it).
+
+The detector works on intensity alone, at low resolution (``DETECT_SIDE`` pixels) for speed:
+
+1. signal = smoothed image above the background level (screens are black outside the field);
+2. an opening cuts thin text strokes and the bridges that glue labels to the field, a closing
+   and hole filling make the field solid (dark cysts, vessels and the bladder inside it are
+   enclosed by tissue and so are kept);
+3. the large components are kept and their convex hull is the field; the hull is rasterised at
+   the original resolution from its half-planes, so the mask is exact at any size;
+4. a dark band below the field whose edge fades gradually is deep tissue with no echo, not a
+   screen border: the field is extended to the image bottom there instead of cutting it;
+5. bright components outside the (slightly grown) field are reported as text/UI.
+
+The field is a ``"rect"`` when its hull fills its bounding box, a ``"fan"`` otherwise (sector,
+curvilinear and trapezoid fields), and ``"full"`` when it covers the whole image (images a
+publisher already cropped): then nothing is cropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull, QhullError
+
+#: Longest side of the working copy the detector analyses.
+DETECT_SIDE = 256
+#: Hull fill of its bounding box above which a field is a rectangle.
+RECT_FILL = 0.97
+#: A field whose bbox leaves less than this share of the image on every side is the full image.
+FULL_MARGIN = 0.02
+#: Share of signal pixels outside the field core above which that area is tissue, not background.
+TISSUE_OUTSIDE = 0.15
+#: Fields smaller than this share of the image are not trusted (blank or odd images): full frame.
+MIN_FIELD_SHARE = 0.08
+
+
+@dataclass
+class Field:
+    """The acoustic field of one image, in the coordinates of the original image.
+
+    ``bbox`` is ``(top, left, bottom, right)`` with exclusive ``bottom``/``right`` (array slice
+    bounds), ``mask`` the (H, W) boolean field. Fans carry their estimated geometry when the two
+    side edges could be fitted: ``apex`` (x, y), ``radii`` (inner, outer) from the apex and
+    ``angles`` (left, right) of the side edges in degrees from the vertical.
+    """
+
+    kind: str
+    bbox: tuple[int, int, int, int]
+    mask: np.ndarray
+    apex: tuple[float, float] | None = None
+    radii: tuple[float, float] | None = None
+    angles: tuple[float, float] | None = None
+    text_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    extended_bottom: bool = False
+    fallback: bool = False
+
+    @property
+    def text_outside(self) -> bool:
+        """Whether bright marks (text, rulers, logos, colour bars) lie outside the field."""
+        return bool(self.text_boxes)
+
+    def to_meta(self) -> dict[str, Any]:
+        """JSON-serialisable summary (no arrays) for the sample metadata."""
+        h, w = self.mask.shape
+        meta: dict[str, Any] = {
+            "kind": self.kind,
+            "bbox": [int(v) for v in self.bbox],
+            "area_fraction": round(float(self.mask.mean()), 4) if h * w else 0.0,
+            "text_boxes": [[int(v) for v in b] for b in self.text_boxes],
+            "extended_bottom": self.extended_bottom,
+            "fallback": self.fallback,
+        }
+        if self.apex is not None:
+            meta["apex"] = [round(float(v), 1) for v in self.apex]
+        if self.radii is not None:
+            meta["radii"] = [round(float(v), 1) for v in self.radii]
+        if self.angles is not None:
+            meta["angles"] = [round(float(v), 2) for v in self.angles]
+        return meta
+
+
+def _downscale(gray: np.ndarray, side: int) -> tuple[np.ndarray, float, float]:
+    """Area-averaged copy with longest side ``side`` (never upsampled) and its (sy, sx) factors."""
+    h, w = gray.shape
+    scale = min(1.0, side / max(h, w))
+    hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
+    if (hs, ws) == (h, w):
+        return gray.astype(np.float32), 1.0, 1.0
+    small = np.asarray(Image.fromarray(gray).resize((ws, hs), Image.Resampling.BOX), dtype=np.float32)
+    return small, hs / h, ws / w
+
+
+def _hull_equations(points: np.ndarray) -> np.ndarray | None:
+    """Half-planes ``a*x + b*y + c <= 0`` of the convex hull of (x, y) points (None if degenerate)."""
+    try:
+        return ConvexHull(points).equations
+    except (QhullError, ValueError):
+        return None
+
+
+def _rasterise(eq: np.ndarray, h: int, w: int, grow: float) -> np.ndarray:
+    """Boolean (h, w) mask of pixel centres inside the hull grown by ``grow`` pixels.
+
+    Row by row, each half-plane bounds x to an interval, so the cost is O(h * facets) plus one
+    comparison per pixel rather than one per pixel and facet.
+    """
+    ys = np.arange(h, dtype=np.float64) + 0.5
+    lo = np.full(h, -np.inf)
+    hi = np.full(h, np.inf)
+    for a, b, c in eq:
+        rhs = -(c - grow) - b * ys  # a*x <= rhs (Qhull normals are unit length)
+        if abs(a) < 1e-9:
+            bad = rhs < 0
+            lo[bad], hi[bad] = np.inf, -np.inf
+        elif a > 0:
+            hi = np.minimum(hi, rhs / a)
+        else:
+            lo = np.maximum(lo, rhs / a)
+    xs = np.arange(w, dtype=np.float64) + 0.5
+    return (xs[None, :] >= lo[:, None]) & (xs[None, :] <= hi[:, None])
+
+
+def _signal_level(small: np.ndarray) -> tuple[float, float]:
+    """Background level and signal threshold of a frame (robust to video black at 16)."""
+    bg = float(np.percentile(small, 1.0))
+    top = float(np.percentile(small, 99.0))
+    return bg, bg + max(6.0, 0.08 * (top - bg))
+
+
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return xx * xx + yy * yy <= radius * radius
+
+
+def _field_components(sig: np.ndarray) -> np.ndarray:
+    """Solid field region from a thresholded signal map: cut text, fill tissue, keep big parts."""
+    n_pix = sig.size
+    opened = ndi.binary_opening(sig, structure=np.ones((3, 3), bool), iterations=1)
+    closed = ndi.binary_closing(opened, structure=np.ones((3, 3), bool), iterations=2, border_value=0)
+    closed |= opened
+    filled = ndi.binary_fill_holes(closed)
+    # An opening by a disk about 8 % of the working size wide removes labels, rulers and UI blocks
+    # that touch the field (their hull would otherwise swallow the black border), at the price
+    # of rounding acute corners by a few pixels.
+    radius = max(2, round(0.04 * max(sig.shape)))
+    # The hull is built from this core alone: giving back the corner tips the disk rounded off
+    # would also give back labels that straddle the field edge (e.g. a model name on a trapezoid's
+    # corner), and their pixels tilt the hull's edges outwards. A tip lost at an acute corner is
+    # a few pixels of near field.
+    solid = ndi.binary_opening(filled, structure=_disk(radius))
+    lab, n = ndi.label(solid)
+    if n == 0:
+        return solid
+    sizes = ndi.sum(solid, lab, index=np.arange(1, n + 1))
+    keep_ids = np.flatnonzero(sizes >= max(0.02 * n_pix, 0.05 * sizes.max())) + 1
+    return np.isin(lab, keep_ids)
+
+
+def _extend_soft_bottom(smooth: np.ndarray, region: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Columns (low res) whose field ends in a gradual fade, extended down to the image bottom.
+
+    Screens end the field with a sharp edge; depth attenuation fades out instead. Below a faded
+    edge the black is deep tissue without echo, so the field continues there (down to the first
+    text mark, if any) rather than being cut.
+    """
+    hs, ws = region.shape
+    ext = np.zeros_like(region)
+    cols = np.flatnonzero(region.any(axis=0))
+    if cols.size == 0:
+        return ext
+    body = float(np.median(smooth[region]))
+    k = max(3, hs // 25)
+    last = hs - 1 - np.argmax(region[::-1, :], axis=0)  # lowest field row per column
+    soft = np.zeros(ws, bool)
+    for c in cols:
+        r = last[c]
+        if r >= hs - 2:
+            continue
+        seg = smooth[max(0, r - k + 1) : r + 1, c][region[max(0, r - k + 1) : r + 1, c]]
+        soft[c] = seg.size > 0 and float(seg.mean()) < 0.5 * body
+    soft = ndi.median_filter(soft.astype(np.uint8), size=9, mode="nearest").astype(bool)
+    for c in np.flatnonzero(soft & region.any(axis=0)):
+        r = last[c]
+        below = np.flatnonzero(text[r + 1 :, c])
+        stop = r + 1 + (below[0] - 2 if below.size else hs - r - 1)
+        ext[r + 1 : max(r + 1, stop), c] = True
+    return ext
+
+
+def _side_lines(region: np.ndarray, rows: np.ndarray) -> tuple[float, float, float, float] | None:
+    """Lines ``x = k*y + b`` fitted to the left and right edges of ``region`` over ``rows``."""
+    ws = region.shape[1]
+    rows = rows[region[rows].any(axis=1)]
+    if rows.size < 5:
+        return None
+    left = np.argmax(region[rows], axis=1).astype(float)
+    right = (ws - 1 - np.argmax(region[rows, ::-1], axis=1)).astype(float)
+    ok_l, ok_r = left > 1, right < ws - 2  # edges on the image border say nothing about the field
+    if ok_l.sum() < 5 or ok_r.sum() < 5:
+        return None
+    kl, bl = np.polyfit(rows[ok_l].astype(float), left[ok_l], 1)
+    kr, br = np.polyfit(rows[ok_r].astype(float), right[ok_r], 1)
+    return float(kl), float(bl), float(kr), float(br)
+
+
+def _follow_fan_sides(region: np.ndarray, ext: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """Below a faded fan, the field keeps widening along the fan's sides, not straight down.
+
+    The side lines are fitted where the fan is still bright (above the fade); between them, from
+    the faded edge to the bottom (or the first text mark), the field is extended.
+    """
+    out = np.zeros_like(region)
+    hs, ws = region.shape
+    ext_rows = np.flatnonzero(ext.any(axis=1))
+    rows = np.flatnonzero(region.any(axis=1))
+    if ext_rows.size == 0 or rows.size < 10:
+        return out
+    start = int(ext_rows[0])
+    fit_rows = np.arange(rows[0] + max(2, (start - rows[0]) // 5), start)
+    lines = _side_lines(region, fit_rows)
+    if lines is None:
+        return out
+    kl, bl, kr, br = lines
+    if kr - kl < 0.05:  # parallel sides: the straight extension is right
+        return out
+    ys = np.arange(start, hs)
+    xs = np.arange(ws)
+    inside = (xs[None, :] >= (kl * ys + bl)[:, None]) & (xs[None, :] <= (kr * ys + br)[:, None])
+    blocked = np.maximum.accumulate(text[start:], axis=0)  # stop at the first mark below
+    out[start:] = inside & ~blocked
+    return out
+
+
+def _fan_geometry(
+    mask: np.ndarray,
+) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]] | None:
+    """Apex, radii and side angles of a fan from the left/right edges of its mask (None if unfit)."""
+    h, w = mask.shape
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size < 10:
+        return None
+    r0, r1 = rows[0], rows[-1]
+    sel = rows[(rows > r0 + 0.2 * (r1 - r0)) & (rows < r1 - 0.2 * (r1 - r0))]
+    if sel.size < 5:
+        return None
+    left = np.argmax(mask[sel], axis=1).astype(float)
+    right = (w - 1 - np.argmax(mask[sel, ::-1], axis=1)).astype(float)
+    inner = (left > 1) & (right < w - 2)  # edges on the image border say nothing about the fan
+    if inner.sum() < 5:
+        return None
+    y = sel[inner].astype(float)
+    kl, bl = np.polyfit(y, left[inner], 1)  # x = k*y + b
+    kr, br = np.polyfit(y, right[inner], 1)
+    if kr - kl < 0.05:  # sides (nearly) parallel: no apex
+        return None
+    ya = (bl - br) / (kr - kl)
+    xa = kl * ya + bl
+    yy, xx = np.nonzero(mask)
+    d = np.hypot(xx + 0.5 - xa, yy + 0.5 - ya)
+    return (
+        (float(xa), float(ya)),
+        (float(d.min()), float(d.max())),
+        (float(np.degrees(np.arctan(kl))), float(np.degrees(np.arctan(kr)))),
+    )
+
+
+def _text_boxes(
+    small: np.ndarray, region_small: np.ndarray, bg: float, sy: float, sx: float, shape: tuple[int, int]
+) -> tuple[list[tuple[int, int, int, int]], np.ndarray]:
+    """Bright marks outside the grown field, as boxes in original coordinates (and their map)."""
+    # Tissue at the corner tips the core rounds off is no text: keep a band of half the disk radius.
+    band = max(3, round(0.02 * max(region_small.shape)))
+    grown = ndi.binary_dilation(region_small, structure=_disk(band))
+    bright = (small > bg + 40.0) & ~grown
+    lab, n = ndi.label(bright, structure=np.ones((3, 3), bool))
+    boxes: list[tuple[int, int, int, int]] = []
+    keep = np.zeros_like(bright)
+    h, w = shape
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        comp = lab[sl] == i
+        if comp.sum() < 6:  # compression noise, single bright speckles
+            continue
+        keep[sl] |= comp
+        t, b = int(sl[0].start / sy), min(h, int(np.ceil(sl[0].stop / sy)))
+        left, r = int(sl[1].start / sx), min(w, int(np.ceil(sl[1].stop / sx)))
+        boxes.append((t, left, b, r))
+    return boxes, keep
+
+
+def detect_field(gray: np.ndarray) -> Field:
+    """Find the acoustic field of an 8-bit grayscale image.
+
+    Never raises on odd content: an image without a trustworthy field (blank, or a field under
+    ``MIN_FIELD_SHARE`` of the image) is returned as ``"full"`` with ``fallback=True``.
+    """
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"detect_field needs a uint8 (H, W) image, got {gray.dtype} {gray.shape}")
+    h, w = gray.shape
+    full = Field("full", (0, 0, h, w), np.ones((h, w), bool))
+    if min(h, w) < 16:
+        return full
+    small, sy, sx = _downscale(gray, DETECT_SIDE)
+    hs, ws = small.shape
+    smooth = ndi.uniform_filter(small, 3)
+    bg, thr = _signal_level(small)
+    region = _field_components(smooth > thr)
+    if region.sum() < MIN_FIELD_SHARE * region.size:
+        full.fallback = True
+        return full
+    # Outside a screen's field lies black background (plus a few marks); outside the core of an
+    # image already cropped to its field lies dark tissue, still speckled: keep the whole image.
+    outside = ~ndi.binary_dilation(region, structure=_disk(max(3, round(0.02 * max(hs, ws)))))
+    if outside.any() and float((smooth > thr)[outside].mean()) >= TISSUE_OUTSIDE:
+        return full
+    boxes, text = _text_boxes(small, region, bg, sy, sx, (h, w))
+    ext = _extend_soft_bottom(smooth, region, text)
+    extended = bool(ext.sum() > 0.01 * ext.size)
+    pts_region = region | ext | _follow_fan_sides(region, ext, text) if extended else region
+    # Hull of pixel corners, in original-image pixel-edge coordinates.
+    edge = pts_region & ~ndi.binary_erosion(pts_region)
+    yy, xx = np.nonzero(edge)
+    corners = np.concatenate(
+        [np.stack([xx + dx, yy + dy], axis=1) for dx in (0, 1) for dy in (0, 1)]
+    ).astype(np.float64)
+    corners[:, 0] /= sx
+    corners[:, 1] /= sy
+    eq = _hull_equations(corners)
+    if eq is None:
+        full.fallback = True
+        return full
+    mask = _rasterise(eq, h, w, grow=1.0)
+    if mask.mean() < MIN_FIELD_SHARE:
+        full.fallback = True
+        return full
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    bbox = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+    t, left, b, r = bbox
+    fill = float(mask[t:b, left:r].mean())
+    margin_y, margin_x = FULL_MARGIN * h, FULL_MARGIN * w
+    covers = t <= margin_y and left <= margin_x and b >= h - margin_y and r >= w - margin_x
+    # Marks inside the bbox but outside the hull (a label in the black corner of a trapezoid) keep
+    # the exact hull as the field: a rectangle would take them back in.
+    boxes = [bx for bx in boxes if not mask[(bx[0] + bx[2]) // 2, (bx[1] + bx[3]) // 2]]
+    corner_marks = any(t <= (bx[0] + bx[2]) // 2 < b and left <= (bx[1] + bx[3]) // 2 < r for bx in boxes)
+    if covers and fill >= RECT_FILL and not corner_marks:
+        return Field("full", (0, 0, h, w), np.ones((h, w), bool), extended_bottom=extended)
+    if fill >= RECT_FILL and not corner_marks:
+        mask = np.zeros((h, w), bool)
+        mask[t:b, left:r] = True
+        kind, geom = "rect", None
+    else:
+        kind, geom = "fan", _fan_geometry(mask)
+    apex, radii, angles = geom if geom is not None else (None, None, None)
+    return Field(kind, bbox, mask, apex, radii, angles, text_boxes=boxes, extended_bottom=extended)
