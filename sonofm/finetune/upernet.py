@@ -55,7 +55,8 @@ def encoder_pyramid(encoder: nn.Module, x: Tensor) -> list[Tensor]:
 
 
 class UPerNetHead(nn.Module):
-    """PPM + FPN decoder: ``forward(features) -> logits`` at stride 4 of the input."""
+    """PPM + FPN decoder: ``forward(features) -> logits`` at stride 4 of the input (``num_classes=0``:
+    the fused feature map)."""
 
     def __init__(
         self,
@@ -77,7 +78,8 @@ class UPerNetHead(nn.Module):
         self.fpn = nn.ModuleList(ConvNormAct(channels, channels, 3, norm) for _ in in_channels[:-1])
         self.fuse = ConvNormAct(len(in_channels) * channels, channels, 3, norm)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        # num_classes=0: no classifier (a caller with several heads, e.g. the prompt model, adds its own)
+        self.classifier = nn.Conv2d(channels, num_classes, 1) if num_classes > 0 else nn.Identity()
         self.channels = channels
 
     def _ppm(self, x: Tensor) -> Tensor:
