@@ -192,16 +192,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that describe a user's mistake or bad input: printed as one line, no traceback."""
+    from sonofm.config import ConfigError
+
+    errors: list[type[BaseException]] = [ConfigError, CLIError, FileNotFoundError]
+    for module, name in (
+        ("sonofm.datasets.taxonomy", "TaxonomyError"),
+        ("sonofm.datasets.adapters", "AdapterError"),
+        ("sonofm.datasets.stream", "StreamError"),
+        ("sonofm.pretrain.engine", "NonFiniteLossError"),
+    ):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    from sonofm.config import ConfigError
-
     try:
         return func(args)
-    except (ConfigError, CLIError, FileNotFoundError) as exc:
+    except _user_errors() as exc:
         print(f"sonofm {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:

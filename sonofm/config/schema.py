@@ -96,6 +96,7 @@ class LoggingConfig:
     wandb_mode: str = "offline"
     tensorboard: bool = False
     progress: bool = True
+    log_keys: bool = False  # audit the data order: sample keys per step in keys/rank<r>.txt
 
 
 @dataclass

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sonofm.faults import maybe_kill
+
 CKPT_DIR = "checkpoints"
 LAST = "last"
 STATE_FILE = "state.json"
@@ -113,6 +115,7 @@ def save_checkpoint(
         save_file(contiguous_state(ema_state), str(tmp / "ema.safetensors"))
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
+    maybe_kill("in_checkpoint", step)  # fault injection: half-written checkpoint (tests only)
     torch.save(rng_state(), tmp / "rng-rank0.pt")
     (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
     _fsync_tree(tmp)

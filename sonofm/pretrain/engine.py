@@ -21,6 +21,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from sonofm.config import PretrainConfig, save_config
+from sonofm.faults import maybe_kill
 from sonofm.models.pretrain_model import PretrainModel, count_params, param_groups
 from sonofm.pretrain.checkpoint import (
     load_checkpoint,
@@ -178,6 +179,10 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
                desc="pretrain", dynamic_ncols=True)
     window = _Window()
     t_window, wait_window, images_window = time.perf_counter(), 0.0, 0
+    key_log = None
+    if cfg.logging.log_keys:
+        (run_dir / "keys").mkdir(parents=True, exist_ok=True)
+        key_log = open(run_dir / "keys" / f"rank{rank}.txt", "a", buffering=1)  # noqa: SIM115
     model.train()
     step = start_step
     try:
@@ -188,6 +193,8 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
                 t0 = time.perf_counter()
                 batch = next(batches)
                 wait_window += time.perf_counter() - t0
+                if key_log is not None:
+                    key_log.write(f"{step + 1}\t{','.join(batch.get('key', []))}\n")
                 batch = _to_device(batch, accelerator.device)
                 images = batch["image"]
                 images_window += images.shape[0]
@@ -239,9 +246,12 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
                 model.train()
             if done % cfg.checkpoint.every == 0 or done == cfg.steps:
                 _checkpoint(accelerator, unwrapped, optimizer, ema, run_dir, done, samples_per_rank, cfg)
+            maybe_kill("after_step", done)  # fault injection for crash-safety tests
     finally:
         bar.close()
         logger.close()
+        if key_log is not None:
+            key_log.close()
     if main:
         plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "plots" / "loss.png")
         accelerator.print(f"done: {run_dir} (last checkpoint step {cfg.steps}; loss curve plots/loss.png)")
