@@ -159,6 +159,19 @@ def test_features_only_round_trip_matches_run_encoder(exported):
         assert not torch.allclose(fresh.forward_features(x), plain.forward_features(x), atol=1e-3)
 
 
+def test_downstream_loader_reads_the_export(exported):
+    """sonofm's own probe/finetune loader takes the exported folder and the run alike."""
+    from sonofm.models.loading import load_encoder
+
+    run, out, _ = exported
+    from_export, info = load_encoder(str(out))
+    from_run, _ = load_encoder(str(run))
+    assert info["kind"] == "timm" and info["name"] == ARCH
+    x = torch.randn(2, 1, SIZE, SIZE)
+    with torch.no_grad():
+        assert torch.equal(from_export.forward_features(x), from_run.forward_features(x))
+
+
 def test_card_lists_data_counts_licences_and_usage(exported):
     _, out, _ = exported
     card = (out / "README.md").read_text()
@@ -241,6 +254,25 @@ def test_reexport_replaces_files_in_existing_folder(exported, tmp_path):
     assert json.loads((target / "config.json").read_text())["architecture"] == ARCH
     assert (target / "keep.txt").read_text() == "user file"
     assert (target / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+
+def test_failed_check_leaves_old_export_untouched(exported, tmp_path, monkeypatch):
+    import sonofm.export as export_mod
+
+    run, _, _ = exported
+    target = tmp_path / "old"
+    target.mkdir()
+    (target / "config.json").write_text('{"old": true}')
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated failed round-trip check")
+
+    monkeypatch.setattr(export_mod, "_verify_folder", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        export_backbone(run, target)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json"]
+    assert json.loads((target / "config.json").read_text()) == {"old": True}
+    assert not list(tmp_path.glob(".old.export-tmp-*"))
 
 
 def test_dry_run_lists_files_and_repo_without_network(exported, tmp_path, monkeypatch, capsys):
