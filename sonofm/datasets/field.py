@@ -300,6 +300,33 @@ def _text_boxes(
     return boxes, keep
 
 
+def _rect_edges(
+    region: np.ndarray, sy: float, sx: float, bbox: tuple[int, int, int, int]
+) -> tuple[int, int, int, int]:
+    """Edges of a rectangular field as the median row/column extents of its low-res region.
+
+    A UI block glued to one edge (a ruler or grey bar beside the image) survives the opening
+    where it joins the field and pushes the extreme extent outwards; the median over all rows and
+    columns is the edge the field really has. Clipped to the hull's ``bbox``.
+    """
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    first_c = np.argmax(region[rows], axis=1)
+    last_c = region.shape[1] - np.argmax(region[rows, ::-1], axis=1)
+    first_r = np.argmax(region[:, cols], axis=0)
+    last_r = region.shape[0] - np.argmax(region[::-1, cols], axis=0)
+    t, left, b, r = bbox
+    hs, ws = region.shape
+    mt, ml = float(np.median(first_r)), float(np.median(first_c))
+    mb, mr = float(np.median(last_r)), float(np.median(last_c))
+    # Within a low-res pixel of the image border means on it.
+    return (
+        t if mt <= 1 else max(t, int(np.floor(mt / sy)) - 1),
+        left if ml <= 1 else max(left, int(np.floor(ml / sx)) - 1),
+        b if mb >= hs - 1 else min(b, int(np.ceil(mb / sy)) + 1),
+        r if mr >= ws - 1 else min(r, int(np.ceil(mr / sx)) + 1),
+    )
+
+
 def detect_field(gray: np.ndarray) -> Field:
     """Find the acoustic field of an 8-bit grayscale image.
 
@@ -358,6 +385,7 @@ def detect_field(gray: np.ndarray) -> Field:
     if covers and fill >= RECT_FILL and not corner_marks:
         return Field("full", (0, 0, h, w), np.ones((h, w), bool), extended_bottom=extended)
     if fill >= RECT_FILL and not corner_marks:
+        t, left, b, r = bbox = _rect_edges(pts_region, sy, sx, bbox)
         mask = np.zeros((h, w), bool)
         mask[t:b, left:r] = True
         kind, geom = "rect", None
