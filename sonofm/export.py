@@ -45,8 +45,15 @@ CARD_NAME = "README.md"
 EXPORT_FILES: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 ENCODER_PREFIX = "encoder."
 
+
+class ExportError(RuntimeError):
+    """An export that cannot be done as asked (bad results file or repo id, unknown model, failed
+    upload); the message says what to fix. Weights that do not fit raise
+    :class:`~sonofm.models.loading.IncompatibleCheckpointError` instead, listing the keys."""
+
 __all__ = [
     "EXPORT_FILES",
+    "ExportError",
     "export_backbone",
     "encoder_state_dict",
     "input_normalisation",
@@ -173,7 +180,7 @@ def _load_strict(arch: str, in_chans: int, state: dict[str, torch.Tensor], where
     try:
         model = timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=0)
     except RuntimeError as e:  # timm: "Unknown model (...)"
-        raise ValueError(f"config.yaml names model {arch!r}, which timm cannot create: {e}") from e
+        raise ExportError(f"config.yaml names model {arch!r}, which timm cannot create: {e}") from e
     try:
         check_state_dict(model, state, f"{where} (as {arch}, in_chans={in_chans})")
     except IncompatibleCheckpointError as e:
@@ -192,15 +199,15 @@ def _verify_folder(folder: Path, model: nn.Module, in_chans: int, img_size: int,
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
     want, got = model.state_dict(), loaded.state_dict()
     if set(want) != set(got):
-        raise RuntimeError(f"export check: timm loads keys {sorted(set(got) ^ set(want))[:10]} differently")
+        raise ExportError(f"export check (timm {timm.__version__}): timm loads keys {sorted(set(got) ^ set(want))[:10]} differently")
     bad = [k for k in want if not torch.equal(want[k], got[k])]
     if bad:
-        raise RuntimeError(f"export check: timm's local-dir load changes {len(bad)} tensors, e.g. {bad[:5]}")
+        raise ExportError(f"export check (timm {timm.__version__}): timm's local-dir load changes {len(bad)} tensors, e.g. {bad[:5]}")
     data_cfg = timm.data.resolve_data_config({}, model=loaded)
     expect = {"input_size": (in_chans, img_size, img_size), "mean": (mean,) * in_chans, "std": (std,) * in_chans}
     for key, value in expect.items():
         if tuple(data_cfg[key]) != value:
-            raise RuntimeError(f"export check: timm resolves {key}={data_cfg[key]}, expected {value}")
+            raise ExportError(f"export check (timm {timm.__version__}): timm resolves {key}={data_cfg[key]}, expected {value}")
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
@@ -239,9 +246,9 @@ def _check_repo_id(repo_id: str) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
-        raise ValueError(f"--push-to-hub {repo_id!r}: not a valid Hub repo id ({e})") from None
+        raise ExportError(f"--push-to-hub {repo_id!r}: not a valid Hub repo id ({e})") from None
     if "/" not in repo_id:
-        raise ValueError(f"--push-to-hub {repo_id!r}: give NAMESPACE/NAME (your user or organisation first)")
+        raise ExportError(f"--push-to-hub {repo_id!r}: give NAMESPACE/NAME (your user or organisation first)")
 
 
 def _push(out_dir: Path, repo_id: str, message: str) -> str:
@@ -254,7 +261,7 @@ def _push(out_dir: Path, repo_id: str, message: str) -> str:
         api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(out_dir),
                           allow_patterns=list(EXPORT_FILES), commit_message=message)
     except Exception as e:  # network, auth, offline mode: keep the local export, say what to do
-        raise RuntimeError(
+        raise ExportError(
             f"push to the Hub repo {repo_id!r} failed: {e}. The export itself is complete in {out_dir}; "
             "log in (`huggingface-cli login` or HF_TOKEN), check network access and HF_HUB_OFFLINE, and retry."
         ) from e
@@ -273,9 +280,9 @@ def export_backbone(
     ``out_dir`` in timm's format with a model card; optionally upload it to the Hub repo
     ``push_to_hub`` (with ``dry_run``: only print the repo id and the files, no network access).
 
-    Returns ``out_dir``. Raises ``FileNotFoundError`` for a missing run, config, checkpoint or EMA
-    weights and :class:`IncompatibleCheckpointError` (listing keys) when the weights do not fit the
-    architecture named by the run's ``config.yaml``.
+    Returns ``out_dir``. Raises ``FileNotFoundError`` for a missing run, config, checkpoint, EMA
+    weights or results file, :class:`IncompatibleCheckpointError` (listing keys) when the weights do
+    not fit the architecture named by the run's ``config.yaml``, and :class:`ExportError` otherwise.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if push_to_hub:
@@ -292,8 +299,11 @@ def export_backbone(
     try:
         state = json.loads((ckpt / STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{ckpt / STATE_FILE}: unreadable checkpoint state ({e})") from e
-    results_data = load_results(results) if results is not None else None
+        raise ExportError(f"{ckpt / STATE_FILE}: unreadable checkpoint state ({e})") from e
+    try:
+        results_data = load_results(results) if results is not None else None
+    except ValueError as e:
+        raise ExportError(str(e)) from None
 
     weights_file = ckpt / ("ema.safetensors" if use_ema else "model.safetensors")
     if not weights_file.is_file():

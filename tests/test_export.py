@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from sonofm.config import PretrainConfig, save_config
 from sonofm.config.schema import DataConfig, DecoderConfig, HierarchyConfig, ModelConfig
-from sonofm.export import EXPORT_FILES, export_backbone, input_normalisation
+from sonofm.export import EXPORT_FILES, ExportError, export_backbone, input_normalisation
 from sonofm.model_card import load_results, results_table
 from sonofm.models.encoder import masked_forward_features
 from sonofm.models.loading import IncompatibleCheckpointError
@@ -241,6 +241,9 @@ def test_results_table_and_missing_index_note(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(ValueError, match="bad.json: results must be a JSON object"):
         load_results(bad)
+    with pytest.raises(ExportError, match="bad.json: results must be a JSON object"):
+        export_backbone(run, tmp_path / "out2", results=bad)
+    assert not (tmp_path / "out2").exists()
     assert results_table({"t": {"acc": 1}}).splitlines()[2] == "| t | 1 |"
 
 
@@ -294,7 +297,7 @@ def test_dry_run_lists_files_and_repo_without_network(exported, tmp_path, monkey
     assert "MB" in text or "kB" in text
     card = (out / "README.md").read_text()
     assert 'timm.create_model("hf-hub:someone/sonofm-atto", pretrained=True)' in card
-    with pytest.raises(ValueError, match="not a valid Hub repo id"):
+    with pytest.raises(ExportError, match="not a valid Hub repo id"):
         export_backbone(run, tmp_path / "x", push_to_hub="bad repo//id", dry_run=True)
     assert not (tmp_path / "x").exists()
 
@@ -328,7 +331,7 @@ def test_push_failure_keeps_export_and_explains(exported, tmp_path):
     if not constants.HF_HUB_OFFLINE:
         pytest.skip("needs HF_HUB_OFFLINE=1 (set by conftest) so the real client refuses without network")
     run, _, _ = exported
-    with pytest.raises(RuntimeError, match="push to the Hub repo 'someone/sonofm-atto' failed"):
+    with pytest.raises(ExportError, match="push to the Hub repo 'someone/sonofm-atto' failed"):
         export_backbone(run, tmp_path / "off", push_to_hub="someone/sonofm-atto")
     assert all((tmp_path / "off" / n).is_file() for n in EXPORT_FILES)
 
