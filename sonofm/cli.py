@@ -202,6 +202,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ("sonofm.datasets.adapters", "AdapterError"),
         ("sonofm.datasets.stream", "StreamError"),
         ("sonofm.pretrain.engine", "NonFiniteLossError"),
+        ("sonofm.export", "ExportError"),
+        ("sonofm.models.loading", "IncompatibleCheckpointError"),
     ):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
