@@ -156,7 +156,7 @@ def test_csv_manifest_columns(tmp_path: Path) -> None:
     assert a.meta["pixel_spacing_mm"] == [0.1, 0.2] and b.meta["pixel_spacing_mm"] == [0.3, 0.3]
     assert a.mask.sum() == 16 + 48 and set(np.unique(a.mask)) == {0, 1}
     assert b.meta["path"] == "img/b.png" and b.meta["group"] == "img/b.png" and b.mask is None
-    assert all(r.meta["source"] == "tn3k" for r in recs)
+    assert all(r.meta["source"] == "tn3k" for r in recs) and ad.sources() == ["tn3k"]
     taxonomy = Taxonomy.load()
     assert taxonomy.annotate(a.meta)["region"] == "head_and_neck"  # CSV organ agrees with the taxonomy
     with pytest.raises(ValueError, match="organ 'thyroid' given"):
@@ -197,6 +197,7 @@ def test_synthetic_corpus_through_manifest(tmp_path: Path) -> None:
     ad = get_adapter("synthetic", tmp_path / "corpus")
     recs = list(ad)
     assert len(recs) == 4
+    assert ad.sources() == sorted({r.meta["source"] for r in recs})
     taxonomy = Taxonomy.load()
     for r in recs:
         assert r.meta["source"].startswith("synth_") and r.meta["source"] != "synthetic"

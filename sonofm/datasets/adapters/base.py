@@ -86,6 +86,14 @@ class Adapter:
         for item in self.items():
             yield from self.load(item)
 
+    def sources(self) -> list[str]:
+        """Source names this adapter's records carry (several for a manifest with a ``source`` column)."""
+        return [self.source]
+
+    def abspath(self, rel: str) -> Path:
+        """Absolute location of an item's ``path`` or mask (they are relative to :attr:`data_dir`)."""
+        return self.data_dir / rel
+
     def report(self) -> dict[str, int]:
         """Counters gathered so far (skipped files, dropped duplicate frames) for the build report."""
         return dict(self.stats)

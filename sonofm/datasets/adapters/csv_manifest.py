@@ -114,6 +114,10 @@ class CsvAdapter(Adapter):
                 meta[key] = value
         return Item(path=path, masks=masks, meta=meta)
 
+    def sources(self) -> list[str]:
+        """Every source named by the manifest's rows (or the adapter's own), sorted."""
+        return sorted({item.meta["source"] for item in self.items()})
+
     def read_masks(self, item: Item):
         return merge_masks(
             [self.data_dir / m for m in item.masks], binary=self.opts["mask_values"] == "binary"
