@@ -39,7 +39,7 @@ def make_contact_sheet(manifest: Path, out_png: Path, n: int = 24, cols: int = 6
                 picked.append(buckets[k].pop(0))
     picked.sort(key=lambda r: (r["source"], r["label"]))
     nrows = (len(picked) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.0 * cols, 2.15 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.8 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, r in zip(axes.flat, picked):
@@ -50,13 +50,13 @@ def make_contact_sheet(manifest: Path, out_png: Path, n: int = 24, cols: int = 6
             if m.any():
                 ax.contour(m.astype(np.float32), levels=[0.5], colors=["#ff3030"], linewidths=0.6)
         src = r["source"].removeprefix("synth_")
-        ax.set_title(f"{r['label']}\n{src}", fontsize=7, pad=2)
-    fig.subplots_adjust(left=0.005, right=0.995, top=0.95, bottom=0.005, wspace=0.03, hspace=0.22)
+        ax.set_title(f"{r['label']} | {src}", fontsize=8, pad=2)
+    fig.subplots_adjust(left=0.005, right=0.995, top=0.95, bottom=0.005, wspace=0.03, hspace=0.12)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, facecolor="white")
+    fig.savefig(buf, format="png", dpi=80, facecolor="white")
     plt.close(fig)
     buf.seek(0)
-    sheet = Image.open(buf).convert("RGB").quantize(colors=96, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    sheet = Image.open(buf).convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(out_png.name + ".tmp")

@@ -112,7 +112,7 @@ def draw_marks(
                 tx, ty = x_r + 2 * tick + 2, y - bm.shape[0] // 2
                 if _free(occupied, tx, ty, tx + bm.shape[1], ty + bm.shape[0]):
                     _stamp(layer, occupied, bm, tx, ty, shade)
-        occupied[:, x_r : min(size, x_r + 2 * tick + 1)] = True
+        occupied[:, x_r : min(size, x_r + 2 * tick + 4)] = True
 
     year, month, day = 2015 + int(rng.integers(10)), 1 + int(rng.integers(12)), 1 + int(rng.integers(28))
     hour, minute = int(rng.integers(7, 19)), int(rng.integers(60))

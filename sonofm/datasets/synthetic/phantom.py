@@ -95,7 +95,7 @@ def _lesion_echo(spec: SourceSpec, p: dict[str, Any], label: str, anatomy: str) 
         level = p["levels"][3] * rng.uniform(6.0, 10.0) if anatomy == "liver" else rng.uniform(0.03, 0.12)
         return {"echo": level, "atten": a0 * rng.uniform(0.6, 1.0), "tex": rng.uniform(0.15, 0.4),
                 "wall": rng.uniform(0.0, 0.8), "halo": 0.0}
-    return {"echo": rng.uniform(0.015, 0.07), "atten": a0 * rng.uniform(2.0, 4.0), "tex": rng.uniform(0.5, 0.9),
+    return {"echo": rng.uniform(0.02, 0.1), "atten": a0 * rng.uniform(1.5, 3.0), "tex": rng.uniform(0.5, 0.9),
             "wall": 0.0, "halo": rng.uniform(0.0, 1.5) if rng.random() < 0.6 else 0.0}
 
 
@@ -172,7 +172,7 @@ def patient_params(spec: SourceSpec, rng: np.random.Generator) -> dict[str, Any]
             n_vessels=int(rng.integers(3, 8)),
             kidney=rng.random() < 0.35,
             gallbladder=rng.random() < 0.25,
-            lesion_size=(4.0, 14.0) if label == "cyst" else (6.0, 18.0),
+            lesion_size=(6.0, 16.0) if label == "cyst" else (9.0, 22.0),
         )
     else:
         raise ValueError(f"unknown anatomy {spec.anatomy!r} for source {spec.name}")
@@ -203,7 +203,7 @@ def _breast(spec: SourceSpec, g: Geometry, p: dict[str, Any], rng: np.random.Gen
         y_rib = float(np.mean(bounds[4])) + rng.uniform(2.5, 5.0)
         for x in rng.uniform(-0.45, 0.45, size=int(rng.integers(1, 3))) * spec.width_mm:
             rib = Shape(float(x), y_rib, rng.uniform(5.0, 8.0), rng.uniform(3.0, 4.0), rng.normal(0, 0.1))
-            c.fill(rib, 0.4, 9.0, wall_echo=4.0, wall_mm=0.8)
+            c.fill(rib, 0.4, 9.0, wall_echo=8.0, wall_mm=0.8)
     shape = None
     if p["label"] != "normal":
         base = lesion_shape(np.random.default_rng(p["lesion_seed"]), p["label"], p["lesion_size"])
@@ -235,7 +235,13 @@ def _thyroid(spec: SourceSpec, g: Geometry, p: dict[str, Any], rng: np.random.Ge
     # longus colli below, trachea medially (air: bright front wall, shadow), vessels laterally
     c.fill(Shape(x0 - side * 0.3 * a, lobe.yc + b + 4.5, 9.0, 3.5, 0.0), 0.25, a0, tex=t1, tex_gain=0.7)
     tr = Shape(x0 - side * (a + 11.0), strap + 7.5, 7.5, 6.5, 0.0)
-    c.fill(tr, 0.3, 3.0, wall_echo=4.0, wall_mm=1.0)
+    win, inside, q = c.fill(tr, None, 1.5)
+    below = g.Y[win] - np.float32(tr.yc - tr.b)  # air in the lumen: reverberations of the front wall
+    reverb = np.float32(0.08) + np.float32(2.0) * np.exp(-below / np.float32(6.0)) * (
+        np.float32(0.5) + np.float32(0.5) * np.cos(below * np.float32(2 * math.pi / 2.2))) ** 8
+    c.echo[win][inside] = reverb[inside]
+    front = np.float32(6.0) * np.exp(-np.square((q - 1.06) * np.float32(1 / 0.06))) * (below < 0.6 * tr.b)
+    c.echo[win] += front  # only the anterior tracheal wall reflects; behind it is air
     rc = p["carotid_r"]
     xc, yc = x0 + side * (a + rc + 0.8), lobe.yc + rng.uniform(-1.0, 2.0)
     c.fill(Shape(xc + side * 2.0, strap - 0.8, 11.0, 2.8, side * 0.1), 0.3, a0, tex=t1, tex_gain=0.8)  # SCM
@@ -281,17 +287,20 @@ def _liver(spec: SourceSpec, g: Geometry, p: dict[str, Any], rng: np.random.Gene
         c.fill(k, 0.3, a0, tex=t2, tex_gain=0.3, wall_echo=3.0, wall_mm=1.5)
         c.fill(k.moved(a=k.a * 0.55, b=k.b * 0.45, harmonics=draw_harmonics(rng, (3, 6), (0.05, 0.15))),
                2.5, a0, tex=t1, tex_gain=0.7)
-    for _ in range(p["n_vessels"]):
-        r = rng.uniform(2.0, 7.0)
-        v = Shape(rng.uniform(-1, 1) * liver_x, rng.uniform(top + 8, 0.85 * D), r * rng.uniform(1.0, 3.0), r,
-                  rng.uniform(0, math.pi))
-        portal = rng.random() < 0.5
-        c.fill(v, FLUID_ECHO, FLUID_ATTEN, wall_echo=2.5 if portal else 0.0, wall_mm=1.0)
     shape = None
     if p["label"] != "normal":
         base = lesion_shape(np.random.default_rng(p["lesion_seed"]), p["label"], p["lesion_size"])
         r = base.extent()
         shape = view_of(base, rng, rng.uniform(-0.3, 0.3) * liver_x, rng.uniform(top + r, max(top + r, 0.7 * D)))
+    for _ in range(p["n_vessels"]):
+        r = rng.uniform(2.0, 7.0)
+        v = Shape(rng.uniform(-1, 1) * liver_x, rng.uniform(top + 8, 0.85 * D), r * rng.uniform(1.0, 3.0), r,
+                  rng.uniform(0, math.pi))
+        portal = rng.random() < 0.5
+        if shape is not None and math.hypot(v.xc - shape.xc, v.yc - shape.yc) < v.extent() + shape.extent() + 3:
+            continue  # keep vessels off the lesion, so its outline stays its own
+        c.fill(v, FLUID_ECHO, FLUID_ATTEN, wall_echo=2.5 if portal else 0.0, wall_mm=1.0)
+    if shape is not None:
         _paint_lesion(c, shape, _lesion_echo(spec, p, p["label"], "liver"), t2)
     return c, shape
 
