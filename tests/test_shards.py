@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from sonofm.datasets.build import SourceSpec, parse_source_arg, parse_sources
 from sonofm.datasets.records import META_KEYS
 from sonofm.datasets.shards import (
     ResumeMismatch,
@@ -166,3 +168,16 @@ def test_bad_names_rejected(tmp_path):
     smp = _sample(0, "tr-ain")
     with pytest.raises(ValueError, match="split name"):
         w.add(smp)
+
+
+def test_source_arguments(tmp_path):
+    s = parse_source_arg("folder:/data/x?source=mine&mask_pattern=*_mask.png&frames_per_video=4")
+    assert s == SourceSpec("folder", Path("/data/x"), "mine", {"mask_pattern": "*_mask.png", "frames_per_video": 4})
+    f = tmp_path / "sources.yaml"
+    f.write_text("- busi:rel/busi\n- {adapter: pocus, root: /abs/pocus, frames_per_video: 2}\n")
+    specs = parse_sources([str(f), "cca:/c"])
+    assert [(x.adapter, x.root, x.options) for x in specs] == [
+        ("busi", tmp_path / "rel/busi", {}), ("pocus", Path("/abs/pocus"), {"frames_per_video": 2}),
+        ("cca", Path("/c"), {})]
+    with pytest.raises(ValueError, match="ADAPTER:PATH"):
+        parse_source_arg("just-a-path")

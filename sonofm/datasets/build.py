@@ -1,0 +1,710 @@
+"""Build shards: adapters -> taxonomy -> preprocess -> dedup -> split -> shard writer, per source.
+
+Determinism: the items of a source are decoded in several processes (``Pool.imap``, which keeps
+their order), and everything order-dependent (near-duplicate removal, cutting into shards) runs in
+the main process in item order, so the shards are the same whatever the number of workers.
+
+Resuming a killed build. A sample's split comes from its group alone, but which shard it lands in
+depends on how many samples of its split were kept before it, and near-duplicate removal makes
+that depend on every earlier image. So a re-run cannot simply jump to the first missing shard.
+We chose to re-decode and re-deduplicate the source (cheap next to everything else only when
+preprocessing is cheap; it is always correct) and skip the *writing*: every finished shard is
+recorded in a hidden, append-only ``.{source}.progress.jsonl`` (build fingerprint, then one line
+per shard: file, split, count, size, sha256 and its keys). A re-run with the same fingerprint
+(options, adapter, list of files with sizes and mtimes) hands the recorded keys to the workers,
+which then skip PNG encoding for them, and the writer only checks that the same keys arrive in the
+same order before moving on without touching the file. Any difference (a file changed in place)
+raises ``ResumeMismatch`` and the source is rebuilt from scratch. A build that finished writes
+``{source}.index.json`` with the same fingerprint; a later run with nothing changed skips that
+source without decoding anything. The alternative, checkpointing the dedup state and the open
+shards' contents, saves the decoding too but is much more state to get right.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sonofm import __version__
+from sonofm.datasets.shards import (
+    INDEX_VERSION,
+    ResumeMismatch,
+    Sample,
+    ShardSetWriter,
+    check_source_name,
+    check_split_name,
+    encode_png,
+    index_path,
+    keys_sha256,
+    progress_path,
+    read_index,
+    sample_key,
+    sample_meta,
+    shard_pattern,
+    write_json_atomic,
+)
+from sonofm.datasets.splits import assign_split, normalise_fractions
+
+MAX_ERRORS_LISTED = 200
+
+
+# ------------------------------------------------------------------------------------- source specs
+
+
+@dataclass
+class SourceSpec:
+    """One source to build: adapter name, dataset root, optional source-name override, adapter options."""
+
+    adapter: str
+    root: Path
+    source: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).expanduser()
+
+
+def _scalar(text: str) -> Any:
+    """Option values from a query string: YAML scalars (``8`` -> int, ``true`` -> bool, ``null``)."""
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return v if isinstance(v, (str, int, float, bool, type(None), list)) else text
+
+
+def _spec_from_mapping(entry: dict[str, Any], base: Path | None, where: str) -> SourceSpec:
+    e = dict(entry)
+    adapter = e.pop("adapter", None)
+    root = e.pop("root", e.pop("path", None))
+    if not adapter or root is None:
+        raise ValueError(f"{where}: a source entry needs 'adapter' and 'root' (or 'path'), got {entry}")
+    source = e.pop("source", None)
+    options = dict(e.pop("options", None) or {})
+    options.update(e)  # any other key is an adapter option
+    root = Path(str(root)).expanduser()
+    if base is not None and not root.is_absolute():
+        root = base / root
+    return SourceSpec(str(adapter), root, source, options)
+
+
+def parse_source_arg(s: str | dict[str, Any]) -> SourceSpec | list[SourceSpec]:
+    """``"busi:PATH"`` or ``"folder:PATH?source=x&mask_pattern=*_mask.png"`` -> :class:`SourceSpec`.
+
+    A path to a YAML file (a list of such strings or of mappings with ``adapter``, ``root``,
+    ``source``, ``options``/other keys; relative roots are relative to the file) gives a list
+    of specs; :func:`build_shards` accepts such lists inside its ``sources`` and flattens them.
+    """
+    if isinstance(s, SourceSpec):
+        return s
+    if isinstance(s, dict):
+        return _spec_from_mapping(s, None, "source entry")
+    text = str(s).strip()
+    if text.lower().endswith((".yaml", ".yml")) and Path(text).expanduser().is_file():
+        return load_sources_file(text)
+    adapter, sep, rest = text.partition(":")
+    if not sep or not adapter or not rest:
+        raise ValueError(
+            f"source {text!r}: expected ADAPTER:PATH (e.g. busi:../shared/data/busi, "
+            "folder:DIR?source=name&mask_pattern=*_mask.png) or a YAML list file"
+        )
+    path, _, query = rest.partition("?")
+    options: dict[str, Any] = {}
+    source = None
+    for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if k == "source":
+            source = v
+        else:
+            options[k] = _scalar(v)
+    return SourceSpec(adapter.strip(), Path(path), source, options)
+
+
+def load_sources_file(path: str | os.PathLike) -> list[SourceSpec]:
+    """Sources listed in a YAML file (a list, or a mapping with a ``sources`` list)."""
+    p = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{p}: cannot read the source list ({e})") from e
+    if isinstance(data, dict) and "sources" in data:
+        data = data["sources"]
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{p}: expected a non-empty YAML list of sources")
+    out: list[SourceSpec] = []
+    for i, entry in enumerate(data):
+        where = f"{p} entry {i}"
+        if isinstance(entry, dict):
+            out.append(_spec_from_mapping(entry, p.parent, where))
+        elif isinstance(entry, str):
+            spec = parse_source_arg(entry)
+            if isinstance(spec, list):
+                raise ValueError(f"{where}: nested source files are not supported")
+            if not spec.root.is_absolute():
+                spec.root = p.parent / spec.root
+            out.append(spec)
+        else:
+            raise ValueError(f"{where}: expected 'adapter:PATH' or a mapping, got {entry!r}")
+    return out
+
+
+def parse_sources(args: Iterable[Any]) -> list[SourceSpec]:
+    """Flatten strings, YAML files, mappings, specs and lists of them into a list of specs."""
+    out: list[SourceSpec] = []
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            out.extend(parse_sources(a))
+        else:
+            spec = parse_source_arg(a)
+            out.extend(spec if isinstance(spec, list) else [spec])
+    return out
+
+
+# ------------------------------------------------------------------------------------------- stages
+
+
+def make_adapter(spec: SourceSpec) -> Any:
+    """The adapter object for ``spec`` (the source override goes to the adapter)."""
+    from sonofm.datasets.adapters import get_adapter
+
+    kwargs = dict(spec.options)
+    if spec.source is not None:
+        kwargs["source"] = spec.source
+    return get_adapter(spec.adapter, spec.root, **kwargs)
+
+
+def _source_name(adapter: Any, spec: SourceSpec) -> str:
+    return check_source_name(spec.source or getattr(adapter, "source", None) or spec.adapter)
+
+
+@dataclass
+class _Job:
+    """Everything a worker needs, picklable (workers rebuild the adapter and taxonomy themselves)."""
+
+    spec: SourceSpec
+    source: str
+    max_side: int
+    fractions: dict[str, float]
+    salt: str
+    dedup: bool
+    skip_keys: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Out:
+    key: str
+    meta: dict[str, Any]
+    png: bytes | None
+    mask_png: bytes | None
+    field_png: bytes | None
+    gray: Any  # preprocessed image, for the main process's duplicate filter (None without dedup)
+    colour: bool
+    text_outside: bool
+
+
+@dataclass
+class _ItemResult:
+    path: str
+    outs: list[_Out]
+    error: str | None
+    stats: dict[str, int]
+
+
+class _Worker:
+    """Decodes and preprocesses one item; lives once per process."""
+
+    def __init__(self, job: _Job):
+        from sonofm.datasets.preprocess import preprocess
+        from sonofm.datasets.taxonomy import Taxonomy
+
+        self.job = job
+        self.adapter = make_adapter(job.spec)
+        self.taxonomy = Taxonomy.load()
+        self.preprocess = preprocess
+
+    def __call__(self, item: Any) -> _ItemResult:
+        from sonofm.datasets.taxonomy import TaxonomyError
+
+        job = self.job
+        path = str(getattr(item, "path", item))
+        before = dict(getattr(self.adapter, "stats", {}) or {})
+        outs: list[_Out] = []
+        try:
+            for i, record in enumerate(self.adapter.load(item)):
+                meta = dict(record.meta)
+                meta["source"] = job.source
+                meta = self.taxonomy.annotate(meta)
+                processed = self.preprocess(record, max_side=job.max_side)
+                pmeta = {**meta, **dict(processed.meta)}
+                group = pmeta.get("group")
+                if group is None or group == "":
+                    group = pmeta.get("path") or path
+                pmeta["group"] = str(group)
+                pmeta["split"] = assign_split(f"{job.source}/{pmeta['group']}", job.fractions, job.salt)
+                key = sample_key(job.source, pmeta.get("path") or path, pmeta.get("frame"), i)
+                encode = key not in job.skip_keys
+                outs.append(
+                    _Out(
+                        key=key,
+                        meta=sample_meta(pmeta),
+                        png=encode_png(processed.image) if encode else None,
+                        mask_png=(
+                            encode_png(processed.mask) if encode and processed.mask is not None else None
+                        ),
+                        field_png=(
+                            encode_png(processed.field_mask)
+                            if encode and getattr(processed, "field_mask", None) is not None
+                            else None
+                        ),
+                        gray=processed.image if job.dedup else None,
+                        colour=_is_colour(pmeta),
+                        text_outside=bool(pmeta.get("text_outside_field")),
+                    )
+                )
+        except TaxonomyError:
+            raise  # a configuration error, not a bad file: stop the build
+        except Exception as e:  # noqa: BLE001 - any failure on one file is counted, never fatal
+            reason = str(e) or type(e).__name__
+            if path not in reason:
+                reason = f"{path}: {reason}"
+            return _ItemResult(path, [], f"{type(e).__name__}: {reason}", _delta(before, self.adapter))
+        return _ItemResult(path, outs, None, _delta(before, self.adapter))
+
+
+def _where(meta: dict[str, Any]) -> str:
+    """``path`` or ``path#frame``: how reports name a sample."""
+    frame = meta.get("frame")
+    return f"{meta.get('path')}#{frame}" if frame is not None else str(meta.get("path"))
+
+
+def _is_colour(meta: dict[str, Any]) -> bool:
+    for k in ("colour", "color", "is_colour", "colour_image", "has_colour"):
+        v = meta.get(k)
+        if isinstance(v, dict):
+            v = v.get("is_colour", v.get("colour", v.get("flag")))
+        if v is not None:
+            return bool(v)
+    return False
+
+
+def _delta(before: dict[str, int], adapter: Any) -> dict[str, int]:
+    after = dict(getattr(adapter, "stats", {}) or {})
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+_WORKER: _Worker | None = None
+_WORKER_ERROR: BaseException | None = None
+
+
+def _init_worker(job: _Job) -> None:
+    # An exception escaping a Pool initializer makes the pool respawn workers forever: keep it and
+    # raise it from the first task instead, so the main process sees it.
+    global _WORKER, _WORKER_ERROR
+    try:
+        _WORKER = _Worker(job)
+    except BaseException as e:  # noqa: BLE001
+        _WORKER_ERROR = e
+
+
+def _run_item(item: Any) -> _ItemResult:
+    if _WORKER is None:
+        raise RuntimeError(f"shard worker failed to start: {_WORKER_ERROR!r}") from _WORKER_ERROR
+    return _WORKER(item)
+
+
+def _results(job: _Job, items: Sequence[Any], workers: int) -> Iterator[_ItemResult]:
+    """Item results in item order, from ``workers`` processes (or this one when ``workers <= 1``)."""
+    if workers <= 1 or len(items) <= 1:
+        worker = _Worker(job)
+        for item in items:
+            yield worker(item)
+        return
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ctx.Pool(processes=workers, initializer=_init_worker, initargs=(job,)) as pool:
+        yield from pool.imap(_run_item, items, chunksize=1)
+
+
+# --------------------------------------------------------------------------------------- the build
+
+
+def _fingerprint(spec: SourceSpec, source: str, items: Sequence[Any], settings: dict[str, Any]) -> str:
+    """Hash of what determines a source's shards: settings, adapter, and every file's size and mtime."""
+    import hashlib
+
+    h = hashlib.sha256()
+    head = {"sonofm": __version__, "index": INDEX_VERSION, "source": source, "adapter": spec.adapter,
+            "root": str(spec.root.resolve()), "options": spec.options, **settings}
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    for item in items:
+        h.update(repr(item).encode())
+        for rel in [getattr(item, "path", None), *getattr(item, "masks", ())]:
+            if rel is None:
+                continue
+            try:
+                st = (spec.root / str(rel)).stat()
+                h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(b"|missing")
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _index_up_to_date(out_dir: Path, source: str, fingerprint: str) -> dict[str, Any] | None:
+    p = index_path(out_dir, source)
+    if not p.is_file():
+        return None
+    try:
+        index = read_index(p)
+    except ValueError:
+        return None
+    if index.get("fingerprint") != fingerprint or not index.get("complete"):
+        return None
+    for s in index["shards"]:
+        f = out_dir / s["file"]
+        if not f.is_file() or f.stat().st_size != s.get("bytes"):
+            return None
+    return index
+
+
+def _load_progress(path: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
+    """Shards recorded by an earlier run with the same fingerprint (a torn last line is ignored)."""
+    if not path.is_file():
+        return {}
+    done: dict[str, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    try:
+        head = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        return {}
+    if head.get("fingerprint") != fingerprint:
+        return {}
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        done[entry["file"]] = entry
+    return done
+
+
+class _Progress:
+    """Append-only record of finished shards: header line, then one JSON line per shard."""
+
+    def __init__(self, path: Path, fingerprint: str, done: dict[str, dict[str, Any]]):
+        self.path = path
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+            for e in done.values():
+                f.write(json.dumps(e) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _remove_stale(out_dir: Path, source: str, keep: set[str]) -> list[str]:
+    """Delete this source's shards not in ``keep`` and its leftover temporary files."""
+    pat = shard_pattern(source)
+    removed = []
+    for p in out_dir.iterdir():
+        n = p.name
+        stale_tar = pat.match(n) and n not in keep
+        stale_tmp = n.startswith(".") and n.endswith(".tmp") and pat.match(n[1:-4])
+        if stale_tar or stale_tmp:
+            p.unlink(missing_ok=True)
+            removed.append(n)
+    return removed
+
+
+def _build_source(
+    spec: SourceSpec,
+    adapter: Any,
+    out_dir: Path,
+    settings: dict[str, Any],
+    workers: int,
+    progress: bool,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    source = _source_name(adapter, spec)
+    items = list(adapter.items())
+    if not items:
+        raise ValueError(f"source {source}: adapter {spec.adapter!r} found no files under {spec.root}")
+    fingerprint = _fingerprint(spec, source, items, settings)
+
+    current = _index_up_to_date(out_dir, source, fingerprint)
+    if current is not None:
+        report = dict(current.get("report", {}))
+        report["up_to_date"] = True
+        return report
+
+    index_path(out_dir, source).unlink(missing_ok=True)  # never leave an index naming shards we replace
+    ppath = progress_path(out_dir, source)
+    done = _load_progress(ppath, fingerprint)
+    try:
+        return _write_source(spec, source, items, out_dir, settings, fingerprint, done, ppath, workers,
+                             progress, t0)
+    except ResumeMismatch as e:
+        if not done:
+            raise
+        print(f"[sonofm] {source}: recorded shards do not match this build ({e}); rebuilding the source")
+        ppath.unlink(missing_ok=True)
+        return _write_source(spec, source, items, out_dir, settings, fingerprint, {}, ppath, workers,
+                             progress, t0)
+
+
+def _write_source(
+    spec: SourceSpec,
+    source: str,
+    items: list[Any],
+    out_dir: Path,
+    settings: dict[str, Any],
+    fingerprint: str,
+    done: dict[str, dict[str, Any]],
+    ppath: Path,
+    workers: int,
+    progress: bool,
+    t0: float,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    dedup = settings["dedup"]
+    job = _Job(spec, source, settings["max_side"], settings["split_fractions"], settings["salt"], dedup,
+               frozenset(k for e in done.values() for k in e.get("keys", ())))
+    log = _Progress(ppath, fingerprint, done)
+    writer = ShardSetWriter(out_dir, source, settings["samples_per_shard"], done=done, on_commit=log.append)
+    dup_filter = None
+    if dedup:
+        from sonofm.datasets.dedup import DuplicateFilter
+
+        dup_filter = DuplicateFilter()
+
+    counts: dict[str, Counter] = {"split": Counter(), "organ": Counter(), "label": Counter(),
+                                  "region": Counter()}
+    split_label: dict[str, Counter] = {}
+    groups: dict[str, set[str]] = {}
+    formats: dict[str, Counter] = {}
+    adapter_stats: Counter = Counter()
+    errors: list[dict[str, str]] = []
+    duplicates: list[dict[str, Any]] = []
+    kept_where: dict[str, str] = {}
+    n_records = n_colour = n_text = n_written = n_items_ok = 0
+    bar = tqdm(total=len(items), desc=f"shards {source}", unit="file", disable=not progress, dynamic_ncols=True)
+    try:
+        for res in _results(job, items, workers):
+            bar.update(1)
+            ext = Path(res.path).suffix.lower() or "<none>"
+            fmt = formats.setdefault(ext, Counter())
+            fmt["files"] += 1
+            adapter_stats.update(res.stats)
+            if res.error is not None:
+                fmt["errors"] += 1
+                errors.append({"file": res.path, "reason": res.error})
+                continue
+            n_items_ok += 1
+            fmt["records"] += len(res.outs)
+            for out in res.outs:
+                n_records += 1
+                n_colour += out.colour
+                n_text += out.text_outside
+                where = _where(out.meta)
+                if dup_filter is not None:
+                    if not dup_filter.add(out.key, out.gray):
+                        _, kept, kind, dist = dup_filter.duplicates[-1]
+                        if len(duplicates) < MAX_ERRORS_LISTED:
+                            duplicates.append({"dropped": where, "kept": kept_where.get(kept, kept),
+                                               "kind": kind, "distance": int(dist)})
+                        continue
+                    kept_where[out.key] = where
+                writer.add(Sample(out.key, out.meta, out.png, out.mask_png, out.field_png))
+                n_written += 1
+                m = out.meta
+                counts["split"][m["split"]] += 1
+                counts["organ"][str(m.get("organ"))] += 1
+                counts["region"][str(m.get("region"))] += 1
+                counts["label"][str(m.get("label"))] += 1
+                split_label.setdefault(m["split"], Counter())[str(m.get("label"))] += 1
+                groups.setdefault(m["split"], set()).add(m["group"])
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix_str(f"{n_records} img, {n_records / max(elapsed, 1e-9):.1f} img/s", refresh=False)
+        entries = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+
+    if n_items_ok == 0:
+        raise RuntimeError(
+            f"source {source}: every one of {len(items)} files failed to decode; first error: "
+            f"{errors[0]['reason'] if errors else '?'}"
+        )
+    elapsed = time.perf_counter() - t0
+    warnings = [
+        f"split {s!r} (fraction {f:.2f}) received no group"
+        for s, f in settings["split_fractions"].items()
+        if f > 0 and not groups.get(s)
+    ]
+    report = {
+        "source": source,
+        "adapter": spec.adapter,
+        "root": str(spec.root),
+        "files": len(items),
+        "records_read": n_records,
+        "samples_written": n_written,
+        "decode_errors": len(errors),
+        "errors": errors[:MAX_ERRORS_LISTED],
+        "duplicates_exact": int(getattr(dup_filter, "n_exact", 0)) if dup_filter is not None else 0,
+        "duplicates_near": int(getattr(dup_filter, "n_near", 0)) if dup_filter is not None else 0,
+        "duplicates": duplicates,
+        "colour_images": n_colour,
+        "text_outside_field": n_text,
+        "formats": {k: dict(v) for k, v in sorted(formats.items())},
+        "adapter_stats": dict(adapter_stats),
+        "shards_skipped": writer.skipped,
+        "seconds": round(elapsed, 3),
+        "images_per_s": round(n_records / elapsed, 2) if elapsed > 0 else None,
+        "workers": workers,
+        "warnings": warnings,
+    }
+    keep = {e["file"] for e in entries}
+    _remove_stale(out_dir, source, keep)
+    index = {
+        "version": INDEX_VERSION,
+        "source": source,
+        "complete": True,
+        "fingerprint": fingerprint,
+        "build": {k: v for k, v in settings.items()},
+        "shards": [
+            {"file": e["file"], "split": e["split"], "count": e["count"], "bytes": e["bytes"],
+             "sha256": e["sha256"], "keys_sha256": keys_sha256(e["keys"])}
+            for e in entries
+        ],
+        "counts": {
+            "split": dict(sorted(counts["split"].items())),
+            "organ": dict(sorted(counts["organ"].items())),
+            "region": dict(sorted(counts["region"].items())),
+            "label": dict(sorted(counts["label"].items())),
+            "split_label": {s: dict(sorted(c.items())) for s, c in sorted(split_label.items())},
+            "groups": {s: len(g) for s, g in sorted(groups.items())},
+        },
+        "report": report,
+    }
+    write_json_atomic(index_path(out_dir, source), index)
+    ppath.unlink(missing_ok=True)
+    return report
+
+
+def build_shards(
+    sources: Sequence[SourceSpec | str | dict | list],
+    out_dir: str | os.PathLike,
+    *,
+    max_side: int = 512,
+    samples_per_shard: int = 1000,
+    split_fractions: dict[str, float] | None = None,
+    salt: str = "sonofm",
+    workers: int = 1,
+    dedup: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build ``{source}-{split}-{000000}.tar`` shards and ``{source}.index.json`` for every source.
+
+    Returns the build report: per source (files, records read, samples written, decode errors with
+    file and reason, exact/near duplicates dropped, colour images, images with text outside the
+    field, formats decoded, images/s) and totals. Bad files never stop the build; an unknown source
+    (taxonomy) or a source whose every file fails does.
+    """
+    specs = parse_sources(sources)
+    if not specs:
+        raise ValueError("build_shards: no sources given")
+    if max_side < 8:
+        raise ValueError(f"max_side must be >= 8, got {max_side}")
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    fractions = normalise_fractions(split_fractions or {"train": 0.8, "val": 0.1, "test": 0.1})
+    for name in fractions:
+        check_split_name(name)
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"max_side": int(max_side), "samples_per_shard": int(samples_per_shard),
+                "split_fractions": fractions, "salt": str(salt), "dedup": bool(dedup)}
+
+    from sonofm.datasets.taxonomy import Taxonomy
+
+    # Check every source before decoding anything: adapter options, names, taxonomy.
+    taxonomy = Taxonomy.load()
+    adapters: list[Any] = []
+    seen: dict[str, SourceSpec] = {}
+    for spec in specs:
+        adapter = make_adapter(spec)
+        name = _source_name(adapter, spec)
+        if name in seen:
+            raise ValueError(
+                f"source {name!r} is given twice ({seen[name].root} and {spec.root}); give one a "
+                "different name with ?source=NAME"
+            )
+        seen[name] = spec
+        taxonomy.annotate({"source": name, "label": None})  # unknown source -> TaxonomyError with a hint
+        adapters.append(adapter)
+
+    t0 = time.perf_counter()
+    reports: dict[str, dict[str, Any]] = {}
+    for spec, adapter in zip(specs, adapters):
+        rep = _build_source(spec, adapter, out, settings, max(1, int(workers)), progress)
+        reports[rep["source"]] = rep
+        if progress:
+            print(_summary_line(rep))
+    elapsed = time.perf_counter() - t0
+    total_img = sum(r.get("records_read", 0) for r in reports.values() if not r.get("up_to_date"))
+    return {
+        "out_dir": str(out),
+        "sources": reports,
+        "totals": {
+            "samples_written": sum(r.get("samples_written", 0) for r in reports.values()),
+            "decode_errors": sum(r.get("decode_errors", 0) for r in reports.values()),
+            "seconds": round(elapsed, 3),
+            "images_per_s": round(total_img / elapsed, 2) if elapsed > 0 else None,
+        },
+        "settings": {**settings, "workers": workers, "specs": [asdict(s) | {"root": str(s.root)} for s in specs]},
+    }
+
+
+def _summary_line(rep: dict[str, Any]) -> str:
+    if rep.get("up_to_date"):
+        return f"[sonofm] {rep['source']}: up to date ({rep.get('samples_written', '?')} samples)"
+    line = (
+        f"[sonofm] {rep['source']}: {rep['samples_written']} samples from {rep['records_read']} images "
+        f"({rep['files']} files) at {rep['images_per_s']} img/s; {rep['decode_errors']} decode errors, "
+        f"{rep['duplicates_exact']} exact + {rep['duplicates_near']} near duplicates dropped, "
+        f"{rep['colour_images']} colour, {rep['text_outside_field']} with text outside the field"
+    )
+    if rep["shards_skipped"]:
+        line += f"; {rep['shards_skipped']} complete shards kept"
+    for w in rep["warnings"]:
+        line += f"\n[sonofm] {rep['source']}: warning: {w}"
+    return line
+
+
+__all__ = [
+    "SourceSpec",
+    "build_shards",
+    "load_sources_file",
+    "parse_source_arg",
+    "parse_sources",
+]

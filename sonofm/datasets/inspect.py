@@ -1,0 +1,170 @@
+"""``sonofm shards inspect``: the shard indexes as a table, and a contact sheet per source.
+
+A glance at counts (per split, organ and label), at the build report (decode errors, duplicates,
+colour images, burnt-in text) and at a grid of stored images with their masks catches most data
+problems before they cost a pretraining run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from sonofm.datasets.shards import iter_tar_samples, load_indexes
+
+TILE = 128
+COLUMNS = 8
+
+
+def _fmt_counts(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)), line]
+    out += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
+
+
+def _summary_rows(shard_dir: Path, indexes: list[dict[str, Any]]) -> tuple[list[list[str]], list[str]]:
+    rows, problems = [], []
+    for idx in indexes:
+        src = idx["source"]
+        shards = idx["shards"]
+        missing = [s["file"] for s in shards if not (shard_dir / s["file"]).is_file()]
+        if missing:
+            problems.append(f"{src}: {len(missing)} shard(s) named in the index are missing: {missing[:5]}")
+        if not idx.get("complete", True):
+            problems.append(f"{src}: the index is marked incomplete")
+        rep = idx.get("report", {})
+        split = idx.get("counts", {}).get("split", {})
+        groups = idx.get("counts", {}).get("groups", {})
+        rows.append([
+            src,
+            str(len(shards)),
+            str(sum(int(s.get("count", 0)) for s in shards)),
+            ", ".join(f"{k} {split[k]}" for k in sorted(split)) or "-",
+            ", ".join(f"{k} {groups[k]}" for k in sorted(groups)) or "-",
+            str(rep.get("decode_errors", "-")),
+            f"{rep.get('duplicates_exact', '-')}/{rep.get('duplicates_near', '-')}",
+            str(rep.get("colour_images", "-")),
+            str(rep.get("text_outside_field", "-")),
+        ])
+    return rows, problems
+
+
+def inspect_shards(shard_dir: str | os.PathLike, contact_sheet_dir: str | os.PathLike | None = None) -> str:
+    """Return the index of every source in ``shard_dir`` as text tables; save contact sheets.
+
+    One PNG per source, ``{source}.contact.png``, goes to ``contact_sheet_dir`` (default
+    ``shard_dir/contact_sheets``).
+    """
+    d = Path(shard_dir).expanduser()
+    indexes = load_indexes(d)
+    if not indexes:
+        raise FileNotFoundError(f"{d}: no *.index.json found (is this a shard folder? build it first)")
+    rows, problems = _summary_rows(d, indexes)
+    parts = [
+        f"shards in {d}",
+        _table(rows, ["source", "shards", "samples", "per split", "groups", "errors", "dup ex/near",
+                      "colour", "text"]),
+    ]
+    for idx in indexes:
+        c = idx.get("counts", {})
+        parts.append(f"\n{idx['source']}:")
+        parts.append(f"  organ:  {_fmt_counts(c.get('organ', {}))}")
+        parts.append(f"  region: {_fmt_counts(c.get('region', {}))}")
+        parts.append(f"  label:  {_fmt_counts(c.get('label', {}))}")
+        for split, labels in c.get("split_label", {}).items():
+            parts.append(f"    {split:<6} {_fmt_counts(labels)}")
+        rep = idx.get("report", {})
+        for fmt, n in rep.get("formats", {}).items():
+            parts.append(f"  format {fmt}: {_fmt_counts(n)}")
+        for e in rep.get("errors", [])[:10]:
+            parts.append(f"  error: {e.get('file')}: {e.get('reason')}")
+        for w in rep.get("warnings", []):
+            parts.append(f"  warning: {w}")
+    sheet_dir = Path(contact_sheet_dir).expanduser() if contact_sheet_dir is not None else d / "contact_sheets"
+    sheet_dir.mkdir(parents=True, exist_ok=True)
+    for idx in indexes:
+        files = [d / s["file"] for s in idx["shards"] if (d / s["file"]).is_file()]
+        if not files:
+            continue
+        out = sheet_dir / f"{idx['source']}.contact.png"
+        n = contact_sheet(files, out)
+        parts.append(f"contact sheet: {out} ({n} samples)")
+    if problems:
+        parts.append("\nPROBLEMS:\n" + "\n".join(f"  {p}" for p in problems))
+    return "\n".join(parts)
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of ``mask > 0`` (pixel set, a 4-neighbour is not)."""
+    m = mask > 0
+    inner = m.copy()
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
+
+
+def _tile(sample: dict[str, Any]) -> Image.Image:
+    img = np.asarray(Image.open(io.BytesIO(sample["png"])).convert("L"))
+    rgb = np.repeat(img[..., None], 3, axis=2)
+    if "field.png" in sample:
+        field = np.asarray(Image.open(io.BytesIO(sample["field.png"])).convert("L"))
+        if field.shape == img.shape:
+            rgb[_outline(field)] = (0, 200, 0)
+    if "mask.png" in sample:
+        mask = np.asarray(Image.open(io.BytesIO(sample["mask.png"])).convert("L"))
+        if mask.shape == img.shape:
+            rgb[_outline(mask)] = (255, 40, 40)
+    im = Image.fromarray(rgb)
+    im.thumbnail((TILE, TILE - 14))
+    tile = Image.new("RGB", (TILE, TILE), (20, 20, 20))
+    tile.paste(im, ((TILE - im.width) // 2, 0))
+    meta = json.loads(sample.get("json", b"{}"))
+    text = f"{meta.get('split', '?')} {meta.get('label') or ''}"[:22]
+    ImageDraw.Draw(tile).text((2, TILE - 13), text, fill=(255, 255, 0))
+    return tile
+
+
+def contact_sheet(shard_files: Iterable[Path], out: Path, n: int = 32, max_shards: int = 4) -> int:
+    """Save a grid of up to ``n`` samples (mask outline red, field outline green), labels mixed."""
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for i, f in enumerate(shard_files):
+        if i >= max_shards:
+            break
+        for s in iter_tar_samples(f):
+            if "png" not in s:
+                continue
+            label = str(json.loads(s.get("json", b"{}")).get("label"))
+            bucket = by_label.setdefault(label, [])
+            if len(bucket) < n:
+                bucket.append(s)
+    chosen: list[dict[str, Any]] = []
+    while len(chosen) < n and any(by_label.values()):
+        for label in sorted(by_label):
+            if by_label[label] and len(chosen) < n:
+                chosen.append(by_label[label].pop(0))
+    if not chosen:
+        return 0
+    cols = min(COLUMNS, len(chosen))
+    rows = (len(chosen) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * TILE, rows * TILE), (0, 0, 0))
+    for i, s in enumerate(chosen):
+        sheet.paste(_tile(s), ((i % cols) * TILE, (i // cols) * TILE))
+    tmp = out.with_name(f".{out.name}.tmp")
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, out)
+    return len(chosen)
