@@ -13,8 +13,12 @@ Shard sample layout (written by ``sonofm.datasets.shards``, read by ``sonofm.dat
 - ``json``: :data:`META_KEYS` (unknown values are ``null``) plus any source-specific extras.
 
 Every shard directory holds ``{source}-{split}-{000000}.tar`` files and one
-``{source}.index.json`` per source: ``{"source", "shards": [{"file", "split", "count"}],
-"counts": {"split": {}, "organ": {}, "label": {}}, "report": {...}}``.
+``{source}.index.json`` per source: ``{"version", "source", "complete", "fingerprint", "build",
+"shards": [{"file", "split", "count", "bytes", "sha256", "keys_sha256"}], "counts": {"split": {},
+"organ": {}, "region": {}, "label": {}, "split_label": {split: {label: n}}, "groups": {split: n}},
+"report": {...}}`` (labels and organs are counted under their string form, ``"None"`` when
+unknown). Only complete shards are ever visible (temporary names start with a dot and end in
+``.tmp``), and an index is written only once every shard it names exists.
 """
 
 from __future__ import annotations
