@@ -1,0 +1,100 @@
+"""Finetuning on small real subsets: UPerNet on CCA, label fractions by group, universal BUSI + CCA."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sonofm.finetune.data import iterate_batches, load_samples
+from sonofm.finetune.label_efficiency import select_groups
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on small shared CPUs extra threads made these steps ~30x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+pytestmark = pytest.mark.realdata
+SIZE = 64
+
+
+def _cca(shared_data, per_group: dict[int, int]):
+    """``{recording index: frames}`` from the CCA adapter, as in-memory samples."""
+    from sonofm.datasets.adapters import get_adapter
+
+    adapter = get_adapter("cca", shared_data / "cca")
+    items = adapter.items()
+    groups = sorted({it.meta["group"] for it in items})
+    chosen = []
+    for gi, n in per_group.items():
+        chosen += [it for it in items if it.meta["group"] == groups[gi]][:n]
+    return load_samples((r for it in chosen for r in adapter.load(it)), binary_mask=True)
+
+
+def test_upernet_overfits_cca_and_evaluates_at_full_size(shared_data):
+    from sonofm.finetune.seg_train import evaluate_segmentation, train_segmentation
+    from sonofm.finetune.upernet import SegModel
+    from sonofm.models.loading import load_encoder
+
+    torch.manual_seed(0)
+    samples = _cca(shared_data, {0: 2, 1: 2})
+    batch = next(iterate_batches(samples, SIZE, 4))
+    enc, _ = load_encoder("random:convnextv2_atto")
+    model = SegModel(enc, num_classes=2, channels=32, dropout=0.0)
+    hist = train_segmentation(model, itertools.repeat(batch), steps=10, lr=1e-2, layer_decay=1.0, clip_grad=None)
+    losses = hist["losses"]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    model.eval()
+    res = evaluate_segmentation(model, samples, SIZE, num_classes=2)
+    assert res["n"] == 4 and 0.0 <= res["dice"] <= 1.0 and res["hd95"] >= 0.0
+    for s, p in zip(samples, res["per_sample"]):
+        assert tuple(p["hw"]) == s.image.shape == s.mask.shape  # metrics at the original size
+        assert s.image.shape[0] > SIZE
+
+
+def test_run_seg_finetune_writes_best_checkpoint(shared_data, tmp_path):
+    from sonofm.finetune.seg_train import run_seg_finetune
+    from sonofm.finetune.upernet import SegModel
+    from sonofm.models.loading import load_encoder
+
+    train = _cca(shared_data, {0: 3, 1: 3})
+    val = _cca(shared_data, {2: 2})
+    rep = run_seg_finetune(
+        "random:convnextv2_atto", train, val, tmp_path / "seg", img_size=SIZE, steps=4, batch_size=4,
+        warmup_steps=1, eval_every=2, decoder_channels=32, n_overlays=2,
+    )
+    assert rep["n_train"] == 6 and rep["n_val"] == 2 and len(rep["evals"]) == 2
+    assert 0.0 <= rep["final"]["dice"] <= 1.0 and rep["best"]["step"] in (2, 4)
+    state = load_file(str(tmp_path / "seg" / "best" / "model.safetensors"))
+    enc, _ = load_encoder("random:convnextv2_atto")
+    SegModel(enc, 2, 32).load_state_dict(state, strict=True)
+    assert sorted(p.name for p in (tmp_path / "seg" / "overlays").iterdir()) == ["001.png", "002.png"]
+    assert (tmp_path / "seg" / "metrics.jsonl").read_text().count("\n") >= 4 + 2
+
+
+def test_label_fractions_select_whole_cca_recordings(shared_data):
+    from sonofm.datasets.adapters import get_adapter
+
+    items = get_adapter("cca", shared_data / "cca").items()
+    groups = [it.meta["group"] for it in items]
+    n_groups = len(set(groups))
+    assert n_groups == 15
+    picked = {}
+    for frac in (0.01, 0.1, 1.0):
+        idx = select_groups(groups, frac, seed=3)
+        chosen = {groups[i] for i in idx}
+        # whole groups: every frame of a chosen recording, none of the others
+        assert idx == [i for i, g in enumerate(groups) if g in chosen]
+        picked[frac] = chosen
+    assert len(picked[0.01]) == 1 and len(picked[0.1]) == 2 and len(picked[1.0]) == 15
+    assert picked[0.01] <= picked[0.1] <= picked[1.0]  # nested subsets
+    assert select_groups(groups, 0.1, seed=3) == select_groups(groups, 0.1, seed=3)
+    with pytest.raises(ValueError, match="fraction"):
+        select_groups(groups, 0.0)
