@@ -96,7 +96,10 @@ def inspect_shards(shard_dir: str | os.PathLike, contact_sheet_dir: str | os.Pat
     sheet_dir = Path(contact_sheet_dir).expanduser() if contact_sheet_dir is not None else d / "contact_sheets"
     sheet_dir.mkdir(parents=True, exist_ok=True)
     for idx in indexes:
-        files = [d / s["file"] for s in idx["shards"] if (d / s["file"]).is_file()]
+        # First shard of every split first, so the sheet mixes splits.
+        shards = sorted(enumerate(idx["shards"]), key=lambda t: (
+            sum(1 for s in idx["shards"][: t[0]] if s["split"] == t[1]["split"]), t[1]["split"]))
+        files = [d / s["file"] for _, s in shards if (d / s["file"]).is_file()]
         if not files:
             continue
         out = sheet_dir / f"{idx['source']}.contact.png"
@@ -139,17 +142,19 @@ def _tile(sample: dict[str, Any]) -> Image.Image:
     return tile
 
 
-def contact_sheet(shard_files: Iterable[Path], out: Path, n: int = 32, max_shards: int = 4) -> int:
-    """Save a grid of up to ``n`` samples (mask outline red, field outline green), labels mixed."""
+def contact_sheet(shard_files: Iterable[Path], out: Path, n: int = 32, max_shards: int = 3) -> int:
+    """Save a grid of up to ``n`` samples (mask outline red, field outline green), labels and splits mixed."""
     by_label: dict[str, list[dict[str, Any]]] = {}
     for i, f in enumerate(shard_files):
         if i >= max_shards:
             break
-        for s in iter_tar_samples(f):
+        for j, s in enumerate(iter_tar_samples(f)):
+            if j >= 2 * n:
+                break  # enough candidates from this shard; do not read all of a large one
             if "png" not in s:
                 continue
-            label = str(json.loads(s.get("json", b"{}")).get("label"))
-            bucket = by_label.setdefault(label, [])
+            meta = json.loads(s.get("json", b"{}"))
+            bucket = by_label.setdefault(f"{meta.get('label')}|{meta.get('split')}", [])
             if len(bucket) < n:
                 bucket.append(s)
     chosen: list[dict[str, Any]] = []
