@@ -56,7 +56,12 @@ def make_contact_sheet(manifest: Path, out_png: Path, n: int = 24, cols: int = 6
     fig.savefig(buf, format="png", dpi=80, facecolor="white")
     plt.close(fig)
     buf.seek(0)
-    sheet = Image.open(buf).convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    # fixed palette: 60 greys for the images and text, a few reds for the contours
+    colours = [(v, v, v) for v in np.linspace(0, 255, 60).round().astype(int)]
+    colours += [(255, 48, 48), (230, 90, 90), (200, 120, 120), (170, 100, 100)]
+    pal = Image.new("P", (1, 1))
+    pal.putpalette([c for rgb in colours for c in rgb] + [0] * 3 * (256 - len(colours)))
+    sheet = Image.open(buf).convert("RGB").quantize(palette=pal, dither=Image.Dither.NONE)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(out_png.name + ".tmp")

@@ -136,7 +136,7 @@ def patient_params(spec: SourceSpec, rng: np.random.Generator) -> dict[str, Any]
             blob=[0.0, 0.8, rng.uniform(0.2, 0.5), 0.6, 0.0, 0.5],
             septa=rng.uniform(0.8, 2.5),
             fibres=rng.uniform(1.0, 3.0),
-            streak_cell=(rng.uniform(0.35, 0.6), rng.uniform(3.0, 7.0)),
+            streak_cell=(round(rng.uniform(0.35, 0.6), 2), round(rng.uniform(3.0, 7.0), 1)),  # few cached grids
             ribs=rng.random() < 0.5,
             lesion_size=(2.5, 8.0) if label == "cyst" else (3.5, 10.0),
         )

@@ -136,6 +136,7 @@ def _readme(n: int, seed: int, size: int) -> str:
         "empty for normal images), manifest.csv with columns " + ",".join(MANIFEST_COLUMNS) + ".",
         "Paths are relative to this folder; pixel_spacing_mm is isotropic; group is the synthetic patient",
         "(2-6 images sharing anatomy and the same lesion): split by group.",
+        "manifest.csv is written last: a folder without it is an unfinished corpus.",
         "",
         "Labels: " + ", ".join(LABELS) + ".",
         "  normal: no lesion; cyst: anechoic, smooth, posterior enhancement;",
