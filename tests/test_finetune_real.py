@@ -98,3 +98,42 @@ def test_label_fractions_select_whole_cca_recordings(shared_data):
     assert select_groups(groups, 0.1, seed=3) == select_groups(groups, 0.1, seed=3)
     with pytest.raises(ValueError, match="fraction"):
         select_groups(groups, 0.0)
+
+
+def _busi(shared_data, per_class: int):
+    from sonofm.datasets.adapters import get_adapter
+    from sonofm.finetune.data import encode_labels
+
+    adapter = get_adapter("busi", shared_data / "busi")
+    items = adapter.items()
+    chosen = [it for c in ("benign", "malignant", "normal") for it in [i for i in items if i.meta["label"] == c][:per_class]]
+    samples = load_samples((r for it in chosen for r in adapter.load(it)), binary_mask=True)
+    classes = encode_labels(samples)
+    return samples, classes
+
+
+@pytest.mark.parametrize("use_prompts", [True, False])
+def test_prompt_model_trains_on_busi_cls_and_cca_seg(shared_data, tmp_path, use_prompts):
+    from sonofm.finetune.universal import TaskSpec, run_universal
+
+    busi, classes = _busi(shared_data, 4)
+    cca_train, cca_val = _cca(shared_data, {0: 3, 1: 3}), _cca(shared_data, {2: 2})
+    tasks = [
+        TaskSpec("busi", "cls", busi[::2] + busi[1::4], busi[1::2], "breast", "tumour", len(classes), classes),
+        TaskSpec("cca", "seg", cca_train, cca_val, "carotid", "organ", 2),
+    ]
+    rep = run_universal(
+        "random:convnextv2_atto", tasks, tmp_path / "uni", img_size=SIZE, steps=6, batch_size=4, lr=2e-3,
+        warmup_steps=1, eval_every=3, decoder_channels=32, use_prompts=use_prompts, seed=1,
+    )
+    assert set(rep["steps_per_dataset"]) == {"busi", "cca"} and all(rep["steps_per_dataset"].values())
+    final = rep["final"]["datasets"]
+    assert {"accuracy", "balanced_accuracy", "macro_f1", "auroc"} <= set(final["busi"])
+    assert {"dice", "iou", "hd95"} <= set(final["cca"])
+    assert rep["final"]["mean_score"] == pytest.approx((final["busi"]["score"] + final["cca"]["score"]) / 2)
+    assert all(np.isfinite(v).all() for v in rep["losses"].values())
+    if use_prompts:
+        assert max(rep["gates"]) > 0  # the zero-initialised gates learnt something
+    else:
+        assert rep["gates"] is None
+    assert (tmp_path / "uni" / "best" / "model.safetensors").is_file()
