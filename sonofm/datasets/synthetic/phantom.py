@@ -95,7 +95,7 @@ def _lesion_echo(spec: SourceSpec, p: dict[str, Any], label: str, anatomy: str) 
         level = p["levels"][3] * rng.uniform(6.0, 10.0) if anatomy == "liver" else rng.uniform(0.03, 0.12)
         return {"echo": level, "atten": a0 * rng.uniform(0.6, 1.0), "tex": rng.uniform(0.15, 0.4),
                 "wall": rng.uniform(0.0, 0.8), "halo": 0.0}
-    return {"echo": rng.uniform(0.02, 0.1), "atten": a0 * rng.uniform(1.5, 3.0), "tex": rng.uniform(0.5, 0.9),
+    return {"echo": rng.uniform(0.04, 0.14), "atten": a0 * rng.uniform(1.3, 2.2), "tex": rng.uniform(0.5, 0.9),
             "wall": 0.0, "halo": rng.uniform(0.0, 1.5) if rng.random() < 0.6 else 0.0}
 
 

@@ -59,19 +59,19 @@ _SPECS: tuple[SourceSpec, ...] = (
         name="synth_breast_linear_b", organ="synth_breast", region="synth_thorax", anatomy="breast",
         probe="linear", model="9L4", depth_mm=48.0, width_mm=40.0, freq_mhz=7.0, axial_res_mm=0.26,
         lateral_res_mm=0.5, defocus=2.6, alpha_db=0.75, tgc=0.75, dynamic_range_db=48.0, gain_db=-1.0,
-        noise_db=-58.0,
+        noise_db=-55.0,
     ),
     SourceSpec(
         name="synth_thyroid_linear_a", organ="synth_thyroid", region="synth_neck", anatomy="thyroid",
         probe="linear", model="L14-5", depth_mm=36.0, width_mm=40.0, freq_mhz=11.0, axial_res_mm=0.14,
         lateral_res_mm=0.3, alpha_db=0.6, tgc=0.75, dynamic_range_db=60.0, gain_db=0.0,
-        noise_db=-62.0,
+        noise_db=-58.0,
     ),
     SourceSpec(
         name="synth_thyroid_linear_b", organ="synth_thyroid", region="synth_neck", anatomy="thyroid",
         probe="linear", model="ML6-15", depth_mm=42.0, width_mm=48.0, freq_mhz=8.0, axial_res_mm=0.22,
         lateral_res_mm=0.45, defocus=2.5, alpha_db=0.6, tgc=0.7, dynamic_range_db=50.0, gain_db=2.0,
-        noise_db=-58.0,
+        noise_db=-50.0,
     ),
     SourceSpec(
         name="synth_liver_convex_a", organ="synth_liver", region="synth_abdomen", anatomy="liver",
@@ -83,7 +83,7 @@ _SPECS: tuple[SourceSpec, ...] = (
         name="synth_liver_convex_b", organ="synth_liver", region="synth_abdomen", anatomy="liver",
         probe="convex", model="C6-2", depth_mm=130.0, radius_mm=40.0, half_angle_deg=38.0,
         freq_mhz=4.5, axial_res_mm=0.6, lateral_res_mm=1.4, defocus=2.0, focus_frac=0.4, alpha_db=0.55,
-        tgc=0.8, dynamic_range_db=52.0, gain_db=-1.0, noise_db=-56.0,
+        tgc=0.8, dynamic_range_db=52.0, gain_db=-1.0, noise_db=-62.0,
     ),
 )
 
