@@ -137,3 +137,29 @@ def test_prompt_model_trains_on_busi_cls_and_cca_seg(shared_data, tmp_path, use_
     else:
         assert rep["gates"] is None
     assert (tmp_path / "uni" / "best" / "model.safetensors").is_file()
+
+
+def test_label_efficiency_curve_on_cca(shared_data, tmp_path):
+    import json
+
+    from sonofm.finetune.label_efficiency import run_label_efficiency
+    from sonofm.finetune.seg_train import run_seg_finetune
+
+    train, val = _cca(shared_data, {0: 2, 1: 2, 3: 2}), _cca(shared_data, {2: 2})
+    n_train = {}
+
+    def train_fn(spec, frac, run_dir):
+        rep = run_seg_finetune(spec, train, val, run_dir, img_size=SIZE, steps=2, batch_size=2, warmup_steps=0,
+                               eval_every=0, decoder_channels=16, label_fraction=frac, n_overlays=0)
+        n_train[(spec, frac)] = rep["n_train"]
+        return rep["final"]["dice"]
+
+    encoders = {"ConvNeXt-V2 atto (random)": "random:convnextv2_atto", "ConvNeXt atto (random)": "random:convnext_atto"}
+    res = run_label_efficiency(encoders, train_fn, tmp_path / "le", fractions=(0.34, 1.0), metric="Dice")
+    assert set(res) == set(encoders) and all(set(v) == {0.34, 1.0} for v in res.values())
+    # 0.34 of 3 recordings = 2 whole recordings (2 frames each); 1.0 = all 3
+    assert {n_train[(s, 0.34)] for s in encoders.values()} == {4}
+    assert {n_train[(s, 1.0)] for s in encoders.values()} == {6}
+    assert (tmp_path / "le" / "label_efficiency.png").stat().st_size > 2000
+    saved = json.loads((tmp_path / "le" / "results.json").read_text())
+    assert saved["metric"] == "Dice" and len(saved["results"]) == 2
