@@ -175,3 +175,15 @@ def test_hier_pool_ignores_masked_patches() -> None:
     b = model(noisy, mask=mask, targets=_t(region=[0]))
     torch.testing.assert_close(a["logits"], b["logits"], atol=1e-5, rtol=0)
     torch.testing.assert_close(a["loss_hier"], b["loss_hier"], atol=1e-5, rtol=0)
+
+
+def test_target_errors_and_empty_targets() -> None:
+    head = HierarchicalClassifier(4, TREE)
+    logits = torch.randn(2, 7, requires_grad=True)
+    with pytest.raises(ValueError, match="not tree levels"):
+        head.loss(logits, _t(label=[0, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        head.loss(logits, _t(organ=[0, 1, 2]))
+    loss, m = head.loss(logits, {})
+    assert loss == 0 and m["count/region"] == 0
+    loss.backward()  # still in the graph (DDP needs every parameter used)

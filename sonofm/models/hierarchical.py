@@ -115,16 +115,20 @@ class HierarchicalClassifier(nn.Module):
                 out[lvl] = torch.logsumexp(logp[:, :, None] + getattr(self, f"member_{lvl}")[None], dim=1)
         return out
 
-    def complete_targets(self, targets: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Targets of every tree level (-1 unknown) with levels outside ``levels`` dropped and the
-        ancestors implied by a known finer node filled in where unknown."""
-        ref = next(iter(targets.values()))
+    def complete_targets(self, targets: dict[str, Tensor], batch: int, device: torch.device) -> dict[str, Tensor]:
+        """Targets ``[batch]`` of every tree level (-1 unknown) with levels outside ``levels`` dropped
+        and the ancestors implied by a known finer node filled in where unknown."""
+        unknown = sorted(set(targets) - set(self.tree_levels))
+        if unknown:
+            raise ValueError(f"hierarchical targets {unknown} are not tree levels {self.tree_levels}")
         full = {}
         for lvl in self.tree_levels:
             t = targets.get(lvl)
             if lvl not in self.levels or t is None:
-                t = torch.full(ref.shape, -1, dtype=torch.long, device=ref.device)
-            full[lvl] = t.long()
+                t = torch.full((batch,), -1, dtype=torch.long, device=device)
+            elif t.shape != (batch,):
+                raise ValueError(f"hierarchical target {lvl!r} has shape {tuple(t.shape)}, expected ({batch},)")
+            full[lvl] = t.to(device=device, dtype=torch.long)
         for child in self.tree_levels[1:][::-1]:
             parent = self._parents[child]
             t = full[child]
@@ -136,8 +140,8 @@ class HierarchicalClassifier(nn.Module):
         """Mean over samples with any known level of ``-log P(finest known node)``, and per level
         ``acc/<level>`` (over the samples that know that level; 0 when none) and ``count/<level>``."""
         logps = self.level_log_probs(logits)
-        full = self.complete_targets(targets)
         b = logits.shape[0]
+        full = self.complete_targets(targets, b, logits.device)
         nll = logits.new_zeros(b, dtype=torch.float32)
         known_any = torch.zeros(b, dtype=torch.bool, device=logits.device)
         metrics: dict[str, Tensor] = {}
