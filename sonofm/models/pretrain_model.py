@@ -93,8 +93,10 @@ class PretrainModel(nn.Module):
         field) or ``None`` (whole image); ``targets`` per tree level (LongTensor ``[B]``, -1 unknown);
         ``mask`` ``[B, H/32, W/32]`` (1 visible) or ``None`` to draw one (with ``generator``).
 
-        Returns ``loss``, ``loss_rec``, ``loss_hier``, ``acc/<level>``, ``count/<level>``, ``pred``
-        ``[B, L, 32*32*C]``, ``target`` (same shape), ``mask`` and ``in_field`` ``[B, H/32, W/32]``.
+        Returns ``loss``, ``loss_rec``, ``loss_hier`` (0 without heads), ``pred`` ``[B, L, 32*32*C]``,
+        ``target`` (same shape), ``mask`` and ``in_field`` ``[B, H/32, W/32]``; with hierarchical heads
+        also ``logits`` (leaves) and, when ``targets`` are given, ``acc/<level>`` (float, 0 when no
+        sample knows the level) and ``count/<level>`` (long: samples that know it) per configured level.
         """
         b, c, h, w = images.shape
         if c != self.in_chans or h % PATCH or w % PATCH:
