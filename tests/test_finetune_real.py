@@ -163,3 +163,31 @@ def test_label_efficiency_curve_on_cca(shared_data, tmp_path):
     assert (tmp_path / "le" / "label_efficiency.png").stat().st_size > 2000
     saved = json.loads((tmp_path / "le" / "results.json").read_text())
     assert saved["metric"] == "Dice" and len(saved["results"]) == 2
+
+
+def test_samples_from_shards_follow_the_shard_layout(tmp_path):
+    import io
+    import json
+    import tarfile
+
+    from PIL import Image
+
+    from sonofm.finetune.data import samples_from_shards
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    img = (np.arange(48 * 40) % 251).astype(np.uint8).reshape(48, 40)
+    mask = np.zeros((48, 40), np.uint8)
+    mask[10:20, 5:15] = 255
+    with tarfile.open(tmp_path / "cca-val-000000.tar", "w") as tar:
+        for name, data in (("cca-a.png", png(img)), ("cca-a.mask.png", png(mask)),
+                           ("cca-a.json", json.dumps({"source": "cca", "group": "r1", "path": "a.png"}).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (s,) = samples_from_shards(tmp_path, "val", binary_mask=True)
+    assert np.array_equal(s.image, img) and s.mask.max() == 1 and s.mask.sum() == 100
+    assert s.group == "r1" and s.meta["key"] == "cca-a"

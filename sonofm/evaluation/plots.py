@@ -68,13 +68,18 @@ def plot_label_efficiency(
 ) -> None:
     """One line per encoder: ``results[encoder][fraction]`` is a value or a list of values (mean ± std)."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
+    all_fracs: set[float] = set()
     for name, by_frac in results.items():
+        all_fracs.update(float(f) for f in by_frac)
         fracs = sorted(by_frac)
         vals = [np.atleast_1d(np.asarray(by_frac[f], dtype=float)) for f in fracs]
         mean = np.array([v.mean() for v in vals])
         std = np.array([v.std() for v in vals])
         ax.errorbar([100 * f for f in fracs], mean, yerr=std, marker="o", capsize=3, label=name)
     ax.set_xscale("log")
+    ticks = sorted(100 * f for f in all_fracs)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("labelled training groups (%)")
     ax.set_ylabel(metric)
     ax.grid(True, which="both", alpha=0.3)

@@ -11,13 +11,19 @@ not against a resized copy. Records are decoded once and kept in memory (dataset
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from sonofm.datasets.augment import AugmentConfig, augment_sample, eval_sample
@@ -33,6 +39,7 @@ __all__ = [
     "sample_tensors",
     "collate",
     "iterate_batches",
+    "samples_from_shards",
 ]
 
 
@@ -152,3 +159,54 @@ def iterate_batches(
         batch = collate([sample_tensors(samples[i], size, rng, aug) for i in chunk])
         batch["index"] = torch.tensor(chunk, dtype=torch.long)
         yield batch
+
+
+def _png(data: bytes, where: str) -> np.ndarray:
+    try:
+        return np.asarray(Image.open(io.BytesIO(data)))
+    except Exception as e:  # PIL raises many types for bad data
+        raise ValueError(f"{where}: PNG does not decode: {type(e).__name__}: {e}") from e
+
+
+def samples_from_shards(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], split: str, binary_mask: bool = False
+) -> list[Sample]:
+    """Read every sample of ``split`` from local shard sets (directories, index files or tar paths).
+
+    Used to evaluate segmentation at the stored size of shard data and to finetune from shards
+    without the streaming machinery; the stored (preprocessed) image is the "original" here.
+    """
+    from sonofm.datasets.stream import discover_shards
+
+    path_list = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    samples: list[Sample] = []
+    for p in path_list:
+        for url, _ in discover_shards(str(p), split):
+            if not Path(url).is_file():
+                raise FileNotFoundError(f"{url}: samples_from_shards reads local shard files only")
+            members: dict[str, dict[str, bytes]] = {}
+            try:
+                with tarfile.open(url) as tar:
+                    for info in tar:
+                        if not info.isfile():
+                            continue
+                        key, _, ext = Path(info.name).name.partition(".")
+                        members.setdefault(key, {})[ext] = tar.extractfile(info).read()
+            except tarfile.TarError as e:
+                raise ValueError(f"{url}: unreadable shard: {e}") from e
+            for key, m in members.items():
+                where = f"{url}:{key}"
+                if "png" not in m or "json" not in m:
+                    raise ValueError(f"{where}: sample lacks png or json (has {sorted(m)})")
+                image = _png(m["png"], where)
+                if image.ndim != 2:
+                    image = to_gray(image[..., :3])
+                mask = _png(m["mask.png"], where + ".mask") if "mask.png" in m else None
+                if mask is not None and binary_mask:
+                    mask = (mask > 0).astype(np.uint8)
+                meta = json.loads(m["json"])
+                meta.setdefault("key", key)
+                samples.append(Sample(image.astype(np.uint8), mask, meta))
+    if not samples:
+        raise ValueError(f"no samples of split {split!r} in {path_list}")
+    return samples
