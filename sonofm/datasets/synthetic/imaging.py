@@ -69,7 +69,7 @@ def _filters(source: str, size: int) -> tuple[np.ndarray, np.ndarray, float, np.
     focus = spec.focus_frac * spec.depth_mm
     w = np.clip(np.abs(g.depth - focus) / (0.55 * spec.depth_mm), 0.0, 1.0) ** 1.5  # (na_p, 1)
     norm = np.sqrt((1 - w) ** 2 + w**2 + 2 * w * (1 - w) * rho)
-    return h1.astype(np.float32), h2.astype(np.float32), rho, np.concatenate([(1 - w) / norm, w / norm], 1)
+    return h1.astype(np.float32), h2.astype(np.float32), rho, np.concatenate([(1 - w) / norm, w / norm], 1).astype(np.float32)
 
 
 def tgc_db(spec: SourceSpec, g: Geometry) -> np.ndarray:

@@ -87,7 +87,7 @@ def _layered(
 
 def _lesion_echo(spec: SourceSpec, p: dict[str, Any], label: str, anatomy: str) -> dict[str, float]:
     """Echogenicity and attenuation of the patient's lesion, by class (and organ for benign)."""
-    rng = np.random.default_rng(p["lesion_seed"])
+    rng = np.random.default_rng([p["lesion_seed"], 1])  # a stream apart from the one drawing the shape
     a0 = spec.alpha_db * p["alpha_scale"]
     if label == "cyst":
         return {"echo": FLUID_ECHO, "atten": FLUID_ATTEN, "tex": 0.0, "wall": rng.uniform(0.3, 1.2), "halo": 0.0}
@@ -95,7 +95,8 @@ def _lesion_echo(spec: SourceSpec, p: dict[str, Any], label: str, anatomy: str) 
         level = p["levels"][3] * rng.uniform(6.0, 10.0) if anatomy == "liver" else rng.uniform(0.03, 0.12)
         return {"echo": level, "atten": a0 * rng.uniform(0.6, 1.0), "tex": rng.uniform(0.15, 0.4),
                 "wall": rng.uniform(0.0, 0.8), "halo": 0.0}
-    return {"echo": rng.uniform(0.04, 0.14), "atten": a0 * rng.uniform(1.3, 2.2), "tex": rng.uniform(0.5, 0.9),
+    host = {"breast": p["levels"][2], "thyroid": p.get("thy_echo", 1.0), "liver": p["levels"][3]}[anatomy]
+    return {"echo": host * rng.uniform(0.04, 0.12), "atten": a0 * rng.uniform(1.3, 2.2), "tex": rng.uniform(0.5, 0.9),
             "wall": 0.0, "halo": rng.uniform(0.0, 1.5) if rng.random() < 0.6 else 0.0}
 
 
