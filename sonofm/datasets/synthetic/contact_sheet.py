@@ -17,10 +17,8 @@ def make_contact_sheet(manifest: Path, out_png: Path, n: int = 24, cols: int = 6
     Picks round-robin over (source, label) so a small sheet still shows every kind of image.
     The PNG is palette-quantised to stay small enough to live in ``docs/``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend and figures alone
 
     manifest = Path(manifest)
     root = manifest.parent
@@ -39,7 +37,9 @@ def make_contact_sheet(manifest: Path, out_png: Path, n: int = 24, cols: int = 6
                 picked.append(buckets[k].pop(0))
     picked.sort(key=lambda r: (r["source"], r["label"]))
     nrows = (len(picked) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.8 * nrows), squeeze=False)
+    fig = Figure(figsize=(2.6 * cols, 2.8 * nrows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, r in zip(axes.flat, picked):
@@ -54,7 +54,6 @@ def make_contact_sheet(manifest: Path, out_png: Path, n: int = 24, cols: int = 6
     fig.subplots_adjust(left=0.005, right=0.995, top=0.95, bottom=0.005, wspace=0.03, hspace=0.12)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, facecolor="white")
-    plt.close(fig)
     buf.seek(0)
     # fixed palette: 60 greys for the images and text, a few reds for the contours
     colours = [(v, v, v) for v in np.linspace(0, 255, 60).round().astype(int)]

@@ -19,6 +19,7 @@ without ``manifest.csv`` is an unfinished corpus (and a re-run first deletes the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import multiprocessing as mp
 import os
@@ -82,14 +83,22 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     path.write_bytes(png_bytes(array))
 
 
+def _single_threaded_blas():
+    """One BLAS thread while rendering: the texture matrix products then give the same bits in
+    every process (and threads would only fight over the cores the worker pool already uses)."""
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover - scikit-learn is a dependency
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
 def _render_chunk(args: tuple[str, list[tuple[int, str, int]], int, int]) -> list[dict[str, str]]:
     """Render and write a chunk of images; returns their manifest rows (in index order)."""
     out_dir, items, seed, size = args
     root = Path(out_dir)
     rows = []
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
+    with _single_threaded_blas():
         for index, source, patient in items:
             s = render_sample(source, seed, patient, index, size)
             name = f"{index:07d}.png"
