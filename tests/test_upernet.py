@@ -67,3 +67,43 @@ def test_dice_loss_values():
     ignored = torch.tensor([[[0, 1], [1, 255]]])
     loss = seg_loss(perfect, ignored, ce_weight=1.0, dice_weight=1.0)
     assert loss.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_layer_decay_groups_for_convnext_atto():
+    from sonofm.finetune.lr_decay import convnext_layer_id, param_groups
+
+    depths = [2, 2, 6, 2]
+    assert convnext_layer_id("stem.0.weight", depths) == 0
+    assert convnext_layer_id("stages.0.blocks.1.conv_dw.weight", depths) == 1
+    assert convnext_layer_id("stages.1.downsample.1.weight", depths) == 2
+    assert convnext_layer_id("stages.2.blocks.2.mlp.fc1.weight", depths) == 3
+    assert convnext_layer_id("stages.2.blocks.3.mlp.fc1.weight", depths) == 4
+    assert convnext_layer_id("stages.3.blocks.1.gamma", depths) == 5
+    assert convnext_layer_id("head.norm.weight", depths) == 6
+    model = SegModel(_encoder(), num_classes=2, channels=16)
+    groups = param_groups(model, weight_decay=0.05, layer_decay=0.5)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["encoder.stem.0.weight"]["lr_scale"] == pytest.approx(0.5**6)
+    assert by_name["decoder.classifier.weight"]["lr_scale"] == 1.0
+    assert by_name["encoder.stages.3.blocks.0.conv_dw.weight"]["lr_scale"] == pytest.approx(0.5)
+    assert by_name["encoder.stem.0.bias"]["weight_decay"] == 0.0  # biases and norms: no decay
+    assert by_name["decoder.fuse.1.weight"]["weight_decay"] == 0.0
+    assert by_name["decoder.fuse.0.weight"]["weight_decay"] == 0.05
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_ema_and_schedule_in_training_loop():
+    import itertools
+
+    from sonofm.finetune.seg_train import train_segmentation
+
+    torch.manual_seed(0)
+    model = SegModel(_encoder(), num_classes=2, channels=16)
+    batch = {"image": torch.rand(2, 1, 32, 32), "mask": (torch.rand(2, 32, 32) > 0.7).long()}
+    lrs = []
+    hist = train_segmentation(model, itertools.repeat(batch), steps=4, lr=1e-3, warmup_steps=2, ema=0.5,
+                              layer_decay=1.0, log=lambda r: lrs.append(r["lr"]))
+    assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3) and lrs[-1] < lrs[1]  # warm-up, cosine
+    ema = hist["ema"].module
+    w, we = model.decoder.classifier.weight, ema.decoder.classifier.weight
+    assert not torch.equal(w, we)  # the average lags behind the trained weights
