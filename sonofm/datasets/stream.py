@@ -661,12 +661,15 @@ class StreamLoader(DataLoader):
         return self.corrupt.as_dict()
 
     def __iter__(self) -> Iterator[Any]:
-        dataset = self.dataset
-        if not isinstance(dataset, _EvalStream):
-            yield from super().__iter__()
-            return
+        # The training loader returns DataLoader's own iterator (no wrapping generator), so that
+        # dropping it shuts the workers down exactly as a plain DataLoader does.
+        if isinstance(self.dataset, _EvalStream):
+            return self._checked(super().__iter__(), self.dataset)
+        return super().__iter__()
+
+    def _checked(self, batches: Iterator[Any], dataset: _EvalStream) -> Iterator[Any]:
         n = 0
-        for batch in super().__iter__():
+        for batch in batches:
             n += len(batch["key"])
             yield batch
         if n == 0 and dataset.expected_on_rank() != 0:
