@@ -191,3 +191,22 @@ def test_samples_from_shards_follow_the_shard_layout(tmp_path):
     (s,) = samples_from_shards(tmp_path, "val", binary_mask=True)
     assert np.array_equal(s.image, img) and s.mask.max() == 1 and s.mask.sum() == 100
     assert s.group == "r1" and s.meta["key"] == "cca-a"
+
+
+def test_infer_task_specs_from_metadata(shared_data):
+    from sonofm.finetune.universal import infer_task_spec
+
+    busi, _ = _busi(shared_data, 2)
+    cca = _cca(shared_data, {0: 2})
+    for s in busi:
+        s.meta["organ"] = "breast"
+    for s in cca:
+        s.meta["organ"] = "carotid"
+    b = infer_task_spec("busi", busi[:4], busi[4:])
+    assert (b.task, b.nature, b.organ) == ("cls", "tumour", "breast")
+    assert b.classes == ["normal", "benign", "malignant"]  # the taxonomy's order fixes the class ids
+    assert [s.label for s in busi] == [1, 1, 2, 2, 0, 0]
+    c = infer_task_spec("cca", cca, cca)
+    assert (c.task, c.nature, c.organ, c.num_classes) == ("seg", "organ", "carotid", 2)
+    with pytest.raises(ValueError, match="one organ"):
+        infer_task_spec("mixed", busi + cca, [])

@@ -41,6 +41,8 @@ __all__ = [
     "evaluate_universal",
     "train_universal",
     "run_universal",
+    "infer_task_spec",
+    "task_specs_from_shards",
 ]
 
 HEADLINE = {"seg": "dice", "cls": "balanced_accuracy"}
@@ -328,3 +330,69 @@ def run_universal(
     }
     write_json(report, out / "report.json")
     return report
+
+
+def infer_task_spec(
+    name: str,
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    task: str | None = None,
+    nature: str | None = None,
+    classes: Sequence[str] | None = None,
+    weight: float | None = None,
+) -> TaskSpec:
+    """A :class:`TaskSpec` with what the samples' metadata says filled in.
+
+    ``organ``: the samples' ``meta["organ"]`` (shards carry it from the taxonomy). ``task``: ``cls``
+    when samples carry labels, else ``seg``. ``nature``: ``tumour`` for a labelled (diagnostic)
+    dataset, else ``organ``. ``classes``: the taxonomy's label list of the source when known, else
+    the sorted labels seen. Segmentation classes: largest mask id + 1 (at least 2).
+    """
+    from sonofm.finetune.data import encode_labels
+
+    organs = {str(s.meta.get("organ")) for s in train if s.meta.get("organ")}
+    if len(organs) != 1:
+        raise ValueError(f"{name}: expected one organ in the samples' metadata, found {sorted(organs) or 'none'}")
+    labelled = any(s.meta.get("label") is not None for s in train)
+    task = task or ("cls" if labelled else "seg")
+    nature = nature or ("tumour" if labelled else "organ")
+    if task == "cls":
+        if classes is None:
+            classes = _taxonomy_labels(str(train[0].meta.get("source")))
+        vocab = encode_labels(list(train) + list(val), classes=classes)
+        return TaskSpec(name, "cls", train, val, organs.pop(), nature, len(vocab), vocab, weight)
+    n = max(int(s.mask.max()) for s in train if s.mask is not None) + 1 if train else 2
+    return TaskSpec(name, "seg", train, val, organs.pop(), nature, max(2, n), None, weight)
+
+
+def _taxonomy_labels(source: str) -> list[str] | None:
+    from sonofm.datasets.taxonomy import Taxonomy, TaxonomyError
+
+    try:
+        labels = Taxonomy.load().source(source).labels
+    except TaxonomyError:
+        return None
+    return list(labels) or None
+
+
+def task_specs_from_shards(
+    paths: Sequence[str],
+    tasks: Sequence[str | None] | None = None,
+    weights: Sequence[float] | None = None,
+    train_split: str = "train",
+    val_split: str = "val",
+) -> list[TaskSpec]:
+    """One :class:`TaskSpec` per shard set (named after its directory), via :func:`infer_task_spec`."""
+    from sonofm.finetune.data import samples_from_shards
+
+    specs = []
+    for i, p in enumerate(paths):
+        train = samples_from_shards(p, train_split)
+        val = samples_from_shards(p, val_split)
+        task = tasks[i] if tasks is not None else None
+        if task == "seg" or (task is None and not any(s.meta.get("label") is not None for s in train)):
+            train = [s for s in train if s.mask is not None]
+            val = [s for s in val if s.mask is not None]
+        name = Path(str(p).rstrip("/")).name or f"dataset{i}"
+        specs.append(infer_task_spec(name, train, val, task, weight=weights[i] if weights is not None else None))
+    return specs
