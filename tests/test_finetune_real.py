@@ -210,3 +210,20 @@ def test_infer_task_specs_from_metadata(shared_data):
     assert (c.task, c.nature, c.organ, c.num_classes) == ("seg", "organ", "carotid", 2)
     with pytest.raises(ValueError, match="one organ"):
         infer_task_spec("mixed", busi + cca, [])
+
+
+@pytest.mark.parametrize("hw", [(90, 60), (50, 130), (64, 64)])
+def test_letterbox_round_trip_restores_the_original_mask(hw):
+    from sonofm.datasets.augment import eval_sample
+    from sonofm.evaluation.metrics import dice_score
+    from sonofm.finetune.data import letterbox_window, logits_to_original
+
+    h, w = hw
+    mask = np.zeros(hw, np.uint8)
+    mask[h // 4 : 3 * h // 4, w // 3 : 2 * w // 3] = 1
+    lb = eval_sample(np.zeros(hw, np.uint8), None, mask, SIZE)["mask"]
+    oy, ox, nh, nw = letterbox_window(h, w, SIZE)
+    assert lb[:oy].sum() == 0 and lb[oy + nh :].sum() == 0 and lb[:, :ox].sum() == 0  # padding outside
+    logits = torch.nn.functional.one_hot(lb, 2).permute(2, 0, 1).float()
+    back = logits_to_original(logits, hw).argmax(0).numpy()
+    assert back.shape == hw and dice_score(back, mask) > 0.95
