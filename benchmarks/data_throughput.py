@@ -159,11 +159,19 @@ def rss_child(args: argparse.Namespace) -> None:
     """Run the stream over ``--samples`` samples; print peak RSS of this process and of its workers."""
     torch.set_num_threads(1)
     loader = stream_loader(args.shards, args, persistent=False)
+    import psutil
+
+    me, n, trajectory = psutil.Process(), 0, []
+    n_batches = -(-args.samples // args.batch_size)
     it = iter(loader)
-    n = sum(len(b["image"]) for b in islice(it, -(-args.samples // args.batch_size)))
+    for i, batch in enumerate(islice(it, n_batches)):
+        n += len(batch["image"])
+        if (i + 1) % max(n_batches // 10, 1) == 0:  # RSS (MB) of the largest process, every tenth of the run
+            trajectory.append(max([me.memory_info().rss] + [c.memory_info().rss for c in me.children()]) >> 20)
     del it  # shuts the workers down, so RUSAGE_CHILDREN covers them
     print(json.dumps({
         "samples": n,
+        "rss_trajectory_mb": trajectory,
         "main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }))
@@ -256,11 +264,11 @@ def main() -> None:
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
                 rows.append(json.loads(out.splitlines()[-1]))
                 r = rows[-1]
-                peak = max(r["main_mb"], r["worker_mb"])
+                worker = f", largest worker {r['worker_mb']:.0f} MB" if workers else ""
                 print(f"peak RSS, {workers} workers, {r['samples']:6d} samples (~{r['samples'] / mean_count:.0f} "
-                      f"shard reads): main {r['main_mb']:.0f} MB, largest worker {r['worker_mb']:.0f} MB "
-                      f"(peak {peak:.0f} MB)")
-            peaks = [max(r["main_mb"], r["worker_mb"]) for r in rows]
+                      f"shard reads): main {r['main_mb']:.0f} MB{worker}")
+            print(f"  RSS of the largest process at each tenth of the 10x run (MB): {rows[1]['rss_trajectory_mb']}")
+            peaks = [max(r["main_mb"], r["worker_mb"] if workers else 0.0) for r in rows]
             print(f"peak RSS 10x / 1x with {workers} workers: {peaks[1] / peaks[0]:.2f}")
     tmp.cleanup()
 
