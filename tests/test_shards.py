@@ -153,12 +153,19 @@ def test_resume_skips_recorded_shards_and_checks_keys(tmp_path):
     assert not list((tmp_path / "c").iterdir())
 
 
-def test_resume_ignores_records_whose_file_is_gone(tmp_path):
+def test_resume_rewrites_recorded_shards_that_are_gone_or_changed(tmp_path):
     splits = ["train"] * 4
     _, entries, log = _write_all(tmp_path, splits)
     (tmp_path / entries[0]["file"]).unlink()
     w, e2, _ = _write_all(tmp_path, splits, done={log[0]["file"]: log[0]})
     assert w.skipped == 0 and e2[0]["sha256"] == entries[0]["sha256"]
+    # Same size, other bytes (changed since recorded): rewritten too.
+    f = tmp_path / entries[0]["file"]
+    data = bytearray(f.read_bytes())
+    data[600] ^= 0xFF
+    f.write_bytes(bytes(data))
+    w, e3, _ = _write_all(tmp_path, splits, done={log[0]["file"]: log[0]})
+    assert w.skipped == 0 and file_sha256(f) == entries[0]["sha256"]
 
 
 def test_bad_names_rejected(tmp_path):
@@ -181,3 +188,57 @@ def test_source_arguments(tmp_path):
         ("cca", Path("/c"), {})]
     with pytest.raises(ValueError, match="ADAPTER:PATH"):
         parse_source_arg("just-a-path")
+
+
+def _toy_folder(root: Path, n: int = 12) -> Path:
+    """``root/<label>/pNN_i.png`` speckle images with a bright rectangle field, plus one corrupt file."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = ("benign", "malignant")[i % 2]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        img = np.zeros((60, 80), np.uint8)
+        img[6:54, 8:72] = rng.gamma(2.0, 40.0, size=(48, 64)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / label / f"p{i % 5}_{i}.png")
+    (root / "benign" / "p0_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return root
+
+
+def test_build_small_folder_errors_reruns_and_workers(tmp_path):
+    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.shards import load_indexes
+
+    data = _toy_folder(tmp_path / "data")
+    spec = f"folder:{data}?source=busbra&group_regex=^(p[0-9])_"
+    kw = {"max_side": 32, "samples_per_shard": 3, "dedup": True, "progress": False}
+    rep = build_shards([spec], tmp_path / "a", workers=1, **kw)["sources"]["busbra"]
+    assert rep["files"] == 13 and rep["records_read"] == 12 and rep["decode_errors"] == 1
+    assert rep["errors"][0]["file"].endswith("p0_broken.png") and "p0_broken.png" in rep["errors"][0]["reason"]
+    assert rep["samples_written"] + rep["duplicates_exact"] + rep["duplicates_near"] == 12
+    (idx,) = load_indexes(tmp_path / "a")
+    assert idx["complete"] and sum(s["count"] for s in idx["shards"]) == rep["samples_written"]
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.tar")) == sorted(s["file"] for s in idx["shards"])
+    assert idx["counts"]["organ"] == {"breast": rep["samples_written"]}
+    assert sum(idx["counts"]["groups"].values()) == 5  # p0..p4, each in one split
+    # Same output with two processes; a re-run with nothing changed decodes nothing.
+    build_shards([spec], tmp_path / "b", workers=2, **kw)
+    assert [s["sha256"] for s in load_indexes(tmp_path / "b")[0]["shards"]] == [s["sha256"] for s in idx["shards"]]
+    assert build_shards([spec], tmp_path / "a", workers=1, **kw)["sources"]["busbra"]["up_to_date"]
+    # Other settings: rebuilt, and shards of the old layout are removed.
+    build_shards([spec], tmp_path / "a", workers=1, **{**kw, "samples_per_shard": 100})
+    (idx2,) = load_indexes(tmp_path / "a")
+    assert len(idx2["shards"]) <= 3
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.suffix == ".tar") == sorted(
+        s["file"] for s in idx2["shards"])
+
+
+def test_build_rejects_unknown_or_repeated_sources(tmp_path):
+    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.taxonomy import TaxonomyError
+
+    data = _toy_folder(tmp_path / "data", n=2)
+    with pytest.raises(TaxonomyError, match="unknown source 'nope'"):
+        build_shards([f"folder:{data}?source=nope"], tmp_path / "o", progress=False)
+    with pytest.raises(ValueError, match="given twice"):
+        build_shards([f"folder:{data}?source=busbra", f"folder:{data}?source=busbra"], tmp_path / "o",
+                     progress=False)
+    assert not list((tmp_path / "o").glob("*.tar"))

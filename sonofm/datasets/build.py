@@ -240,11 +240,10 @@ class _Worker:
         outs: list[_Out] = []
         try:
             for i, record in enumerate(self.adapter.load(item)):
-                meta = dict(record.meta)
-                meta["source"] = job.source
-                meta = self.taxonomy.annotate(meta)
+                record.meta["source"] = job.source
+                self.taxonomy.annotate(record.meta)  # a bad label fails before the costly part
                 processed = self.preprocess(record, max_side=job.max_side)
-                pmeta = {**meta, **dict(processed.meta)}
+                pmeta = self.taxonomy.annotate(dict(processed.meta))  # preprocess rescales spacing
                 group = pmeta.get("group")
                 if group is None or group == "":
                     group = pmeta.get("path") or path
@@ -328,8 +327,9 @@ def _results(job: _Job, items: Sequence[Any], workers: int) -> Iterator[_ItemRes
         for item in items:
             yield worker(item)
         return
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    # The platform's default start method: fork on Linux (no re-import of the caller's script,
+    # fast start); where it is spawn/forkserver, scripts need the usual ``if __name__ == "__main__"``.
+    ctx = mp.get_context()
     with ctx.Pool(processes=workers, initializer=_init_worker, initargs=(job,)) as pool:
         yield from pool.imap(_run_item, items, chunksize=1)
 

@@ -290,8 +290,8 @@ class ShardSetWriter:
         if rec is None:
             return None
         p = self.out_dir / name
-        if not p.is_file() or p.stat().st_size != rec.get("bytes"):
-            return None
+        if not p.is_file() or p.stat().st_size != rec.get("bytes") or file_sha256(p) != rec.get("sha256"):
+            return None  # gone or changed since it was recorded: write it again
         return rec
 
     def add(self, sample: Sample) -> None:
