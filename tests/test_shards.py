@@ -242,3 +242,29 @@ def test_build_rejects_unknown_or_repeated_sources(tmp_path):
         build_shards([f"folder:{data}?source=busbra", f"folder:{data}?source=busbra"], tmp_path / "o",
                      progress=False)
     assert not list((tmp_path / "o").glob("*.tar"))
+
+
+def test_resume_with_records_that_do_not_match_rebuilds_the_source(tmp_path, capsys):
+    """A progress record whose keys differ from what the build produces: start the source over."""
+    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.shards import index_path, load_indexes, progress_path
+
+    data = _toy_folder(tmp_path / "data")
+    spec = f"folder:{data}?source=busbra"
+    kw = {"max_side": 32, "samples_per_shard": 3, "dedup": False, "progress": False, "workers": 1}
+    build_shards([spec], tmp_path / "o", **kw)
+    (idx,) = load_indexes(tmp_path / "o")
+    first = idx["shards"][0]
+    keys = [s["__key__"] for s in iter_tar_samples(tmp_path / "o" / first["file"])]
+    # Pretend a killed run recorded this shard with other keys (e.g. a file changed in place).
+    index_path(tmp_path / "o", "busbra").unlink()
+    entry = {**first, "keys": keys[::-1]}
+    progress_path(tmp_path / "o", "busbra").write_text(
+        json.dumps({"fingerprint": idx["fingerprint"]}) + "\n" + json.dumps(entry) + "\n")
+    capsys.readouterr()
+    rep = build_shards([spec], tmp_path / "o", **kw)["sources"]["busbra"]
+    assert "do not match this build" in capsys.readouterr().out
+    assert rep["shards_skipped"] == 0
+    (again,) = load_indexes(tmp_path / "o")
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in idx["shards"]]
+    assert not progress_path(tmp_path / "o", "busbra").exists()
