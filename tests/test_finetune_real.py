@@ -227,3 +227,58 @@ def test_letterbox_round_trip_restores_the_original_mask(hw):
     logits = torch.nn.functional.one_hot(lb, 2).permute(2, 0, 1).float()
     back = logits_to_original(logits, hw).argmax(0).numpy()
     assert back.shape == hw and dice_score(back, mask) > 0.95
+
+
+def _write_tiny_shards(folder, source="tiny", organ="breast"):
+    """Hand-made shards in the documented layout: 8 train + 4 val + 8 test samples, masks and labels."""
+    import io
+    import json
+    import tarfile
+
+    from PIL import Image
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for split, n in (("train", 8), ("val", 4), ("test", 8)):
+        with tarfile.open(folder / f"{source}-{split}-000000.tar", "w") as tar:
+            for i in range(n):
+                label = ["benign", "malignant"][i % 2]
+                img = (rng.random((40, 48)) * 120).astype(np.uint8)
+                mask = np.zeros((40, 48), np.uint8)
+                mask[10:20 + 5 * (i % 2), 12:30] = 1
+                img[mask > 0] += 100
+                meta = {"source": source, "organ": organ, "label": label, "group": f"{split}{i // 2}",
+                        "split": split, "path": f"{split}{i}.png"}
+                for name, data in ((f"{source}-{split}{i}.png", png(img)), (f"{source}-{split}{i}.mask.png", png(mask)),
+                                   (f"{source}-{split}{i}.json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return folder
+
+
+def test_config_entry_points_run_on_shards(tmp_path):
+    from sonofm.config import FinetuneConfig, ProbeConfig, load_config
+    from sonofm.evaluation.cli_entry import probe_from_config
+    from sonofm.finetune.cli_entry import finetune_from_config
+
+    shards = str(_write_tiny_shards(tmp_path / "shards"))
+    cfg = load_config(ProbeConfig, None, [f"data.shards=[{shards}]", "data.split=test", "data.img_size=32",
+                                          "data.num_workers=0", f"out_dir={tmp_path / 'probe'}", "folds=2", "knn_k=3"])
+    rep = probe_from_config(cfg)
+    assert rep["n_samples"] == 8 and rep["classes"] == ["benign", "malignant"] and rep["n_groups"] == 4
+    common = ["steps=2", "eval_every=0", "data.img_size=32", "data.batch_size=4", "optim.warmup_steps=1",
+              "seg.decoder_channels=16"]
+    cfg = load_config(FinetuneConfig, None, ["task=seg", f"data.shards=[{shards}]", f"out_dir={tmp_path / 'seg'}",
+                                             *common])
+    rep = finetune_from_config(cfg)
+    assert rep["n_train"] == 8 and rep["n_val"] == 4 and "dice" in rep["final"]
+    cfg = load_config(FinetuneConfig, None, ["task=universal", f"datasets=[{shards}]", f"out_dir={tmp_path / 'uni'}",
+                                             *common])
+    rep = finetune_from_config(cfg)
+    assert set(rep["final"]["datasets"]) == {"tiny"} and "balanced_accuracy" in rep["final"]["datasets"]["tiny"]

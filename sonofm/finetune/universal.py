@@ -382,7 +382,8 @@ def task_specs_from_shards(
     train_split: str = "train",
     val_split: str = "val",
 ) -> list[TaskSpec]:
-    """One :class:`TaskSpec` per shard set (named after its directory), via :func:`infer_task_spec`."""
+    """One :class:`TaskSpec` per shard set (named after its single source, else its directory), via
+    :func:`infer_task_spec`."""
     from sonofm.finetune.data import samples_from_shards
 
     specs = []
@@ -393,6 +394,7 @@ def task_specs_from_shards(
         if task == "seg" or (task is None and not any(s.meta.get("label") is not None for s in train)):
             train = [s for s in train if s.mask is not None]
             val = [s for s in val if s.mask is not None]
-        name = Path(str(p).rstrip("/")).name or f"dataset{i}"
+        sources = {str(s.meta.get("source")) for s in train if s.meta.get("source")}
+        name = sources.pop() if len(sources) == 1 else (Path(str(p).rstrip("/")).name or f"dataset{i}")
         specs.append(infer_task_spec(name, train, val, task, weight=weights[i] if weights is not None else None))
     return specs
