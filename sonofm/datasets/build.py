@@ -503,7 +503,6 @@ def _write_source(
     adapter_stats: Counter = Counter()
     errors: list[dict[str, str]] = []
     duplicates: list[dict[str, Any]] = []
-    kept_where: dict[str, str] = {}
     n_records = n_colour = n_text = n_written = n_items_ok = 0
     bar = tqdm(total=len(items), desc=f"shards {source}", unit="file", disable=not progress, dynamic_ncols=True)
     try:
@@ -523,15 +522,12 @@ def _write_source(
                 n_records += 1
                 n_colour += out.colour
                 n_text += out.text_outside
-                where = _where(out.meta)
-                if dup_filter is not None:
-                    if not dup_filter.add(out.key, out.gray):
-                        _, kept, kind, dist = dup_filter.duplicates[-1]
-                        if len(duplicates) < MAX_ERRORS_LISTED:
-                            duplicates.append({"dropped": where, "kept": kept_where.get(kept, kept),
-                                               "kind": kind, "distance": int(dist)})
-                        continue
-                    kept_where[out.key] = where
+                if dup_filter is not None and not dup_filter.add(out.key, out.gray):
+                    _, kept, kind, dist = dup_filter.duplicates[-1]
+                    if len(duplicates) < MAX_ERRORS_LISTED:
+                        duplicates.append({"dropped": _where(out.meta), "kept_key": kept, "kind": kind,
+                                           "distance": int(dist)})
+                    continue
                 writer.add(Sample(out.key, out.meta, out.png, out.mask_png, out.field_png))
                 n_written += 1
                 m = out.meta
