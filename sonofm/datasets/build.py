@@ -4,20 +4,24 @@ Determinism: the items of a source are decoded in several processes (``Pool.imap
 their order), and everything order-dependent (near-duplicate removal, cutting into shards) runs in
 the main process in item order, so the shards are the same whatever the number of workers.
 
+Each source is built on its own (one duplicate filter per source, its own index), so adding or
+rebuilding one source never changes the shards of another.
+
 Resuming a killed build. A sample's split comes from its group alone, but which shard it lands in
 depends on how many samples of its split were kept before it, and near-duplicate removal makes
-that depend on every earlier image. So a re-run cannot simply jump to the first missing shard.
-We chose to re-decode and re-deduplicate the source (cheap next to everything else only when
-preprocessing is cheap; it is always correct) and skip the *writing*: every finished shard is
-recorded in a hidden, append-only ``.{source}.progress.jsonl`` (build fingerprint, then one line
-per shard: file, split, count, size, sha256 and its keys). A re-run with the same fingerprint
-(options, adapter, list of files with sizes and mtimes) hands the recorded keys to the workers,
-which then skip PNG encoding for them, and the writer only checks that the same keys arrive in the
-same order before moving on without touching the file. Any difference (a file changed in place)
-raises ``ResumeMismatch`` and the source is rebuilt from scratch. A build that finished writes
-``{source}.index.json`` with the same fingerprint; a later run with nothing changed skips that
-source without decoding anything. The alternative, checkpointing the dedup state and the open
-shards' contents, saves the decoding too but is much more state to get right.
+that depend on every earlier image, so a re-run cannot simply jump to the first missing shard.
+We chose to decode, preprocess and deduplicate the source again (the bulk of the cost, mostly
+field detection, is paid twice, but the result is always right) and to skip only the *writing*:
+every finished shard is recorded in a hidden, append-only ``.{source}.progress.jsonl`` (build
+fingerprint, then one line per shard: file, split, count, size, sha256 and its keys). A re-run
+with the same fingerprint (settings, adapter and options, every file with its size and mtime)
+hands the recorded keys to the workers, which skip PNG encoding for them, and the writer checks
+that the same keys arrive in the same order and that the file still has its recorded sha256
+before moving on without touching it. Any difference raises ``ResumeMismatch`` and the source is
+rebuilt from scratch. A finished source gets ``{source}.index.json`` with the fingerprint; a
+later run with nothing changed skips it without decoding anything. The alternative,
+checkpointing the dedup state and the open shards' contents, would also save the decoding, but
+is far more state to keep consistent.
 """
 
 from __future__ import annotations
