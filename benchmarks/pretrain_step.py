@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     ap.add_argument("--decoder", default="fcmae", choices=["fcmae", "spark"])
     ap.add_argument("--dec-dim", type=int, default=512)
+    ap.add_argument("--dec-out-stride", type=int, default=4, help="SparK decoder output stride (4, 2, 1)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,7 +79,7 @@ def main() -> None:
     def pretrain(hier_weight: float) -> Callable[[], None]:
         torch.manual_seed(0)
         model = PretrainModel(args.model, img_size=args.img_size, decoder=args.decoder, dec_dim=args.dec_dim,
-                              hier_weight=hier_weight, tree=_tree()).train()
+                              dec_out_stride=args.dec_out_stride, hier_weight=hier_weight, tree=_tree()).train()
         opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
         mask_gen = torch.Generator().manual_seed(1)
 

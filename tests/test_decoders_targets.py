@@ -39,6 +39,15 @@ def test_decoder_output_shapes(kind: str) -> None:
     assert dec3(_stages(1, 64, 64), torch.ones(1, 2, 2)).shape == (1, 4, 32 * 32 * 3)
 
 
+@pytest.mark.parametrize("out_stride", [1, 2, 4])
+def test_spark_output_strides(out_stride: int) -> None:
+    dec = create_decoder("spark", DIMS, dec_dim=64, in_chans=1, out_stride=out_stride)
+    out = dec(_stages(1, 64, 96), torch.ones(1, 2, 3))
+    assert out.shape == (1, 6, 32 * 32) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="out_stride"):
+        create_decoder("spark", DIMS, out_stride=8)
+
+
 def test_unknown_decoder_and_target() -> None:
     with pytest.raises(ValueError, match="fcmae, spark"):
         create_decoder("mae", DIMS)

@@ -6,7 +6,8 @@
   dense downstream tasks (segmentation) need. Each stage is normalised, its masked positions filled
   with a mask token of that scale, projected to the decoder width of that scale and added to the
   upsampled coarser path; up-blocks (transposed convolution x2, then two 3x3 convolutions) go from
-  stride 32 to stride 1, the width halving at each step; a 1x1 convolution predicts pixels.
+  stride 32 to ``out_stride`` (4 by default, SparK's 1 allowed), the width halving at each step; a
+  1x1 convolution predicts the pixels of each position (pixel shuffle).
 
 Both return predictions ``[B, L, 32*32*C]`` in the patch layout of :func:`sonofm.models.targets.patchify`.
 Masks follow the sonofm convention (1 visible, 0 masked) on the 32-pixel grid.
@@ -15,6 +16,7 @@ Masks follow the sonofm convention (1 visible, 0 masked) on the 32-pixel grid.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from timm.layers import LayerNorm2d, trunc_normal_
 from timm.models.convnext import ConvNeXtBlock
 from torch import Tensor, nn
@@ -69,15 +71,27 @@ class _UpBlock(nn.Module):
 
 
 class SparKDecoder(nn.Module):
-    """SparK-style hierarchical decoder over the four stages (strides 4, 8, 16, 32)."""
+    """SparK-style hierarchical decoder over the four stages (strides 4, 8, 16, 32).
 
-    def __init__(self, enc_dims: list[int] | tuple[int, ...], dec_dim: int = 512, in_chans: int = 1) -> None:
+    ``out_stride`` (4, 2 or 1): after the stride-4 fusion, ``log2(4 / out_stride)`` more up-blocks, a
+    3x3 refinement and a 1x1 convolution predicting ``out_stride**2 * C`` pixels per position
+    (pixel shuffle). SparK goes to stride 1; stride 4 (default) drops the two full-resolution blocks
+    that would cost more than the whole atto encoder on CPU.
+    """
+
+    def __init__(
+        self, enc_dims: list[int] | tuple[int, ...], dec_dim: int = 512, in_chans: int = 1, out_stride: int = 4
+    ) -> None:
         super().__init__()
         if len(enc_dims) != 4:
             raise ValueError(f"SparK decoder needs four stage widths, got {list(enc_dims)}")
+        if out_stride not in (1, 2, 4):
+            raise ValueError(f"SparK decoder out_stride must be 1, 2 or 4, got {out_stride}")
         self.in_chans = in_chans
-        # width at stride 32, 16, 8, 4, 2, 1: halving, at least 16
-        widths = [max(16, dec_dim // 2**i) for i in range(6)]
+        self.out_stride = out_stride
+        n_extra = {4: 0, 2: 1, 1: 2}[out_stride]
+        # width at stride 32, 16, 8, 4, then 2, 1: halving, at least 16
+        widths = [max(16, dec_dim // 2**i) for i in range(4 + n_extra)]
         deep_first = list(enc_dims)[::-1]
         self.norms = nn.ModuleList([LayerNorm2d(c) for c in deep_first])
         self.mask_tokens = nn.ParameterList([nn.Parameter(torch.zeros(1, c, 1, 1)) for c in deep_first])
@@ -85,8 +99,11 @@ class SparKDecoder(nn.Module):
             [nn.Conv2d(c, widths[i], kernel_size=1 if i == 0 else 3, padding=0 if i == 0 else 1)
              for i, c in enumerate(deep_first)]
         )
-        self.ups = nn.ModuleList([_UpBlock(widths[i], widths[i + 1]) for i in range(5)])
-        self.pred = nn.Conv2d(widths[-1], in_chans, kernel_size=1)
+        self.ups = nn.ModuleList([_UpBlock(widths[i], widths[i + 1]) for i in range(3 + n_extra)])
+        self.refine = nn.Sequential(
+            nn.Conv2d(widths[-1], widths[-1], 3, padding=1, bias=False), LayerNorm2d(widths[-1]), nn.GELU()
+        )
+        self.pred = nn.Conv2d(widths[-1], out_stride * out_stride * in_chans, kernel_size=1)
         for t in self.mask_tokens:
             trunc_normal_(t, std=0.02)
 
@@ -98,16 +115,23 @@ class SparKDecoder(nn.Module):
             f = f * m + self.mask_tokens[i].to(f.dtype) * (1.0 - m)
             f = self.projs[i](f)
             x = f if x is None else x + f
-            x = self.ups[i](x)
-        for up in self.ups[len(stages):]:
+            if i < 3:
+                x = self.ups[i](x)
+        for up in self.ups[3:]:
             x = up(x)
-        return patchify(self.pred(x), PATCH)
+        x = self.pred(self.refine(x))
+        if self.out_stride > 1:
+            x = F.pixel_shuffle(x, self.out_stride)
+        return patchify(x, PATCH)
 
 
-def create_decoder(kind: str, enc_dims: list[int], dec_dim: int = 512, in_chans: int = 1, depth: int = 1) -> nn.Module:
-    """``"fcmae"`` or ``"spark"`` decoder for an encoder with stage widths ``enc_dims``."""
+def create_decoder(
+    kind: str, enc_dims: list[int], dec_dim: int = 512, in_chans: int = 1, depth: int = 1, out_stride: int = 4
+) -> nn.Module:
+    """``"fcmae"`` (``depth`` blocks) or ``"spark"`` (prediction at ``out_stride``) decoder for an
+    encoder with stage widths ``enc_dims``."""
     if kind == "fcmae":
         return FCMAEDecoder(enc_dims[-1], dec_dim, depth=depth, in_chans=in_chans)
     if kind == "spark":
-        return SparKDecoder(enc_dims, dec_dim, in_chans=in_chans)
+        return SparKDecoder(enc_dims, dec_dim, in_chans=in_chans, out_stride=out_stride)
     raise ValueError(f"unknown decoder {kind!r}; choose one of {', '.join(DECODER_KINDS)}")

@@ -39,6 +39,7 @@ class PretrainModel(nn.Module):
         decoder: str = "fcmae",
         dec_dim: int = 512,
         dec_depth: int = 1,
+        dec_out_stride: int = 4,
         target: str = "norm_pix",
         hier_weight: float = 0.0,
         levels: Sequence[str] | None = None,
@@ -68,7 +69,8 @@ class PretrainModel(nn.Module):
         self.encoder = create_encoder(encoder, in_chans=in_chans, drop_path_rate=drop_path_rate,
                                       **(encoder_kwargs or {}))
         dims = [f["num_chs"] for f in self.encoder.feature_info]
-        self.decoder = create_decoder(decoder, dims, dec_dim=dec_dim, in_chans=in_chans, depth=dec_depth)
+        self.decoder = create_decoder(decoder, dims, dec_dim=dec_dim, in_chans=in_chans, depth=dec_depth,
+                                      out_stride=dec_out_stride)
         self.hier: HierarchicalClassifier | None = None
         if self.hier_weight > 0:
             if tree is None:
