@@ -10,7 +10,13 @@ import pytest
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
+
 from sonofm.paths import shared_data_dir  # noqa: E402
+
+# One thread per test process: the suite runs on 2 shared cores, where oversubscribed intra-op
+# threads make small models many times slower, and results stay reproducible.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -444,10 +444,14 @@ def _build_source(
     settings: dict[str, Any],
     workers: int,
     progress: bool,
+    source: str | None = None,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    source = _source_name(adapter, spec)
     items = list(adapter.items())
+    if source is None:
+        source = _source_name(adapter, spec)
+    else:  # one of several sources named by a manifest: only its rows
+        items = [it for it in items if getattr(it, "meta", {}).get("source") == source]
     if not items:
         raise ValueError(f"source {source}: adapter {spec.adapter!r} found no files under {spec.root}")
     fingerprint = _fingerprint(spec, source, items, settings)
@@ -649,24 +653,28 @@ def build_shards(
 
     # Check every source before decoding anything: adapter options, names, taxonomy.
     taxonomy = Taxonomy.load()
-    adapters: list[Any] = []
+    adapters: list[tuple[SourceSpec, Any, str | None]] = []
     seen: dict[str, SourceSpec] = {}
     for spec in specs:
         adapter = make_adapter(spec)
-        name = _source_name(adapter, spec)
-        if name in seen:
-            raise ValueError(
-                f"source {name!r} is given twice ({seen[name].root} and {spec.root}); give one a "
-                "different name with ?source=NAME"
-            )
-        seen[name] = spec
-        taxonomy.annotate({"source": name, "label": None})  # unknown source -> TaxonomyError with a hint
-        adapters.append(adapter)
+        # A manifest may name several sources (the synthetic corpus does): each is built on its own.
+        named = list(adapter.sources()) if spec.source is None and hasattr(adapter, "sources") else []
+        names = named if len(named) > 1 else [_source_name(adapter, spec)]
+        for name in names:
+            check_source_name(name)
+            if name in seen:
+                raise ValueError(
+                    f"source {name!r} is given twice ({seen[name].root} and {spec.root}); give one a "
+                    "different name with ?source=NAME"
+                )
+            seen[name] = spec
+            taxonomy.annotate({"source": name, "label": None})  # unknown source -> TaxonomyError with a hint
+            adapters.append((spec, adapter, name if len(names) > 1 else None))
 
     t0 = time.perf_counter()
     reports: dict[str, dict[str, Any]] = {}
-    for spec, adapter in zip(specs, adapters):
-        rep = _build_source(spec, adapter, out, settings, max(1, int(workers)), progress)
+    for spec, adapter, name in adapters:
+        rep = _build_source(spec, adapter, out, settings, max(1, int(workers)), progress, source=name)
         reports[rep["source"]] = rep
         if progress:
             print(_summary_line(rep))

@@ -123,7 +123,8 @@ def _make_loader(cfg: PretrainConfig, rank: int, world: int, resume_samples: int
 
 def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
     """Train (or continue training) the run described by ``cfg``; returns the run directory."""
-    accelerator = Accelerator(mixed_precision=cfg.precision)
+    # cpu=True on machines without CUDA lets torchrun/accelerate processes form a gloo group (MULTI_CPU)
+    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     run_dir = Path(cfg.run_dir)
