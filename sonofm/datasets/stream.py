@@ -53,6 +53,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -133,13 +134,29 @@ def _read_index(url: str) -> dict[str, Any]:
     return index
 
 
+_INDEX_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def _index_file(index_url: str, name: Any) -> str:
+    """An index's ``file`` entry, which must be a plain file name beside the index.
+
+    An index is data (it may come with downloaded shards): letting it name a ``pipe:`` command, a URL,
+    an absolute path or ``../`` would let a shard folder run commands or read files elsewhere. Only
+    the user's own arguments may be URLs or ``pipe:`` commands.
+    """
+    if not isinstance(name, str) or not _INDEX_FILE_RE.match(name) or ".." in name:
+        raise ValueError(f"{index_url}: refusing shard entry {name!r}: an index may only name shard files in "
+                         "its own folder (no paths, URLs or pipe: commands)")
+    return name
+
+
 def _index_shards(index_url: str, split: str | None) -> list[Shard]:
     index = _read_index(index_url)
     base = index_url.rsplit("/", 1)[0] if "/" in index_url else "."
     out = []
     for s in index["shards"]:
         if split is None or s["split"] == split:
-            url = s["file"] if _is_url(s["file"]) or os.path.isabs(s["file"]) else f"{base}/{s['file']}"
+            url = f"{base}/{_index_file(index_url, s['file'])}"
             if not _is_url(url) and not os.path.isfile(url):
                 raise ValueError(f"{index_url}: lists shard {s['file']} but {url} does not exist")
             out.append((url, int(s["count"])))
