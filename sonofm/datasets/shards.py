@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from sonofm.datasets.records import META_KEYS
+from sonofm.faults import maybe_kill
 
 INDEX_VERSION = 1
 INDEX_SUFFIX = ".index.json"
@@ -32,6 +33,7 @@ PROGRESS_SUFFIX = ".progress.jsonl"
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 SPLIT_RE = re.compile(r"^[A-Za-z0-9_]+$")
+_COMMITS = 0  # shards committed by this process: numbers the ``in_shard`` fault-injection point
 
 
 # --------------------------------------------------------------------------------------------- names
@@ -216,6 +218,9 @@ class TarShard:
         os.fsync(self._raw.fileno())
         self._raw.close()
         sha, size = file_sha256(self.tmp), self.tmp.stat().st_size
+        global _COMMITS
+        _COMMITS += 1
+        maybe_kill("in_shard", _COMMITS)  # fault injection (tests only): a complete shard not yet renamed
         os.replace(self.tmp, self.final)
         _fsync_dir(self.final.parent)
         return {"file": self.final.name, "count": len(self.keys), "bytes": size, "sha256": sha}
