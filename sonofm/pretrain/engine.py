@@ -10,6 +10,7 @@ rank): each rank streams its own shards and batches are moved to the device here
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -127,6 +128,7 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
     accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
+    threads = _cpu_threads(accelerator, cfg.data.num_workers)
     run_dir = Path(cfg.run_dir)
     set_seed(cfg.seed + rank)
 
@@ -163,7 +165,8 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
         n_params = count_params(accelerator.unwrap_model(model).encoder.parameters())
         accelerator.print(f"sonofm pretrain: {cfg.model.name} ({n_params / 1e6:.2f} M encoder params), "
                           f"{world} process(es), global batch {global_batch}, peak lr {peak_lr:.2e}, "
-                          f"steps {start_step} -> {cfg.steps}" + (f", resumed from {ckpt}" if ckpt else ""))
+                          f"steps {start_step} -> {cfg.steps}" + (f", resumed from {ckpt}" if ckpt else "")
+                          + (f", {threads} CPU thread(s) per process" if threads else ""))
     logger = MetricsLogger(run_dir, enabled=main, wandb=cfg.logging.wandb, wandb_project=cfg.logging.wandb_project,
                            wandb_mode=cfg.logging.wandb_mode, tensorboard=cfg.logging.tensorboard,
                            config=None, resume_step=start_step)
@@ -258,6 +261,17 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
         accelerator.print(f"done: {run_dir} (last checkpoint step {cfg.steps}; loss curve plots/loss.png)")
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _cpu_threads(accelerator: Accelerator, num_workers: int) -> int | None:
+    """On CPU, leave a core to each loader worker: oversubscribed intra-op threads spin and can make a
+    step many times slower. An explicit ``OMP_NUM_THREADS`` always wins."""
+    if accelerator.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # processes on this machine
+    threads = max(1, (os.cpu_count() or 1) // local - num_workers)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _check_finite(loss: torch.Tensor, accelerator: Accelerator, step: int, run_dir: Path) -> None:
