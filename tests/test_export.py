@@ -28,7 +28,6 @@ from sonofm.models.loading import IncompatibleCheckpointError
 from sonofm.models.pretrain_model import PretrainModel
 from sonofm.pretrain.checkpoint import save_checkpoint
 
-torch.set_num_threads(1)
 SIZE = 64
 ARCH = "convnextv2_atto"
 #: region(2) -> organ(3) -> source(4) -> leaf(6), built by hand.

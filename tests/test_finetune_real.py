@@ -12,15 +12,6 @@ from safetensors.torch import load_file
 from sonofm.finetune.data import iterate_batches, load_samples
 from sonofm.finetune.label_efficiency import select_groups
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on small shared CPUs extra threads made these steps ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 pytestmark = pytest.mark.realdata
 SIZE = 64
 

@@ -13,15 +13,6 @@ from safetensors.torch import save_file
 
 from sonofm.models.loading import IncompatibleCheckpointError, load_encoder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on small shared CPUs extra threads made these steps ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 NAME = "convnextv2_atto"
 
 

@@ -6,18 +6,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from sonofm.evaluation.probe import cross_validate, group_kfold, knn_probe, linear_probe, run_probe
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on small shared CPUs extra threads made these steps ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_group_kfold_never_splits_a_group():

@@ -16,15 +16,6 @@ from sonofm.finetune.prompt_model import (
     taxonomy_organs,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on small shared CPUs extra threads made these steps ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 ORGANS = ["breast", "carotid", "thyroid"]
 
 

@@ -10,15 +10,6 @@ from sonofm.finetune.losses import seg_loss, soft_dice_loss
 from sonofm.finetune.upernet import SegModel, UPerNetHead
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on small shared CPUs extra threads made these steps ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _encoder():
     torch.manual_seed(0)
     return timm.create_model("convnextv2_atto", pretrained=False, in_chans=1, num_classes=0)
