@@ -273,7 +273,8 @@ def ms(d: dict[str, float], digits: int = 3) -> str:
 
 
 def tables(results: dict[str, Any]) -> str:
-    enc = results["encoders"]
+    order = [n for n in ("random", "FCMAE-only", "full") if n in results["encoders"]]
+    enc = {n: results["encoders"][n] for n in order + sorted(set(results["encoders"]) - set(order))}
     lines = ["### Classification probes (test splits, mean ± std over folds)", "",
              "| encoder | BUSI bal. acc (linear) | BUSI AUROC (linear) | BUSI bal. acc (kNN) | BUSI AUROC (kNN) "
              "| POCUS bal. acc (linear) | POCUS macro F1 (linear) | POCUS bal. acc (kNN) | POCUS macro F1 (kNN) |",
@@ -477,7 +478,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return results
 
 
-ENCODERS = {"random": "random", "fcmae": "FCMAE-only", "full": "full"}
+# evaluation order (random needs no pretraining; the lead's full run usually finishes first)
+ENCODERS = {"random": "random", "full": "full", "fcmae": "FCMAE-only"}
 
 
 def _wait_complete(run_dir: Path, timeout_s: float) -> None:
