@@ -146,6 +146,8 @@ def verify_no_test_leak(run_dir: Path, shards: Path) -> dict[str, Any]:
 
     from sonofm.datasets.stream import discover_shards
 
+    if run_dir.name.startswith("step-"):  # a checkpoint inside <run>/checkpoints/
+        run_dir = run_dir.parent.parent
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     data_cfg = cfg["data"]
     assert data_cfg["split"] == "train", f"{run_dir}: pretraining split is {data_cfg['split']!r}, not 'train'"
@@ -351,6 +353,8 @@ def plot_pretrain_losses(runs: dict[str, Path], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for name, run in runs.items():
+        if run.name.startswith("step-"):
+            run = run.parent.parent
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         ax.plot([r["step"] for r in rows], [r["loss_rec"] for r in rows], label=f"{name}: reconstruction")
         if any(r.get("loss_hier", 0) for r in rows):
@@ -428,6 +432,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(wanted) - set(ENCODERS))
     if unknown:
         raise SystemExit(f"--encoders: unknown {unknown}; valid: {', '.join(ENCODERS)}")
+    previous = out / "results.json"
+    if previous.is_file():  # keep encoders evaluated by an earlier invocation into the same --out
+        old = json.loads(previous.read_text())
+        for k in ("encoders", "encoders_spec", "no_test_leak", "timings"):
+            results[k].update({n: v for n, v in old.get(k, {}).items()
+                               if n.split("/")[0] not in {ENCODERS[w] for w in wanted}})
+        results["previous_args"] = old.get("args")
     for key in [e for e in ENCODERS if e in wanted]:  # random first: it needs no pretraining
         name = ENCODERS[key]
         t = time.time()
@@ -500,6 +511,14 @@ def resolve_encoder(key: str, args: argparse.Namespace, shards: Path, out: Path)
                                      else args.recipe).read_text())
         return f"random:{recipe['model']['name']}"
     given = args.fcmae_run if key == "fcmae" else args.full_run
+    if given and Path(given).name.startswith("step-"):  # one checkpoint of a run (e.g. a matched-step comparison)
+        step_dir = Path(given).resolve()
+        t0 = time.time()
+        while args.wait and not (step_dir / "state.json").is_file() and time.time() - t0 < args.wait:
+            time.sleep(20)
+        if not (step_dir / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{step_dir}: no model.safetensors")
+        return str(step_dir)
     run_dir = Path(given).resolve() if given else out / f"pretrain_{key}"
     if given and args.wait:
         _wait_complete(run_dir, args.wait)
