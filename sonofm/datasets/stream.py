@@ -55,6 +55,7 @@ import multiprocessing
 import os
 import re
 import tarfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sonofm.datasets.augment import AugmentConfig, augment_sample, eval_sample
+from sonofm.datasets.imageio import MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +299,12 @@ def _read_shard(url: str, counter: CorruptCounter, stride: int = 1, offset: int 
         stream = gopen(url)
         tar = tarfile.open(fileobj=stream, mode="r|*")
         for member in tar:
-            if not member.isreg():
+            if member.isdir():
+                continue
+            if not member.isreg() or member.name.startswith("/") or ".." in member.name.split("/"):
+                if report_tar:  # never written by the builder: a tampered or foreign tar
+                    counter.add("tar", url, member.name, "member skipped: not a regular file with a relative "
+                                "name (symlink, link, device, absolute or '..' path)")
                 continue
             key, suffix = _split_name(member.name)
             if key.startswith("__") or not suffix:
@@ -334,7 +341,12 @@ class _Corrupt(Exception):
 
 def _decode_png(data: bytes, kind: str) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below
+            im = Image.open(io.BytesIO(data))
+        with im:
+            if im.width * im.height > MAX_PIXELS:  # the build never writes one: a decompression bomb
+                raise ValueError(f"{im.width}x{im.height} exceeds the {MAX_PIXELS / 1e6:.0f} MP limit")
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im).astype(np.float64)
@@ -432,6 +444,7 @@ class _Base(IterableDataset):
     def _sample(self, raw: dict[str, Any], transform: Callable[..., dict[str, Any]]) -> dict[str, Any] | None:
         try:
             image, field, mask, meta = _decode(raw)
+            targets = self._targets(meta)
         except _Corrupt as e:
             self.counter.add(e.kind, raw["__url__"], raw["__key__"], str(e))
             return None
@@ -439,9 +452,23 @@ class _Base(IterableDataset):
         out.pop("box", None)
         out.pop("flip", None)
         out["key"] = raw["__key__"].rpartition("/")[2]
-        out["targets"] = dict(self.target_fn(meta)) if self.target_fn is not None else {}
+        out["targets"] = targets
         out["meta"] = meta if self.return_meta else None
         return out
+
+
+    def _targets(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """Targets of one sample; metadata they reject (unknown label, wrong type) makes it corrupt.
+
+        One bad JSON must not kill a worker (and the run); a systematic mismatch still fails loudly,
+        because a shard whose every sample is rejected raises :class:`StreamError`.
+        """
+        if self.target_fn is None:
+            return {}
+        try:
+            return dict(self.target_fn(meta))
+        except Exception as e:  # noqa: BLE001 - whatever the target function raises, the sample is unusable
+            raise _Corrupt("json", f"metadata rejected by the targets: {type(e).__name__}: {e}") from e
 
 
 def _worker() -> tuple[int, int]:
