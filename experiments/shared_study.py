@@ -271,6 +271,8 @@ def seg_run(spec: str, train: list[Sample], test: list[Sample], args: argparse.N
 
 
 def ms(d: dict[str, float], digits: int = 3) -> str:
+    if d.get("mean") is None or d["mean"] != d["mean"]:  # NaN (null once through JSON): undefined in a fold
+        return "n/a"
     return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
 
 
