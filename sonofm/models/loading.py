@@ -113,6 +113,14 @@ def _encoder_state(full: dict[str, torch.Tensor], own_keys: set[str], where: Pat
     return best
 
 
+def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Weights from a safetensors file; a corrupt or disguised file (e.g. a pickle) is an error naming it."""
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
@@ -161,7 +169,7 @@ def load_encoder(
                     f"{cfg_file}: checkpoint has in_chans={ck_chans}, requested in_chans={in_chans}"
                 )
             model = _create(name, in_chans, drop_path_rate)
-            state = load_file(str(path / "model.safetensors"))
+            state = _safetensors(path / "model.safetensors")
             dropped = [k for k in _CLASSIFIER_KEYS if k in state]
             state = {k: v for k, v in state.items() if k not in _CLASSIFIER_KEYS}
             _load_strict(model, state, str(path / "model.safetensors"))
@@ -184,7 +192,7 @@ def load_encoder(
             wfile = step_dir / f"{weights}.safetensors"
             if not wfile.is_file():
                 raise FileNotFoundError(f"{wfile}: not found (weights={weights!r})")
-            state = _encoder_state(load_file(str(wfile)), set(model.state_dict()), wfile)
+            state = _encoder_state(_safetensors(wfile), set(model.state_dict()), wfile)
             _load_strict(model, state, str(wfile))
             info.update(kind="pretrain", name=name, source=str(wfile), step_dir=str(step_dir))
     info.update(

@@ -182,17 +182,29 @@ def resolve_checkpoint(run_dir: str | os.PathLike, resume: str | None) -> Path |
     return found
 
 
+def _read(path: Path, reader: Any) -> Any:
+    """``reader(path)``, with any failure (a refused pickle, a corrupt file) named by its file."""
+    try:
+        return reader(path)
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and json each raise their own types
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: refused or unreadable checkpoint file ({type(e).__name__}: {first})") from e
+
+
 def load_checkpoint(ckpt: Path, rank: int = 0, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely: safetensors weights, weights_only tensors, JSON state."""
+    ckpt = Path(ckpt)
+    device = str(map_location)
     out: dict[str, Any] = {
-        "model": load_file(str(ckpt / "model.safetensors"), device=str(map_location)),
-        "state": json.loads((ckpt / STATE_FILE).read_text()),
+        "model": _read(ckpt / "model.safetensors", lambda p: load_file(str(p), device=device)),
+        "state": _read(ckpt / STATE_FILE, lambda p: json.loads(p.read_text())),
     }
     if (ckpt / "ema.safetensors").is_file():
-        out["ema"] = load_file(str(ckpt / "ema.safetensors"), device=str(map_location))
+        out["ema"] = _read(ckpt / "ema.safetensors", lambda p: load_file(str(p), device=device))
     if (ckpt / "optimizer.pt").is_file():
-        out["optimizer"] = torch.load(ckpt / "optimizer.pt", map_location=map_location, weights_only=True)
+        out["optimizer"] = _read(ckpt / "optimizer.pt",
+                                 lambda p: torch.load(p, map_location=map_location, weights_only=True))
     rng_file = ckpt / f"rng-rank{rank}.pt"
     if rng_file.is_file():
-        out["rng"] = torch.load(rng_file, weights_only=True)
+        out["rng"] = _read(rng_file, lambda p: torch.load(p, weights_only=True))
     return out
