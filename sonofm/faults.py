@@ -12,7 +12,7 @@ import os
 import signal
 
 ENV = "SONOFM_FAULT"
-POINTS = ("after_step", "in_checkpoint", "in_shard")
+POINTS = ("after_step", "in_checkpoint", "in_shard")  # in_shard: before the n-th finished shard is renamed
 
 
 def _spec() -> tuple[str, int] | None:
