@@ -1,0 +1,210 @@
+"""``sonofm quickstart --small``: the whole pipeline end to end, and every artefact it promises.
+
+One reduced run on the synthetic corpus (in process), then a re-run through the CLI in a subprocess
+that must reuse every finished stage; the ``--data`` variant on a small real subset (BUSI images in
+the Kaggle layout + a few CCA recordings, linked into tmp_path) is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sonofm.pretrain.checkpoint import latest_checkpoint
+from sonofm.quickstart import KNOWN, SPLITS, find_datasets, run_quickstart
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _nonempty(path: Path) -> Path:
+    assert path.is_file(), f"missing: {path}"
+    assert path.stat().st_size > 0, f"empty: {path}"
+    return path
+
+
+def _png(path: Path) -> None:
+    with Image.open(_nonempty(path)) as im:
+        im.verify()
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in ("pretrained", "random", "encoder"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _check_artifacts(summary: dict, out: Path, probe_tasks: set[str], seg_tasks: set[str]) -> None:
+    assert list(out.glob("shards/**/*.index.json")), "no shard index"
+    run = Path(summary["run_dir"])
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None
+    _nonempty(ckpt / "model.safetensors")
+    _png(Path(summary["paths"]["reconstruction grid"]))
+    assert Path(summary["paths"]["reconstruction grid"]).parent == run / "samples"
+    _png(run / "plots" / "loss.png")
+    _png(out / "comparison.png")
+
+    assert set(summary["probe"]) == probe_tasks
+    for task, by_enc in summary["probe"].items():
+        assert set(by_enc) == {"pretrained", "random"}
+        for enc, path in by_enc.items():
+            rep = json.loads(_nonempty(Path(path)).read_text())
+            assert set(rep["methods"]) == {"linear", "knn"}, (task, enc)
+            assert rep["encoder"]["kind"] == {"pretrained": "pretrain", "random": "random"}[enc], (task, enc)
+            for method in ("linear", "knn"):
+                _png(Path(path).parent / f"confusion_{method}.png")
+    assert set(summary["seg"]) == seg_tasks
+    for task, by_enc in summary["seg"].items():
+        assert set(by_enc) == {"pretrained", "random"}
+        for enc, path in by_enc.items():
+            rep = json.loads(_nonempty(Path(path)).read_text())
+            assert 0.0 <= rep["final"]["dice"] <= 1.0, (task, enc)
+            assert rep["final"]["n"] > 0
+            overlays = sorted((Path(path).parent / "overlays").glob("*.png"))
+            assert overlays, f"no overlays for {task}/{enc}"
+            _png(overlays[0])
+
+    export = Path(summary["paths"]["exported backbone"])
+    for name in ("config.json", "model.safetensors", "README.md"):
+        _nonempty(export / name)
+    card = (export / "README.md").read_text()
+    assert "pretrained" in card and "random" in card, "the model card shows the results table"
+    assert json.loads((export / "config.json").read_text())["architecture"] == "convnextv2_atto"
+
+    rows = _table_rows(summary["table"])
+    assert set(rows) == {"encoder", "pretrained", "random"}
+    n_cols = 3 * len(probe_tasks) + 2 * len(seg_tasks)
+    assert len(rows["encoder"]) == len(rows["pretrained"]) == len(rows["random"]) == n_cols
+    assert "TRAIN split" in summary["footnote"] and "TEST split" in summary["footnote"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        summary = run_quickstart(out=out, small=True)
+    return summary, out, buf.getvalue()
+
+
+def test_small_run_produces_every_artifact(small_run: tuple[dict, Path, str]) -> None:
+    summary, out, printed = small_run
+    _check_artifacts(summary, out, {"synthetic"}, {"synthetic lesion"})
+    header = _table_rows(summary["table"])["encoder"]
+    assert header == ["probe bal. acc", "probe AUROC", "kNN bal. acc", "seg Dice", "seg HD95 (mm)"]
+    assert summary["table"] in printed, "the table is printed"
+    for stage in range(1, 8):
+        assert f"[quickstart {stage}/7]" in printed
+    assert "(elapsed " in printed
+    for name in ("reconstruction grid", "loss curve", "pretrained vs random", "exported backbone"):
+        assert f"  {name}: " in printed
+    assert json.loads((out / "summary.json").read_text())["table"] == summary["table"]
+    results = json.loads((out / "results.json").read_text())
+    assert any("segmentation" in k for k in results) and any("probe" in k for k in results)
+
+
+def test_rerun_through_cli_reuses_finished_stages(small_run: tuple[dict, Path, str]) -> None:
+    summary, out, _ = small_run
+    seg_report = Path(summary["seg"]["synthetic lesion"]["pretrained"])
+    before = seg_report.stat().st_mtime_ns
+    ckpt = latest_checkpoint(out / "pretrain")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-m", "sonofm", "quickstart", "--small", "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    assert "keeping the complete corpus" in text
+    assert "up to date" in text  # shard builder skipped every source
+    assert "run already complete" in text  # pretraining resumed at its last step
+    assert text.count("reusing ") == 4  # 2 probes + 2 segmentations
+    assert seg_report.stat().st_mtime_ns == before
+    assert latest_checkpoint(out / "pretrain") == ckpt
+    rows = _table_rows(text)
+    assert set(rows) == {"encoder", "pretrained", "random"}
+    assert rows["pretrained"] == _table_rows(summary["table"])["pretrained"]
+
+
+def test_other_recipe_in_same_folder_is_refused(small_run: tuple[dict, Path, str]) -> None:
+    _, out, _ = small_run
+    with pytest.raises(ValueError, match="another recipe"):
+        run_quickstart(out=out, small=False)  # fails before generating anything
+    assert json.loads((out / ".quickstart" / "corpus.json").read_text())["n"] == 120
+
+
+def test_data_without_known_layout_lists_what_was_looked_for(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError) as err:
+        find_datasets(tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path) in msg
+    for name, (display, _, _, _, _) in KNOWN.items():
+        assert display in msg and name in msg
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        run_quickstart(data=tmp_path / "missing", out=tmp_path / "out", small=True)
+
+
+# ----------------------------------------------------------------------------------- --data (real)
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(src, dst)
+
+
+def _real_subset(shared: Path, root: Path) -> Path:
+    """~40 BUSI images with masks (Kaggle layout) and CCA frames of recordings in both train and test."""
+    from sonofm.datasets.splits import assign_split
+
+    busi_src = shared / "busi" / "Dataset_BUSI_with_GT"
+    busi_dst = root / "busi" / "Dataset_BUSI_with_GT"
+    for cls, n in (("benign", 14), ("malignant", 13), ("normal", 13)):
+        images = sorted(p for p in (busi_src / cls).glob("*.png") if "_mask" not in p.name)[:n]
+        for img in images:
+            _link(img, busi_dst / cls / img.name)
+            for mask in (busi_src / cls).glob(f"{img.stem}_mask*.png"):
+                _link(mask, busi_dst / cls / mask.name)
+
+    cca_src = shared / "cca" / "Common Carotid Artery Ultrasound Images"
+    cca_dst = root / "cca" / "Common Carotid Artery Ultrasound Images"
+    frames: dict[str, list[Path]] = {}
+    for p in sorted((cca_src / "US images").glob("*.png")):
+        if (cca_src / "Expert mask images" / p.name).is_file():
+            frames.setdefault(p.name.split("_slice_")[0], []).append(p)
+    by_split: dict[str, list[str]] = {}
+    for rec in sorted(frames):
+        by_split.setdefault(assign_split(f"cca/{rec}", SPLITS), []).append(rec)
+    chosen = by_split["train"][:2] + by_split["test"][:1]
+    assert len(chosen) == 3, by_split
+    for rec in chosen:
+        for p in frames[rec][::12][:5]:  # spread out: consecutive frames are near-duplicates
+            _link(p, cca_dst / "US images" / p.name)
+            _link(cca_src / "Expert mask images" / p.name, cca_dst / "Expert mask images" / p.name)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_data_variant_on_a_small_real_subset(shared_data: Path, tmp_path: Path) -> None:
+    data = _real_subset(shared_data, tmp_path / "data")
+    found = find_datasets(data)
+    assert set(found) == {"busi", "cca"}
+    summary = run_quickstart(data=data, out=tmp_path / "out", small=True)
+    _check_artifacts(summary, tmp_path / "out", {"BUSI"}, {"BUSI", "CCA"})
+    header = _table_rows(summary["table"])["encoder"]
+    assert header[:3] == ["BUSI probe bal. acc", "BUSI probe AUROC", "BUSI kNN bal. acc"]
+    assert "CCA seg Dice" in header
+    assert sorted(p.name for p in (tmp_path / "out" / "shards").iterdir()) == ["busi", "cca"]
+    assert "BUSI" in summary["data"] and "CCA" in summary["data"]
