@@ -2,7 +2,7 @@
 
 One reduced run on the synthetic corpus (in process), then a re-run through the CLI in a subprocess
 that must reuse every finished stage; the ``--data`` variant on a small real subset (BUSI images in
-the Kaggle layout + a few CCA recordings, linked into tmp_path) is marked slow.
+the Kaggle layout + a few CCA recordings, linked into tmp_path) needs the shared data.
 """
 
 from __future__ import annotations
@@ -195,7 +195,6 @@ def _real_subset(shared: Path, root: Path) -> Path:
     return root
 
 
-@pytest.mark.slow
 @pytest.mark.realdata
 def test_data_variant_on_a_small_real_subset(shared_data: Path, tmp_path: Path) -> None:
     data = _real_subset(shared_data, tmp_path / "data")
