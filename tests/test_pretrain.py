@@ -99,8 +99,10 @@ def _fixed_batch_loss(cfg: PretrainConfig, state: dict | None) -> tuple[float, f
     return float(out["loss"]), float(out["loss_rec"])
 
 
-def test_trains_saves_and_loss_decreases(synth_shards: Path, tmp_path: Path) -> None:
+def test_trains_saves_and_loss_decreases(synth_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sonofm.pretrain.engine import run_pretraining
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # keep the suite's one thread (the engine would pick its own)
 
     run = tmp_path / "run"
     cfg = load_config(PretrainConfig, "configs/pretrain/quickstart.yaml",
