@@ -468,10 +468,11 @@ def _table(probes: dict[str, dict], segs: dict[str, dict], encoders: dict[str, s
             results.setdefault(f"{task} segmentation (UPerNet, test split)", {})[enc] = {
                 "dice": f["dice"], "iou": f["iou"], f"hd95_{unit}": _hd95(reps[enc])}
     width = max(len(e) for e in encoders)
-    lines = [f"| {'encoder':<{width}} | " + " | ".join(headers) + " |",
-             f"|{'-' * (width + 2)}|" + "|".join("-" * (len(h) + 2) for h in headers) + "|"]
+    cols = [max(len(h), *(len(cells[e][i]) for e in encoders)) for i, h in enumerate(headers)]
+    lines = [f"| {'encoder':<{width}} | " + " | ".join(h.ljust(w) for h, w in zip(headers, cols)) + " |",
+             f"|{'-' * (width + 2)}|" + "|".join("-" * (w + 2) for w in cols) + "|"]
     for enc in encoders:
-        lines.append(f"| {enc:<{width}} | " + " | ".join(c.rjust(len(h)) for c, h in zip(cells[enc], headers)) + " |")
+        lines.append(f"| {enc:<{width}} | " + " | ".join(c.rjust(w) for c, w in zip(cells[enc], cols)) + " |")
     return "\n".join(lines), results
 
 
