@@ -7,6 +7,7 @@ count the :class:`AdapterError` of each bad file without losing the rest.
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ class Item:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class Adapter:
+class Adapter(abc.ABC):
     """Base class: option checking, record metadata and the image/video/mask decoding every adapter uses.
 
     Subclasses set ``name`` (default source name), ``options`` (option name -> default; anything
@@ -67,9 +68,9 @@ class Adapter:
         self.stats: dict[str, int] = {}
 
     # -- interface ---------------------------------------------------------------------------
+    @abc.abstractmethod
     def items(self) -> list[Item]:
         """Every file of the source in a deterministic order, without decoding anything."""
-        raise NotImplementedError
 
     def load(self, item: Item) -> Iterator[Record]:
         """Decode ``item`` into one record (image) or several (video frames, multi-frame files)."""
