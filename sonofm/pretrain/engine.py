@@ -80,18 +80,29 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 class _Window:
-    """Averages of logged scalars between two log rows."""
+    """Averages of logged scalars between two log rows.
+
+    Values stay (detached) tensors until a row is logged, so the training step never waits for the
+    device to hand a number back to Python.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, torch.Tensor | float] = {}
 
-    def add(self, key: str, value: float, weight: float = 1.0) -> None:
+    def add(self, key: str, value: torch.Tensor | float, weight: torch.Tensor | float = 1.0) -> None:
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
         self.sums[key] = self.sums.get(key, 0.0) + value * weight
         self.counts[key] = self.counts.get(key, 0.0) + weight
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / self.counts[k] for k in self.sums if self.counts[k] > 0}
+        out = {}
+        for key, total in self.sums.items():
+            count = float(self.counts[key])
+            if count > 0:
+                out[key] = float(total) / count
+        return out
 
 
 def _taxonomy_for(cfg: PretrainConfig):
@@ -211,12 +222,10 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
                     _check_finite(loss, accelerator, step, run_dir)
                     accelerator.backward(loss / accum)
                 for key in ("loss", "loss_rec", "loss_hier"):
-                    window.add(key, float(out[key].detach()))
+                    window.add(key, out[key])
                 for key, value in out.items():
-                    if key.startswith("acc/"):
-                        n = float(out.get("count/" + key[4:], torch.tensor(1.0)))
-                        if n > 0:
-                            window.add(key, float(value), n)
+                    if key.startswith("acc/"):  # weighted by the samples that know the level
+                        window.add(key, value, out.get("count/" + key[4:], 1.0))
             grad_norm = None
             if cfg.optim.clip_grad:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
