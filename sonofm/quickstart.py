@@ -126,14 +126,18 @@ def _reuse(folder: Path, report_name: str, key: dict[str, Any], compute: Callabl
 
 
 def _weights_id(spec: str) -> dict[str, Any]:
-    """What identifies an encoder's weights: the spec, plus the latest checkpoint's name and mtime."""
+    """What identifies an encoder's weights: the spec, plus the latest checkpoint's name and mtime, and the
+    input normalisation downstream models apply (results made before it existed are not reused)."""
+    from sonofm.models.input_norm import INPUT_MEAN, INPUT_STD
+
     if spec.startswith("random:"):
-        return {"spec": spec}
+        return {"spec": spec, "input_norm": [INPUT_MEAN, INPUT_STD]}
     from sonofm.pretrain.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(spec)
     st = (ckpt / "model.safetensors").stat() if ckpt is not None else None
-    return {"spec": spec, "checkpoint": ckpt.name if ckpt else None, "mtime": st.st_mtime_ns if st else None}
+    return {"spec": spec, "checkpoint": ckpt.name if ckpt else None, "mtime": st.st_mtime_ns if st else None,
+            "input_norm": [INPUT_MEAN, INPUT_STD]}
 
 
 def _bar(it: Iterable[Any], total: int, desc: str) -> Iterator[Any]:

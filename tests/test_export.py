@@ -362,3 +362,19 @@ def test_cli_errors_are_clean(exported, tmp_path, capsys):
     assert "sonofm export: error: run folder not found" in capsys.readouterr().err
     assert main(["export", str(run), str(tmp_path / "out"), "--ema"]) == 2
     assert "this run has no EMA weights" in capsys.readouterr().err
+
+
+def test_downstream_features_of_the_export_match_the_run(exported):
+    """sonofm's own downstream path on the export normalises with the exported mean / std, as the run did."""
+    from sonofm.evaluation.features import pooled_features
+    from sonofm.models.loading import load_encoder
+
+    _, out, model = exported
+    enc, info = load_encoder(str(out))
+    assert info["input_mean"] == [0.5] and info["input_std"] == [0.25]
+    _, x01 = _gray_input(3)
+    with torch.no_grad():
+        ref_in = (x01 - model.input_mean) / model.input_std
+        ref = masked_forward_features(model.encoder, ref_in, torch.ones(1, SIZE // 32, SIZE // 32))
+        want = model.encoder.forward_head(ref.last, pre_logits=True)
+        assert torch.allclose(pooled_features(enc, x01), want, atol=1e-5)

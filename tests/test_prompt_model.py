@@ -15,13 +15,14 @@ from sonofm.finetune.prompt_model import (
     sample_type,
     taxonomy_organs,
 )
+from sonofm.models.input_norm import set_input_stats
 
 ORGANS = ["breast", "carotid", "thyroid"]
 
 
 def _model(**kw):
     torch.manual_seed(0)
-    enc = timm.create_model("convnextv2_atto", pretrained=False, in_chans=1, num_classes=0)
+    enc = set_input_stats(timm.create_model("convnextv2_atto", pretrained=False, in_chans=1, num_classes=0))
     return PromptModel(enc, ORGANS, seg_heads={"cca": 2}, cls_heads={"busi": 3}, decoder_channels=32, **kw).eval()
 
 

@@ -8,11 +8,12 @@ import torch
 
 from sonofm.finetune.losses import seg_loss, soft_dice_loss
 from sonofm.finetune.upernet import SegModel, UPerNetHead
+from sonofm.models.input_norm import set_input_stats
 
 
 def _encoder():
     torch.manual_seed(0)
-    return timm.create_model("convnextv2_atto", pretrained=False, in_chans=1, num_classes=0)
+    return set_input_stats(timm.create_model("convnextv2_atto", pretrained=False, in_chans=1, num_classes=0))
 
 
 @pytest.mark.parametrize("norm", ["gn", "bn"])

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sonofm.finetune.upernet import UPerNetHead, encoder_pyramid, pyramid_channels
+from sonofm.models.input_norm import InputNorm
 
 __all__ = [
     "TASKS",
@@ -134,6 +135,7 @@ class PromptModel(nn.Module):
         seg_heads, cls_heads = dict(seg_heads or {}), dict(cls_heads or {})
         if not seg_heads and not cls_heads:
             raise ValueError("PromptModel needs at least one segmentation or classification head")
+        self.input_norm = InputNorm(encoder)  # the encoder's own mean / std: images come in [0, 1]
         self.encoder = encoder
         self.vocab = PromptVocab(organs)
         chans = pyramid_channels(encoder)
@@ -159,7 +161,7 @@ class PromptModel(nn.Module):
         self, x: Tensor, dataset: str, task: str, prompts: Sequence[Prompt] | Tensor | None = None
     ) -> Tensor:
         biases = self._biases(prompts, x.shape[0], x.device)
-        feats = encoder_pyramid(self.encoder, x)
+        feats = encoder_pyramid(self.encoder, self.input_norm(x))
         if biases is not None:
             feats = [f + b[:, :, None, None].to(f.dtype) for f, b in zip(feats, biases[:4])]
         if task == "seg":

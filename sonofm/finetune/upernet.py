@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sonofm.models.input_norm import InputNorm
+
 __all__ = ["ConvNormAct", "UPerNetHead", "SegModel", "encoder_pyramid", "pyramid_channels"]
 
 
@@ -121,10 +123,12 @@ class SegModel(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background included), got {num_classes}")
+        self.input_norm = InputNorm(encoder)  # the encoder's own mean / std: images come in [0, 1]
         self.encoder = encoder
         self.num_classes = num_classes
         self.decoder = UPerNetHead(pyramid_channels(encoder), num_classes, channels, pool_scales, norm, dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.decoder(encoder_pyramid(self.encoder, x))
+        """``x``: images in [0, 1]; normalised here with the encoder's recorded input statistics."""
+        logits = self.decoder(encoder_pyramid(self.encoder, self.input_norm(x)))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -11,6 +11,10 @@
 - an exported timm dir: ``config.json`` (``architecture``, optional ``in_chans``, also looked up in
   ``pretrained_cfg``) + ``model.safetensors`` with timm key names.
 
+The returned encoder carries its input mean / std in ``pretrained_cfg`` (see
+:mod:`sonofm.models.input_norm`): sonofm's own (0.5, 0.25) for random and pretraining-run encoders,
+the exported ``config.json``'s for a timm dir. Downstream models normalise with them.
+
 Loading is always strict: any missing, unexpected or shape-mismatched key raises
 :class:`IncompatibleCheckpointError` listing them, because a silently half-loaded encoder makes
 every downstream number meaningless. Only safetensors files are read (no pickle).
@@ -28,6 +32,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from torch import nn
+
+from sonofm.models.input_norm import INPUT_MEAN, INPUT_STD, set_input_stats
 
 __all__ = ["IncompatibleCheckpointError", "load_encoder", "check_state_dict", "resolve_checkpoint"]
 
@@ -148,7 +154,7 @@ def load_encoder(
     info: dict[str, Any] = {"spec": spec}
     if spec.startswith("random:"):
         name = spec.split(":", 1)[1]
-        model = _create(name, in_chans, drop_path_rate)
+        model = set_input_stats(_create(name, in_chans, drop_path_rate))  # same preprocessing as pretrained ones
         info.update(kind="random", name=name, source=None)
     else:
         path = Path(spec)
@@ -173,6 +179,11 @@ def load_encoder(
             dropped = [k for k in _CLASSIFIER_KEYS if k in state]
             state = {k: v for k, v in state.items() if k not in _CLASSIFIER_KEYS}
             _load_strict(model, state, str(path / "model.safetensors"))
+            pcfg = cfg.get("pretrained_cfg") or {}
+            try:
+                set_input_stats(model, pcfg.get("mean", INPUT_MEAN), pcfg.get("std", INPUT_STD))
+            except (TypeError, ValueError) as e:
+                raise IncompatibleCheckpointError(f"{cfg_file}: pretrained_cfg mean/std: {e}") from None
             info.update(kind="timm", name=name, source=str(path), dropped_classifier_keys=dropped)
         else:
             run_dir, step_dir = resolve_checkpoint(path)
@@ -194,10 +205,13 @@ def load_encoder(
                 raise FileNotFoundError(f"{wfile}: not found (weights={weights!r})")
             state = _encoder_state(_safetensors(wfile), set(model.state_dict()), wfile)
             _load_strict(model, state, str(wfile))
+            set_input_stats(model)  # PretrainModel's normalisation (the training loop never changes it)
             info.update(kind="pretrain", name=name, source=str(wfile), step_dir=str(step_dir))
     info.update(
         in_chans=in_chans,
         num_features=int(getattr(model, "num_features", 0)),
         feature_channels=[int(f["num_chs"]) for f in getattr(model, "feature_info", [])],
+        input_mean=list(model.pretrained_cfg["mean"]),
+        input_std=list(model.pretrained_cfg["std"]),
     )
     return model.eval(), info

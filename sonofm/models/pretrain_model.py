@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from sonofm.models.decoders import create_decoder
 from sonofm.models.encoder import PATCH, create_encoder, expand_mask, masked_forward_features
 from sonofm.models.hierarchical import HierarchicalClassifier, masked_mean_pool
+from sonofm.models.input_norm import INPUT_MEAN, INPUT_STD, set_input_stats
 from sonofm.models.masking import patches_in_field, random_patch_mask
 from sonofm.models.targets import make_target, masked_patch_loss, unpatchify
 
@@ -45,8 +46,8 @@ class PretrainModel(nn.Module):
         levels: Sequence[str] | None = None,
         tree: dict[str, Any] | None = None,
         drop_path_rate: float = 0.0,
-        input_mean: float = 0.5,
-        input_std: float = 0.25,
+        input_mean: float = INPUT_MEAN,
+        input_std: float = INPUT_STD,
         field_min_fraction: float = 0.5,
         target_kwargs: dict[str, float] | None = None,
         encoder_kwargs: dict[str, Any] | None = None,
@@ -68,6 +69,7 @@ class PretrainModel(nn.Module):
         self.field_min_fraction = field_min_fraction
         self.encoder = create_encoder(encoder, in_chans=in_chans, drop_path_rate=drop_path_rate,
                                       **(encoder_kwargs or {}))
+        set_input_stats(self.encoder, self.input_mean, self.input_std)  # what timm users and export read
         dims = [f["num_chs"] for f in self.encoder.feature_info]
         self.decoder = create_decoder(decoder, dims, dec_dim=dec_dim, in_chans=in_chans, depth=dec_depth,
                                       out_stride=dec_out_stride)
