@@ -408,7 +408,8 @@ def _seg(task: Task, encoders: dict[str, str], out: Path, plan: Plan) -> dict[st
         folder = out / "seg" / _safe(task.name) / enc
         key = {"weights": _weights_id(spec), "size": plan.eval_size, "steps": plan.seg_steps,
                "batch": plan.seg_batch, "lr": plan.seg_lr, "channels": plan.seg_channels,
-               "n_train": len(train), "n_test": len(test), "shards": str(task.shards), "seed": SEED}
+               "n_train": len(train), "n_test": len(test), "shards": str(task.shards), "seed": SEED,
+               "loss": "ce + per-image soft dice"}
 
         def compute(spec: str = spec, folder: Path = folder, enc: str = enc) -> dict[str, Any]:
             batches = _bar(sample_batches(train, plan.eval_size, plan.seg_batch, SEED), plan.seg_steps,

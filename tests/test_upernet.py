@@ -99,3 +99,22 @@ def test_ema_and_schedule_in_training_loop():
     ema = hist["ema"].module
     w, we = model.decoder.classifier.weight, ema.decoder.classifier.weight
     assert not torch.equal(w, we)  # the average lags behind the trained weights
+
+
+def test_dice_is_per_image_so_a_missed_small_lesion_counts():
+    """One image's large lesion found, the other's small lesion missed: per image that is Dice 0.5;
+    a single Dice over the batch would hide the miss (the smaller lesion weighs little)."""
+    target = torch.zeros(2, 16, 16, dtype=torch.long)
+    target[0, 2:14, 2:14] = 1  # 144 px, predicted
+    target[1, 7:9, 7:9] = 1  # 4 px, missed
+    logits = torch.full((2, 2, 16, 16), -20.0)
+    logits[:, 0] = 20.0
+    logits[0, 1, 2:14, 2:14], logits[0, 0, 2:14, 2:14] = 20.0, -20.0
+    per_image = soft_dice_loss(logits, target, smooth=0.0).item()
+    batch = soft_dice_loss(logits, target, smooth=0.0, per_image=False).item()
+    assert per_image == pytest.approx(0.5, abs=1e-4)
+    assert batch == pytest.approx(1 - 2 * 144 / (144 + 148), abs=1e-4) and batch < 0.02
+    # an image without foreground predicted empty costs nothing with the smoothing term
+    empty = torch.zeros(1, 16, 16, dtype=torch.long)
+    background = torch.stack([torch.full((16, 16), 20.0), torch.full((16, 16), -20.0)])[None]
+    assert soft_dice_loss(background, empty).item() == pytest.approx(0.0, abs=1e-6)

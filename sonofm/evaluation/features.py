@@ -78,7 +78,7 @@ def extract_features(
 
 def fingerprint(encoder_info: dict[str, Any], **settings: Any) -> str:
     """A JSON string identifying what the features depend on (weights file size/mtime included)."""
-    fp: dict[str, Any] = {k: encoder_info.get(k) for k in ("spec", "kind", "name", "source", "in_chans")}
+    fp: dict[str, Any] = {k: encoder_info.get(k) for k in ("spec", "kind", "name", "source", "in_chans", "input_mean", "input_std")}
     src = encoder_info.get("source")
     if src and Path(src).is_file():
         st = Path(src).stat()
