@@ -118,3 +118,54 @@ def test_dice_is_per_image_so_a_missed_small_lesion_counts():
     empty = torch.zeros(1, 16, 16, dtype=torch.long)
     background = torch.stack([torch.full((16, 16), 20.0), torch.full((16, 16), -20.0)])[None]
     assert soft_dice_loss(background, empty).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_evaluation_counts_lesions_missed_entirely():
+    """``missed``: share of images with a lesion where nothing was predicted (HD95 = the diagonal)."""
+    import math
+
+    import numpy as np
+
+    from sonofm.finetune.data import Sample
+    from sonofm.finetune.seg_train import evaluate_segmentation
+
+    masks = [np.zeros((32, 32), np.uint8) for _ in range(4)]
+    for m in masks:
+        m[8:20, 8:20] = 1
+    samples = [Sample(np.full((32, 32), 100, np.uint8), m, {"path": f"im{i}.png"}) for i, m in enumerate(masks)]
+
+    def background(x):
+        out = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+        out[:, 0] = 1.0
+        return out
+
+    res = evaluate_segmentation(background, samples, 32, num_classes=2)
+    assert res["missed"] == 1.0 and res["dice"] == 0.0
+    assert res["hd95_px"] == pytest.approx(math.hypot(32, 32))
+
+    def centre(x):  # finds a lesion in every image (not exactly the right one)
+        out = background(x)
+        out[:, 1, 10:18, 10:18] = 2.0
+        return out
+
+    res = evaluate_segmentation(centre, samples, 32, num_classes=2)
+    assert res["missed"] == 0.0 and 0.0 < res["dice"] < 1.0
+
+
+def test_training_honours_dice_per_image():
+    """The flag reaches the loss: same model, same batch, the first losses differ (lesions of unequal size)."""
+    import copy
+    import itertools
+
+    from sonofm.finetune.seg_train import train_segmentation
+
+    mask = torch.zeros(2, 64, 64, dtype=torch.long)
+    mask[0, 8:56, 8:56] = 1
+    mask[1, 30:34, 30:34] = 1
+    batch = {"image": torch.rand(2, 1, 64, 64), "mask": mask}
+    model = SegModel(_encoder(), num_classes=2, channels=16, dropout=0.0)
+    first = {}
+    for flag in (True, False):
+        hist = train_segmentation(copy.deepcopy(model), itertools.repeat(batch), steps=1, dice_per_image=flag)
+        first[flag] = hist["losses"][0]
+    assert first[True] != pytest.approx(first[False], rel=1e-3)

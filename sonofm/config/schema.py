@@ -148,6 +148,7 @@ class SegConfig:
     num_classes: int = 2
     ce_weight: float = 1.0
     dice_weight: float = 1.0
+    dice_per_image: bool = True  # soft Dice per image (the metrics are per image); false: one Dice per batch
     decoder_channels: int = 128
 
 

@@ -28,6 +28,7 @@ def finetune_from_config(cfg: Any) -> dict[str, Any]:
         img_size=cfg.data.img_size, steps=cfg.steps, batch_size=cfg.data.batch_size, lr=_lr(cfg),
         weight_decay=cfg.optim.weight_decay, layer_decay=cfg.layer_decay, warmup_steps=cfg.optim.warmup_steps,
         min_lr=cfg.optim.min_lr, ce_weight=cfg.seg.ce_weight, dice_weight=cfg.seg.dice_weight,
+        dice_per_image=cfg.seg.dice_per_image,
         decoder_channels=cfg.seg.decoder_channels, ema=cfg.ema, clip_grad=cfg.optim.clip_grad,
         eval_every=cfg.eval_every, in_chans=cfg.in_chans, seed=cfg.seed, device=_device(),
         precision=cfg.precision,

@@ -108,7 +108,8 @@ def evaluate_segmentation(
     """Mean Dice / IoU / HD95 at each sample's original size (see the module docstring).
 
     ``predict`` maps a ``[B,1,S,S]`` batch to ``[B,C,S,S]`` logits (a ``SegModel`` in eval mode, or a
-    closure around a prompt model). Returns the means plus ``per_sample`` entries.
+    closure around a prompt model). Returns the means (``missed``: share of images with a foreground
+    where nothing was predicted) plus ``per_sample`` entries.
     """
     device = torch.device(device)
     per_sample: list[dict[str, Any]] = []
@@ -121,7 +122,9 @@ def evaluate_segmentation(
             pred = logits_to_original(logits[j], s.image.shape).argmax(0).numpy()
             spacing = s.meta.get("pixel_spacing_mm")
             m = segmentation_metrics(pred, s.mask, num_classes, spacing if spacing else None)
-            per_sample.append({"key": s.key, "hw": list(pred.shape), **m})
+            # a lesion present but nothing predicted: Dice 0 and HD95 = the image diagonal
+            missed = float(bool((s.mask > 0).any()) and not bool((pred > 0).any()))
+            per_sample.append({"key": s.key, "hw": list(pred.shape), **m, "missed": missed})
             if overlay_dir is not None and len(per_sample) <= n_overlays:
                 name = f"{len(per_sample):03d}.png"
                 save_overlay(s.image, s.mask, pred, Path(overlay_dir) / name, title=f"{s.key}  Dice {m['dice']:.3f}")
@@ -170,6 +173,7 @@ def train_segmentation(
     eval_every: int = 0,
     evaluate: Callable[[nn.Module, int], float] | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
+    dice_per_image: bool = True,
 ) -> dict[str, Any]:
     """Train ``model`` (logits at input size) for ``steps`` on ``batches``; returns losses and evals.
 
@@ -191,7 +195,7 @@ def train_segmentation(
         y = batch["mask"].to(device, non_blocking=True)
         with _autocast(device, precision):
             logits = model(x)
-        loss = seg_loss(logits.float(), y, ce_weight, dice_weight)
+        loss = seg_loss(logits.float(), y, ce_weight, dice_weight, per_image_dice=dice_per_image)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: loss is {loss.item()}")
         opt.zero_grad(set_to_none=True)
@@ -250,6 +254,7 @@ def run_seg_finetune(
     precision: str = "no",
     n_overlays: int = 4,
     augment: bool = True,
+    dice_per_image: bool = True,
 ) -> dict[str, Any]:
     """``sonofm finetune seg``: UPerNet on ``encoder`` (any :func:`load_encoder` spec).
 
@@ -292,7 +297,7 @@ def run_seg_finetune(
 
     hist = train_segmentation(
         model, batches, steps, lr, weight_decay, layer_decay, warmup_steps, min_lr, ce_weight, dice_weight,
-        clip_grad, ema, device, precision, eval_every, evaluate, log,
+        clip_grad, ema, device, precision, eval_every, evaluate, log, dice_per_image=dice_per_image,
     )
     final_module = hist["ema"].module if hist["ema"] is not None else model
     final_module.eval()

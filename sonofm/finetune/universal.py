@@ -194,6 +194,7 @@ def train_universal(
     eval_every: int = 0,
     evaluate=None,
     log=None,
+    dice_per_image: bool = True,
 ) -> dict[str, Any]:
     """The universal loop; ``evaluate(module, step)`` as in :func:`train_segmentation`."""
     device = torch.device(device)
@@ -214,7 +215,8 @@ def train_universal(
         with _autocast(device, precision):
             out = model(x, spec.name, spec.task, prompts)
         if spec.task == "seg":
-            loss = seg_loss(out.float(), batch["mask"].to(device), ce_weight, dice_weight)
+            loss = seg_loss(out.float(), batch["mask"].to(device), ce_weight, dice_weight,
+                            per_image_dice=dice_per_image)
         else:
             y = batch["targets"]["label"].to(device)
             loss = F.cross_entropy(out.float(), y, ignore_index=-1) if (y >= 0).any() else out.sum() * 0.0
@@ -266,6 +268,7 @@ def run_universal(
     device: str = "cpu",
     precision: str = "no",
     n_overlays: int = 2,
+    dice_per_image: bool = True,
 ) -> dict[str, Any]:
     """Train one :class:`PromptModel` on ``tasks``; write ``metrics.jsonl``, ``best/`` (by mean score),
     ``overlays/`` and ``report.json`` in ``out_dir`` and return the report.
@@ -312,6 +315,7 @@ def run_universal(
     hist = train_universal(
         model, tasks, steps, img_size, batch_size, lr, weight_decay, layer_decay, warmup_steps, min_lr,
         ce_weight, dice_weight, clip_grad, ema, seed, probs, p_whole, device, precision, eval_every, evaluate, log,
+        dice_per_image=dice_per_image,
     )
     final_model = hist["ema"].module if hist["ema"] is not None else model
     final = evaluate_universal(final_model, tasks, img_size, device=device, overlay_dir=out / "overlays",
