@@ -55,6 +55,7 @@ def cca_seg(samples, spec: str, out: Path, args) -> dict:
             spec, [samples[j] for j in tr], [samples[j] for j in te], out / f"fold{i}", img_size=args.img_size,
             steps=args.seg_steps, batch_size=args.seg_batch, lr=args.seg_lr, warmup_steps=args.seg_steps // 10,
             eval_every=0, decoder_channels=64, seed=args.seed + i, n_overlays=2,
+            dice_per_image=args.dice == "image",
         )
         per_fold.append(rep["final"])
         print(f"  fold {i}: train {rep['n_train']} val {rep['n_val']} Dice {rep['final']['dice']:.4f} "
@@ -79,6 +80,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-seg", action="store_true")
+    ap.add_argument("--skip-probe", action="store_true")
+    ap.add_argument("--dice", choices=("image", "batch"), default="image",
+                    help="soft Dice loss per image (default) or over the whole batch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     encoders = parse_encoders(args.encoder or ["random=random:convnextv2_atto"])
@@ -100,8 +104,10 @@ def main() -> None:
     for name, spec in encoders.items():
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
         t = time.time()
-        res = {"spec": spec, "busi_probe": busi_probe(busi, spec, out / safe / "busi_probe", args)}
-        res["busi_seconds"] = time.time() - t
+        res: dict = {"spec": spec}
+        if not args.skip_probe:
+            res["busi_probe"] = busi_probe(busi, spec, out / safe / "busi_probe", args)
+            res["busi_seconds"] = time.time() - t
         if not args.skip_seg:
             t = time.time()
             print(f"{name}: CCA segmentation, {args.seg_folds} folds by recording")
@@ -113,14 +119,15 @@ def main() -> None:
     print("\n| encoder | BUSI linear bal.acc | BUSI linear AUROC | BUSI kNN bal.acc | BUSI kNN AUROC | CCA Dice | CCA HD95 (px) |")
     print("|---|---|---|---|---|---|---|")
     for name, r in summary["encoders"].items():
-        b = r["busi_probe"]
+        b = r.get("busi_probe")
 
         def ms(d):
             return f"{d['mean']:.3f} ± {d['std']:.3f}"
 
+        probe = (f"{ms(b['linear']['balanced_accuracy'])} | {ms(b['linear']['auroc'])} | "
+                 f"{ms(b['knn']['balanced_accuracy'])} | {ms(b['knn']['auroc'])}") if b else "n/a | n/a | n/a | n/a"
         seg = r.get("cca_seg")
-        print(f"| {name} | {ms(b['linear']['balanced_accuracy'])} | {ms(b['linear']['auroc'])} | "
-              f"{ms(b['knn']['balanced_accuracy'])} | {ms(b['knn']['auroc'])} | "
+        print(f"| {name} | {probe} | "
               f"{ms(seg['dice']) if seg else 'n/a'} | {ms(seg['hd95']) if seg else 'n/a'} |")
     print(json.dumps({"out": str(out / "summary.json"), "seconds": round(time.time() - t0)}))
 
