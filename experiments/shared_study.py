@@ -48,12 +48,13 @@ steps the encoder has seen each training image ~15 times at 128 px.
 
 Example (the run reported in docs/results.md)::
 
-    OMP_NUM_THREADS=1 nice -n 10 python experiments/shared_study.py --shards /work/runs/shards/shared \\
-        --full-run /work/runs/cpu_atto --fcmae-run /work/runs/shared_study/pretrain_fcmae --wait 3600 \\
-        --out /work/runs/shared_study --seg-steps 120 --folds 5
+    OMP_NUM_THREADS=1 python experiments/shared_study.py --shards /work/runs/shards/shared \\
+        --full-run /work/runs/cpu_atto --fcmae-run /work/runs/shared_study/pretrain_fcmae \\
+        --out /work/runs/shared_study_fix --seg-steps 120 --folds 5
 
-(``--fcmae-run`` + ``--wait``: the FCMAE-only run had been started by hand with the exact command
-:func:`pretrain` runs, so the script waited for it; without them the script trains it itself.)
+(``--fcmae-run``: the FCMAE-only run had been made by hand with the exact command :func:`pretrain`
+runs, and ``--wait`` lets the script wait for such a run still in progress; without them the script
+trains it itself.)
 """
 
 from __future__ import annotations
