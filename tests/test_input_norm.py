@@ -126,3 +126,24 @@ def test_prompt_model_forward_uses_prompts_and_normalisation(run):
         prm.input_norm.mean.fill_(0.0)  # a different normalisation must change the output
         b = prm(x, "b", "cls", prompts)
     assert a.shape == (2, 3) and not torch.allclose(a, b)
+
+
+def test_timm_dir_statistics_come_from_its_config(tmp_path):
+    import json
+
+    from safetensors.torch import save_file as save
+
+    from sonofm.models.loading import IncompatibleCheckpointError
+
+    enc = timm.create_model(NAME, pretrained=False, in_chans=1, num_classes=0)
+    save({k: v.contiguous() for k, v in enc.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    cfg_file = tmp_path / "config.json"
+    cfg_file.write_text(json.dumps({"architecture": NAME, "pretrained_cfg": {"in_chans": 1, "mean": [0.3], "std": [0.2]}}))
+    model, info = load_encoder(str(tmp_path))
+    assert input_stats(model) == ((0.3,), (0.2,)) and info["input_mean"] == [0.3] and info["input_std"] == [0.2]
+    cfg_file.write_text(json.dumps({"architecture": NAME, "pretrained_cfg": {"in_chans": 1}}))
+    assert input_stats(load_encoder(str(tmp_path))[0]) == ((INPUT_MEAN,), (INPUT_STD,))  # none given: sonofm's
+    cfg_file.write_text(json.dumps({"architecture": NAME, "pretrained_cfg": {"in_chans": 1, "mean": [0.4, 0.4, 0.4],
+                                                                            "std": [0.2, 0.2, 0.2]}}))
+    with pytest.raises(IncompatibleCheckpointError, match=r"config\.json: pretrained_cfg mean/std: mean has 3 values"):
+        load_encoder(str(tmp_path))

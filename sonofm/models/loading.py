@@ -13,7 +13,8 @@
 
 The returned encoder carries its input mean / std in ``pretrained_cfg`` (see
 :mod:`sonofm.models.input_norm`): sonofm's own (0.5, 0.25) for random and pretraining-run encoders,
-the exported ``config.json``'s for a timm dir. Downstream models normalise with them.
+the exported ``config.json``'s for a timm dir (sonofm's when it names none). Downstream models
+normalise with them.
 
 Loading is always strict: any missing, unexpected or shape-mismatched key raises
 :class:`IncompatibleCheckpointError` listing them, because a silently half-loaded encoder makes
