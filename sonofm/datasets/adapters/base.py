@@ -67,6 +67,18 @@ class Adapter(abc.ABC):
         #: Counters for the build report (files skipped, near-duplicate frames, ...).
         self.stats: dict[str, int] = {}
 
+    def find_layout(self, wrapper: str, required: Iterable[str]) -> Path:
+        """``root`` or ``root/wrapper``, whichever holds every ``required`` sub-folder (publishers ship
+        both ways); an :class:`AdapterError` naming the expected folders otherwise."""
+        required = list(required)
+        for cand in (self.root, self.root / wrapper):
+            if all((cand / r).is_dir() for r in required):
+                return cand
+        raise AdapterError(
+            f"{self.name}: {self.root} is not the {self.name.upper()} layout: "
+            f"expected folders {', '.join(repr(r + '/') for r in required)} in it or in '{self.root / wrapper}'"
+        )
+
     # -- interface ---------------------------------------------------------------------------
     @abc.abstractmethod
     def items(self) -> list[Item]:

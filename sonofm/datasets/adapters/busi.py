@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 from sonofm.datasets.adapters.base import Adapter, Item, relpath
-from sonofm.datasets.imageio import AdapterError
 
 CLASSES = ("benign", "malignant", "normal")
 _MASK = re.compile(r"^(?P<stem>.+)_mask(?:_\d+)?$")
@@ -27,17 +26,7 @@ class BusiAdapter(Adapter):
 
     def __init__(self, root, source: str | None = None, **options) -> None:
         super().__init__(root, source, **options)
-        self.data_dir = self._find(self.root)
-
-    @staticmethod
-    def _find(root: Path) -> Path:
-        for cand in (root, root / "Dataset_BUSI_with_GT"):
-            if all((cand / c).is_dir() for c in CLASSES):
-                return cand
-        raise AdapterError(
-            f"busi: {root} is not the BUSI layout: expected folders {', '.join(CLASSES)} in it or in "
-            f"{root / 'Dataset_BUSI_with_GT'}"
-        )
+        self.data_dir = self.find_layout("Dataset_BUSI_with_GT", CLASSES)
 
     def items(self) -> list[Item]:
         items: list[Item] = []

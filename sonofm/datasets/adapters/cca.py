@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sonofm.datasets.adapters.base import Adapter, Item, relpath
-from sonofm.datasets.imageio import IMAGE_EXTENSIONS, AdapterError
+from sonofm.datasets.imageio import IMAGE_EXTENSIONS
 
 DATASET_DIR = "Common Carotid Artery Ultrasound Images"
 IMAGES, MASKS = "US images", "Expert mask images"
@@ -26,17 +26,7 @@ class CcaAdapter(Adapter):
 
     def __init__(self, root, source: str | None = None, **options) -> None:
         super().__init__(root, source, **options)
-        self.data_dir = self._find(self.root)
-
-    @staticmethod
-    def _find(root: Path) -> Path:
-        for cand in (root, root / DATASET_DIR):
-            if (cand / IMAGES).is_dir() and (cand / MASKS).is_dir():
-                return cand
-        raise AdapterError(
-            f"cca: {root} is not the CCA layout: expected '{IMAGES}/' and '{MASKS}/' in it or in "
-            f"'{root / DATASET_DIR}'"
-        )
+        self.data_dir = self.find_layout(DATASET_DIR, (IMAGES, MASKS))
 
     @staticmethod
     def recording(stem: str) -> str:
