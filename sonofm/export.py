@@ -18,7 +18,6 @@ model before anything is written, the finished folder is loaded back through tim
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -34,8 +33,8 @@ from torch import nn
 from sonofm import __version__
 from sonofm.config import PretrainConfig, load_config
 from sonofm.model_card import CardInfo, load_results, model_licence, read_data_summary, render_card
+from sonofm.models.input_norm import INPUT_MEAN, INPUT_STD
 from sonofm.models.loading import IncompatibleCheckpointError, check_state_dict
-from sonofm.models.pretrain_model import PretrainModel
 from sonofm.pretrain.checkpoint import STATE_FILE, latest_checkpoint
 
 CONFIG_NAME = "config.json"
@@ -63,13 +62,9 @@ __all__ = [
 
 
 def input_normalisation() -> tuple[float, float]:
-    """The ``(mean, std)`` the pretraining model applies to [0, 1] images before its encoder.
-
-    Read from :class:`PretrainModel`'s defaults (the training loop never overrides them), so a change
-    there changes the exported ``pretrained_cfg`` too instead of silently drifting apart from it.
-    """
-    params = inspect.signature(PretrainModel.__init__).parameters
-    return float(params["input_mean"].default), float(params["input_std"].default)
+    """The ``(mean, std)`` the pretraining model applies to [0, 1] images before its encoder: the
+    constants of :mod:`sonofm.models.input_norm`, which PretrainModel and load_encoder use too."""
+    return INPUT_MEAN, INPUT_STD
 
 
 def encoder_state_dict(weights_file: Path) -> dict[str, torch.Tensor]:
