@@ -164,10 +164,11 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
         if int(loaded["state"].get("world_size", world)) != world:
             accelerator.print(f"warning: resuming a {loaded['state']['world_size']}-process run on {world} "
                               "processes: the data order will differ from an uninterrupted run")
-    ema = ModelEMA(model, cfg.ema) if cfg.ema > 0 else None
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # after prepare: the average lives on the model's device (made before, it stayed on the CPU)
+    ema = ModelEMA(accelerator.unwrap_model(model), cfg.ema) if cfg.ema > 0 else None
     if ema is not None and loaded is not None and "ema" in loaded:
         ema.load_state_dict(loaded["ema"])
-    model, optimizer = accelerator.prepare(model, optimizer)
     if loaded is not None and "rng" in loaded:
         set_rng_state(loaded["rng"])
 
@@ -204,6 +205,7 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
         for step in range(start_step, cfg.steps):
             lr = lr_at(step, cfg.steps, peak_lr, cfg.optim.warmup_steps, cfg.optim.min_lr)
             apply_lr(optimizer, lr)
+            nonfinite = torch.zeros((), device=accelerator.device)  # micro-batches with a NaN / inf loss
             for micro in range(accum):
                 t0 = time.perf_counter()
                 batch = next(batches)
@@ -219,13 +221,14 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
                     out = model(images, batch.get("field"), batch.get("targets"),
                                 generator=mask_generator(cfg.seed, rank, step, micro))
                     loss = out["loss"]
-                    _check_finite(loss, accelerator, step, run_dir)
+                    nonfinite += (~torch.isfinite(loss.detach())).float()  # no device sync here
                     accelerator.backward(loss / accum)
                 for key in ("loss", "loss_rec", "loss_hier"):
                     window.add(key, out[key])
                 for key, value in out.items():
                     if key.startswith("acc/"):  # weighted by the samples that know the level
                         window.add(key, value, out.get("count/" + key[4:], 1.0))
+            _check_finite(nonfinite, accelerator, step, run_dir)  # one sync per step, before any weight changes
             grad_norm = None
             if cfg.optim.clip_grad:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
@@ -283,13 +286,13 @@ def _cpu_threads(accelerator: Accelerator, num_workers: int) -> int | None:
     return threads
 
 
-def _check_finite(loss: torch.Tensor, accelerator: Accelerator, step: int, run_dir: Path) -> None:
-    flag = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
+def _check_finite(nonfinite: torch.Tensor, accelerator: Accelerator, step: int, run_dir: Path) -> None:
+    """Stop before ``optimizer.step()`` when any rank's micro-batch had a non-finite loss this step."""
     if accelerator.num_processes > 1:
-        flag = accelerator.reduce(flag, reduction="sum")
-    if float(flag) > 0:
+        nonfinite = accelerator.reduce(nonfinite, reduction="sum")
+    if float(nonfinite) > 0:
         raise NonFiniteLossError(
-            f"non-finite loss ({float(loss.detach())}) at step {step + 1}: stopping before the weights are "
+            f"non-finite loss in {int(nonfinite)} micro-batch(es) at step {step + 1}: stopping before the weights are "
             f"corrupted. Lower optim.base_lr, check the data, or resume from the last checkpoint in "
             f"{run_dir / 'checkpoints'} with --resume auto."
         )
