@@ -18,7 +18,6 @@ The best checkpoint by validation Dice is written as ``best/model.safetensors`` 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
 import os
@@ -266,6 +265,8 @@ def run_seg_finetune(
     from sonofm.finetune.label_efficiency import select_groups
     from sonofm.models.loading import load_encoder
 
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     torch.manual_seed(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -283,9 +284,15 @@ def run_seg_finetune(
     best: dict[str, Any] = {"dice": -math.inf, "step": 0}
     log = _jsonl(out / "metrics.jsonl")
 
+    last: dict[str, Any] = {}
+
     def evaluate(module: nn.Module, step: int) -> float:
         module.eval()
-        res = evaluate_segmentation(module, val, img_size, num_classes, device=device)
+        final_step = step == steps  # the final evaluation: kept for the report, with overlays
+        res = evaluate_segmentation(module, val, img_size, num_classes, device=device,
+                                    overlay_dir=out / "overlays" if final_step else None, n_overlays=n_overlays)
+        if final_step:
+            last["res"] = res
         summary = {k: v for k, v in res.items() if k != "per_sample"}
         log({"step": step, "val": summary})
         if res["dice"] > best["dice"]:
@@ -299,10 +306,7 @@ def run_seg_finetune(
         model, batches, steps, lr, weight_decay, layer_decay, warmup_steps, min_lr, ce_weight, dice_weight,
         clip_grad, ema, device, precision, eval_every, evaluate, log, dice_per_image=dice_per_image,
     )
-    final_module = hist["ema"].module if hist["ema"] is not None else model
-    final_module.eval()
-    final = evaluate_segmentation(final_module, val, img_size, num_classes, device=device,
-                                  overlay_dir=out / "overlays", n_overlays=n_overlays)
+    final = last["res"]  # train_segmentation evaluates the final (EMA) weights at the last step
     report = {
         "encoder": info,
         "n_train": n_train,
@@ -317,8 +321,3 @@ def run_seg_finetune(
     }
     write_json(report, out / "report.json")
     return report
-
-
-def take(it: Iterable[Any], n: int) -> list[Any]:
-    """The first ``n`` items of ``it`` (small helper for scripts and tests)."""
-    return list(itertools.islice(it, n))

@@ -281,6 +281,8 @@ def run_universal(
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be unique, got {names}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     torch.manual_seed(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -299,8 +301,14 @@ def run_universal(
     log = _jsonl(out / "metrics.jsonl")
     best: dict[str, Any] = {"score": -math.inf, "step": 0}
 
+    last: dict[str, Any] = {}
+
     def evaluate(module: nn.Module, step: int) -> float:
-        res = evaluate_universal(module, tasks, img_size, device=device)
+        final_step = step == steps  # the final evaluation: kept for the report, with overlays
+        res = evaluate_universal(module, tasks, img_size, device=device,
+                                 overlay_dir=out / "overlays" if final_step else None, n_overlays=n_overlays)
+        if final_step:
+            last["res"] = res
         log({"step": step, "val": res})
         if res["mean_score"] > best["score"]:
             best.update(score=res["mean_score"], step=step, metrics=res)
@@ -317,9 +325,7 @@ def run_universal(
         ce_weight, dice_weight, clip_grad, ema, seed, probs, p_whole, device, precision, eval_every, evaluate, log,
         dice_per_image=dice_per_image,
     )
-    final_model = hist["ema"].module if hist["ema"] is not None else model
-    final = evaluate_universal(final_model, tasks, img_size, device=device, overlay_dir=out / "overlays",
-                               n_overlays=n_overlays)
+    final = last["res"]  # train_universal evaluates the final (EMA) weights at the last step
     counts = {n: hist["datasets"].count(n) for n in names}
     report = {
         "encoder": info,
