@@ -63,6 +63,7 @@ def test_run_seg_finetune_writes_best_checkpoint(shared_data, tmp_path):
     )
     assert rep["n_train"] == 6 and rep["n_val"] == 2 and len(rep["evals"]) == 2
     assert 0.0 <= rep["final"]["dice"] <= 1.0 and rep["best"]["step"] in (2, 4)
+    assert rep["final"]["dice"] == rep["evals"][-1]["score"]  # the report's final metrics are the last evaluation
     state = load_file(str(tmp_path / "seg" / "best" / "model.safetensors"))
     enc, _ = load_encoder("random:convnextv2_atto")
     SegModel(enc, 2, 32).load_state_dict(state, strict=True)
