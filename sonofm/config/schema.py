@@ -175,7 +175,7 @@ class FinetuneConfig:
     datasets: list[str] = field(default_factory=list)  # shard dirs, one per dataset (universal)
     dataset_weights: list[float] | None = None
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=1e-3, warmup_steps=50))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=1e-3, warmup_steps=50, betas=[0.9, 0.999]))
     seg: SegConfig = field(default_factory=SegConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
 

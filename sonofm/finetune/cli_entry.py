@@ -7,6 +7,7 @@ groups and validation metrics are computed at each sample's stored size.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -31,8 +32,11 @@ def finetune_from_config(cfg: Any) -> dict[str, Any]:
         dice_per_image=cfg.seg.dice_per_image,
         decoder_channels=cfg.seg.decoder_channels, ema=cfg.ema, clip_grad=cfg.optim.clip_grad,
         eval_every=cfg.eval_every, in_chans=cfg.in_chans, seed=cfg.seed, device=_device(),
-        precision=cfg.precision,
+        precision=cfg.precision, aug=asdict(cfg.data.augment), betas=tuple(cfg.optim.betas),
     )
+    if cfg.optim.accum_steps != 1:
+        raise ValueError(f"optim.accum_steps={cfg.optim.accum_steps}: finetuning does not accumulate gradients; "
+                         "raise data.batch_size instead")
     if cfg.task == "seg":
         from sonofm.finetune.data import samples_from_shards
         from sonofm.finetune.seg_train import run_seg_finetune
@@ -57,5 +61,6 @@ def finetune_from_config(cfg: Any) -> dict[str, Any]:
 
             for t in tasks:
                 t.train = [t.train[i] for i in select_groups([s.group for s in t.train], cfg.label_fraction, cfg.seed)]
-        return run_universal(cfg.encoder, tasks, cfg.out_dir, use_prompts=cfg.prompt.enabled, **common)
+        return run_universal(cfg.encoder, tasks, cfg.out_dir, use_prompts=cfg.prompt.enabled,
+                             temperature=cfg.data.temperature, **common)
     raise ValueError(f"unknown finetune task {cfg.task!r}; choose seg or universal")

@@ -173,6 +173,7 @@ def train_segmentation(
     evaluate: Callable[[nn.Module, int], float] | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
     dice_per_image: bool = True,
+    betas: Sequence[float] = (0.9, 0.999),
 ) -> dict[str, Any]:
     """Train ``model`` (logits at input size) for ``steps`` on ``batches``; returns losses and evals.
 
@@ -181,7 +182,7 @@ def train_segmentation(
     """
     device = torch.device(device)
     model.to(device).train()
-    opt = make_optimizer(model, lr, weight_decay, layer_decay)
+    opt = make_optimizer(model, lr, weight_decay, layer_decay, betas)
     ema_model = ModelEMA(model, ema) if ema > 0 else None
     losses: list[float] = []
     evals: list[dict[str, Any]] = []
@@ -254,6 +255,8 @@ def run_seg_finetune(
     n_overlays: int = 4,
     augment: bool = True,
     dice_per_image: bool = True,
+    aug: AugmentConfig | dict[str, Any] | None = None,
+    betas: Sequence[float] = (0.9, 0.999),
 ) -> dict[str, Any]:
     """``sonofm finetune seg``: UPerNet on ``encoder`` (any :func:`load_encoder` spec).
 
@@ -275,7 +278,8 @@ def run_seg_finetune(
     if isinstance(train, Sequence):
         chosen = select_groups([s.group for s in train], label_fraction, seed) if label_fraction < 1 else None
         train_samples = [train[i] for i in chosen] if chosen is not None else list(train)
-        batches: Iterable[dict[str, Any]] = sample_batches(train_samples, img_size, batch_size, seed, augment)
+        batches: Iterable[dict[str, Any]] = sample_batches(train_samples, img_size, batch_size, seed, augment,
+                                                                    AugmentConfig.from_any(aug))
         n_train = len(train_samples)
     else:
         if label_fraction != 1.0:
@@ -305,6 +309,7 @@ def run_seg_finetune(
     hist = train_segmentation(
         model, batches, steps, lr, weight_decay, layer_decay, warmup_steps, min_lr, ce_weight, dice_weight,
         clip_grad, ema, device, precision, eval_every, evaluate, log, dice_per_image=dice_per_image,
+        betas=betas,
     )
     final = last["res"]  # train_segmentation evaluates the final (EMA) weights at the last step
     report = {

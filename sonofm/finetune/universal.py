@@ -195,13 +195,15 @@ def train_universal(
     evaluate=None,
     log=None,
     dice_per_image: bool = True,
+    aug: AugmentConfig | dict[str, Any] | None = None,
+    betas: Sequence[float] = (0.9, 0.999),
 ) -> dict[str, Any]:
     """The universal loop; ``evaluate(module, step)`` as in :func:`train_segmentation`."""
     device = torch.device(device)
     model.to(device).train()
-    opt = make_optimizer(model, lr, weight_decay, layer_decay)
+    opt = make_optimizer(model, lr, weight_decay, layer_decay, betas)
     ema_model = ModelEMA(model, ema) if ema > 0 else None
-    batches = universal_batches(specs, img_size, batch_size, seed, probs, p_whole)
+    batches = universal_batches(specs, img_size, batch_size, seed, probs, p_whole, AugmentConfig.from_any(aug))
     losses: list[float] = []
     picked: list[str] = []
     evals: list[dict[str, Any]] = []
@@ -269,6 +271,8 @@ def run_universal(
     precision: str = "no",
     n_overlays: int = 2,
     dice_per_image: bool = True,
+    aug: AugmentConfig | dict[str, Any] | None = None,
+    betas: Sequence[float] = (0.9, 0.999),
 ) -> dict[str, Any]:
     """Train one :class:`PromptModel` on ``tasks``; write ``metrics.jsonl``, ``best/`` (by mean score),
     ``overlays/`` and ``report.json`` in ``out_dir`` and return the report.
@@ -323,7 +327,7 @@ def run_universal(
     hist = train_universal(
         model, tasks, steps, img_size, batch_size, lr, weight_decay, layer_decay, warmup_steps, min_lr,
         ce_weight, dice_weight, clip_grad, ema, seed, probs, p_whole, device, precision, eval_every, evaluate, log,
-        dice_per_image=dice_per_image,
+        dice_per_image=dice_per_image, aug=aug, betas=betas,
     )
     final = last["res"]  # train_universal evaluates the final (EMA) weights at the last step
     counts = {n: hist["datasets"].count(n) for n in names}
