@@ -182,6 +182,14 @@ def augment_sample(image: np.ndarray, field: np.ndarray | None, mask: np.ndarray
     return out
 
 
+def letterbox_window(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """``(oy, ox, nh, nw)``: where an (h, w) image lands in the ``size`` square of the letterbox
+    transform (longest side scaled to ``size``, centred); used to undo it on predictions."""
+    scale = size / max(h, w)
+    nw, nh = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
+    return (size - nh) // 2, (size - nw) // 2, nh, nw
+
+
 def eval_sample(image: np.ndarray, field: np.ndarray | None, mask: np.ndarray | None, size: int,
                 mode: str = "letterbox") -> dict[str, Any]:
     """Deterministic transform for evaluation.
@@ -191,9 +199,7 @@ def eval_sample(image: np.ndarray, field: np.ndarray | None, mask: np.ndarray | 
     """
     h, w = image.shape
     if mode == "letterbox":
-        scale = size / max(h, w)
-        nw, nh = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
-        ox, oy = (size - nw) // 2, (size - nh) // 2
+        oy, ox, nh, nw = letterbox_window(h, w, size)
 
         def place(arr: np.ndarray, resample: Image.Resampling) -> np.ndarray:
             canvas = np.zeros((size, size), dtype=arr.dtype)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sonofm.models.input_norm import input_stats
+from sonofm.models.input_norm import InputNorm
 
 __all__ = ["pooled_features", "extract_features", "cached_features", "fingerprint"]
 
@@ -31,12 +31,9 @@ def pooled_features(encoder: nn.Module, x: Tensor, concat_prev: bool = False) ->
     """``[B, D]`` pooled last-stage feature (``D = num_features``, or ``+ prev stage`` channels).
 
     ``x`` holds images in [0, 1]; they are normalised with the encoder's recorded input statistics
-    (:func:`sonofm.models.input_norm.input_stats`) first.
+    (:class:`sonofm.models.input_norm.InputNorm`) first.
     """
-    mean, std = input_stats(encoder)
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    feats = encoder.forward_intermediates((x - m) / s, intermediates_only=True)
+    feats = encoder.forward_intermediates(InputNorm(encoder).to(x.device)(x), intermediates_only=True)
     last = encoder.forward_head(encoder.norm_pre(feats[-1]), pre_logits=True)
     if not concat_prev:
         return last

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from sonofm.datasets.augment import AugmentConfig, augment_sample, eval_sample
+from sonofm.datasets.augment import AugmentConfig, augment_sample, eval_sample, letterbox_window
 from sonofm.datasets.records import Record
 
 __all__ = [
@@ -50,13 +50,6 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     rgb = image.astype(np.float32)
     gray = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
     return np.clip(np.rint(gray), 0, 255).astype(np.uint8)
-
-
-def letterbox_window(h: int, w: int, size: int) -> tuple[int, int, int, int]:
-    """``(oy, ox, nh, nw)``: where an (h, w) image lands in the ``size`` square (as in ``eval_sample``)."""
-    scale = size / max(h, w)
-    nw, nh = max(1, min(size, round(w * scale))), max(1, min(size, round(h * scale)))
-    return (size - nh) // 2, (size - nw) // 2, nh, nw
 
 
 def logits_to_original(logits: Tensor, orig_hw: tuple[int, int]) -> Tensor:
