@@ -492,24 +492,17 @@ class _ShardSequence:
         self.p = counts / counts.sum()
         self.fallback = fallback
         self._order: list[int] = []
-        self._peek: Shard | None = None
-
-    def peek(self) -> Shard:
-        if self._peek is None:
-            if self.resampled:
-                i = int(self.rng.choice(len(self.shards), p=self.p))
-            else:
-                if not self._order:
-                    self._order = list(self.rng.permutation(len(self.shards)))
-                i = int(self._order.pop(0))
-            url, count = self.shards[i]
-            self._peek = (url, _planned(count, self.fallback))
-        return self._peek
 
     def take(self) -> Shard:
-        shard = self.peek()
-        self._peek = None
-        return shard
+        """The next shard: drawn by size (resampled) or the next of a fresh permutation per round."""
+        if self.resampled:
+            i = int(self.rng.choice(len(self.shards), p=self.p))
+        else:
+            if not self._order:
+                self._order = list(self.rng.permutation(len(self.shards)))
+            i = int(self._order.pop(0))
+        url, count = self.shards[i]
+        return url, _planned(count, self.fallback)
 
 
 class _TrainStream(_Base):
@@ -698,7 +691,10 @@ class StreamLoader(DataLoader):
     the index promised some.
     """
 
-    corrupt: CorruptCounter
+    @property
+    def corrupt(self) -> CorruptCounter:
+        """The dataset's counter, shared by the workers."""
+        return self.dataset.counter
 
     def corrupt_counts(self) -> dict[str, int]:
         """Corrupt data skipped so far on this rank, by kind, plus ``total`` (all-reduce across ranks if needed)."""
@@ -723,10 +719,8 @@ class StreamLoader(DataLoader):
 
 def corrupt_counts(loader: StreamLoader | IterableDataset) -> dict[str, int]:
     """Corrupt samples/shards skipped so far by a loader (or its dataset) on this rank, by kind + ``total``."""
-    counter = getattr(loader, "corrupt", None) or getattr(loader, "counter", None)
-    if counter is None:
-        dataset = getattr(loader, "dataset", None)
-        counter = getattr(dataset, "counter", None)
+    dataset = loader.dataset if isinstance(loader, StreamLoader) else loader
+    counter = getattr(dataset, "counter", None)
     if not isinstance(counter, CorruptCounter):
         raise TypeError(f"{type(loader).__name__} is not a sonofm stream loader")
     return counter.as_dict()
@@ -734,7 +728,7 @@ def corrupt_counts(loader: StreamLoader | IterableDataset) -> dict[str, int]:
 
 def _loader(dataset: _Base, num_workers: int, persistent_workers: bool, pin_memory: bool,
             prefetch_factor: int | None) -> StreamLoader:
-    loader = StreamLoader(
+    return StreamLoader(
         dataset,
         batch_size=None,  # batches are collated in the workers
         num_workers=num_workers,
@@ -742,8 +736,6 @@ def _loader(dataset: _Base, num_workers: int, persistent_workers: bool, pin_memo
         pin_memory=pin_memory,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
     )
-    loader.corrupt = dataset.counter
-    return loader
 
 
 def _check_common(batch_size: int, rank: int, world_size: int, num_workers: int) -> None:

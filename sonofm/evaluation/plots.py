@@ -16,7 +16,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
 
 __all__ = ["plot_confusion", "plot_label_efficiency", "overlay_mask", "save_overlay"]
 
@@ -121,13 +120,3 @@ def save_overlay(
     if title:
         fig.suptitle(title, fontsize=9)
     _save(fig, path)
-
-
-def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Atomic PNG write of a uint8 array."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp)
-    os.replace(tmp, path)

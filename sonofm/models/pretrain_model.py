@@ -50,7 +50,6 @@ class PretrainModel(nn.Module):
         input_std: float = INPUT_STD,
         field_min_fraction: float = 0.5,
         target_kwargs: dict[str, float] | None = None,
-        encoder_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if img_size % PATCH:
@@ -67,8 +66,7 @@ class PretrainModel(nn.Module):
         self.input_mean = float(input_mean)
         self.input_std = float(input_std)
         self.field_min_fraction = field_min_fraction
-        self.encoder = create_encoder(encoder, in_chans=in_chans, drop_path_rate=drop_path_rate,
-                                      **(encoder_kwargs or {}))
+        self.encoder = create_encoder(encoder, in_chans=in_chans, drop_path_rate=drop_path_rate)
         set_input_stats(self.encoder, self.input_mean, self.input_std)  # what timm users and export read
         dims = [f["num_chs"] for f in self.encoder.feature_info]
         self.decoder = create_decoder(decoder, dims, dec_dim=dec_dim, in_chans=in_chans, depth=dec_depth,

@@ -103,10 +103,6 @@ class Adapter(abc.ABC):
         """Source names this adapter's records carry (several for a manifest with a ``source`` column)."""
         return [self.source]
 
-    def abspath(self, rel: str) -> Path:
-        """Absolute location of an item's ``path`` or mask (they are relative to :attr:`data_dir`)."""
-        return self.data_dir / rel
-
     def report(self) -> dict[str, int]:
         """Counters gathered so far (skipped files, dropped duplicate frames) for the build report."""
         return dict(self.stats)
