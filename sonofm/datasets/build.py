@@ -244,10 +244,10 @@ class _Worker:
         outs: list[_Out] = []
         try:
             for i, record in enumerate(self.adapter.load(item)):
-                record.meta["source"] = job.source
-                self.taxonomy.annotate(record.meta)  # a bad label fails before the costly part
+                # organ / region / label checked and filled before the costly part; preprocess keeps them
+                record.meta = self.taxonomy.annotate({**record.meta, "source": job.source})
                 processed = self.preprocess(record, max_side=job.max_side)
-                pmeta = self.taxonomy.annotate(dict(processed.meta))  # preprocess rescales spacing
+                pmeta = dict(processed.meta)
                 group = pmeta.get("group")
                 if group is None or group == "":
                     group = pmeta.get("path") or path
@@ -265,11 +265,11 @@ class _Worker:
                         ),
                         field_png=(
                             encode_png(processed.field_mask)
-                            if encode and getattr(processed, "field_mask", None) is not None
+                            if encode and processed.field_mask is not None
                             else None
                         ),
                         gray=processed.image if job.dedup else None,
-                        colour=_is_colour(pmeta),
+                        colour=bool(pmeta["colour"]["is_colour"]),
                         text_outside=bool(pmeta.get("text_outside_field")),
                     )
                 )
@@ -287,16 +287,6 @@ def _where(meta: dict[str, Any]) -> str:
     """``path`` or ``path#frame``: how reports name a sample."""
     frame = meta.get("frame")
     return f"{meta.get('path')}#{frame}" if frame is not None else str(meta.get("path"))
-
-
-def _is_colour(meta: dict[str, Any]) -> bool:
-    for k in ("colour", "color", "is_colour", "colour_image", "has_colour"):
-        v = meta.get(k)
-        if isinstance(v, dict):
-            v = v.get("is_colour", v.get("colour", v.get("flag")))
-        if v is not None:
-            return bool(v)
-    return False
 
 
 def _delta(before: dict[str, int], adapter: Any) -> dict[str, int]:
@@ -574,8 +564,8 @@ def _write_source(
         "samples_written": n_written,
         "decode_errors": len(errors),
         "errors": errors[:MAX_ERRORS_LISTED],
-        "duplicates_exact": int(getattr(dup_filter, "n_exact", 0)) if dup_filter is not None else 0,
-        "duplicates_near": int(getattr(dup_filter, "n_near", 0)) if dup_filter is not None else 0,
+        "duplicates_exact": dup_filter.n_exact if dup_filter is not None else 0,
+        "duplicates_near": dup_filter.n_near if dup_filter is not None else 0,
         "duplicates": duplicates,
         "colour_images": n_colour,
         "text_outside_field": n_text,
@@ -658,7 +648,7 @@ def build_shards(
     for spec in specs:
         adapter = make_adapter(spec)
         # A manifest may name several sources (the synthetic corpus does): each is built on its own.
-        named = list(adapter.sources()) if spec.source is None and hasattr(adapter, "sources") else []
+        named = list(adapter.sources()) if spec.source is None else []
         names = named if len(named) > 1 else [_source_name(adapter, spec)]
         for name in names:
             check_source_name(name)
