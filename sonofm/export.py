@@ -27,22 +27,26 @@ from typing import Any
 
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from sonofm import __version__
 from sonofm.config import PretrainConfig, load_config
 from sonofm.model_card import CardInfo, load_results, model_licence, read_data_summary, render_card
 from sonofm.models.input_norm import INPUT_MEAN, INPUT_STD
-from sonofm.models.loading import IncompatibleCheckpointError, check_state_dict
-from sonofm.pretrain.checkpoint import STATE_FILE, latest_checkpoint
+from sonofm.models.loading import (
+    IncompatibleCheckpointError,
+    create_headless,
+    load_strict,
+    pretrain_encoder_weights,
+)
+from sonofm.pretrain.checkpoint import STATE_FILE, contiguous_state, fsync_tree, latest_checkpoint
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 #: The files an export consists of (and the only ones a push uploads), in upload order.
 EXPORT_FILES: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
-ENCODER_PREFIX = "encoder."
 
 
 class ExportError(RuntimeError):
@@ -54,7 +58,6 @@ __all__ = [
     "EXPORT_FILES",
     "ExportError",
     "export_backbone",
-    "encoder_state_dict",
     "input_normalisation",
     "timm_config",
     "upload_plan",
@@ -65,18 +68,6 @@ def input_normalisation() -> tuple[float, float]:
     """The ``(mean, std)`` the pretraining model applies to [0, 1] images before its encoder: the
     constants of :mod:`sonofm.models.input_norm`, which PretrainModel and load_encoder use too."""
     return INPUT_MEAN, INPUT_STD
-
-
-def encoder_state_dict(weights_file: Path) -> dict[str, torch.Tensor]:
-    """The encoder part of a pretraining state dict, under timm's key names (prefix stripped)."""
-    full = load_file(str(weights_file))
-    state = {k[len(ENCODER_PREFIX):]: v for k, v in full.items() if k.startswith(ENCODER_PREFIX)}
-    if not state:
-        first = ", ".join(sorted(full)[:5]) or "none"
-        raise IncompatibleCheckpointError(
-            f"{weights_file}: no '{ENCODER_PREFIX}*' keys: not a sonofm pretraining checkpoint (first keys: {first})"
-        )
-    return state
 
 
 def _global_pool(model: nn.Module) -> str | None:
@@ -169,24 +160,17 @@ def _recipe_name(cfg: PretrainConfig) -> str:
     return name + (f"+hier{cfg.hierarchy.weight:g}" if cfg.hierarchy.weight > 0 else "")
 
 
-def _load_strict(arch: str, in_chans: int, state: dict[str, torch.Tensor], where: Path,
-                 hint: str) -> nn.Module:
-    """A fresh headless timm model with ``state`` loaded strictly; mismatches list every key."""
+def _load_strict(arch: str, in_chans: int, weights_file: Path, hint: str) -> nn.Module:
+    """The run's encoder as a fresh headless timm model, its weights loaded strictly (mismatches list every key)."""
     try:
-        model = timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=0)
-    except RuntimeError as e:  # timm: "Unknown model (...)"
+        model = create_headless(arch, in_chans)
+    except ValueError as e:
         raise ExportError(f"config.yaml names model {arch!r}, which timm cannot create: {e}") from e
     try:
-        check_state_dict(model, state, f"{where} (as {arch}, in_chans={in_chans})")
+        load_strict(model, pretrain_encoder_weights(weights_file, model), f"{weights_file} (as {arch}, in_chans={in_chans})")
     except IncompatibleCheckpointError as e:
         raise IncompatibleCheckpointError(f"{e}{hint}") from None
-    model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
 
 
 def _verify_folder(folder: Path, model: nn.Module, in_chans: int, img_size: int, mean: float, std: float) -> None:
@@ -315,8 +299,7 @@ def export_backbone(
     if state.get("model") not in (None, arch) or int(state.get("in_chans", in_chans)) != in_chans:
         hint = (f"\n  note: {ckpt / STATE_FILE} says model={state.get('model')}, in_chans={state.get('in_chans')}, "
                 f"but {cfg_file} says model.name={arch}, model.in_chans={in_chans}")
-    weights = encoder_state_dict(weights_file)
-    model = _load_strict(arch, in_chans, weights, weights_file, hint)
+    model = _load_strict(arch, in_chans, weights_file, hint)
 
     mean, std = input_normalisation()
     data = read_data_summary(list(cfg.data.shards), run_dir)
@@ -367,12 +350,10 @@ def export_backbone(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(contiguous_state(model.state_dict()), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
-        for name in EXPORT_FILES:
-            _fsync(tmp / name)
+        fsync_tree(tmp)
         _verify_folder(tmp, model, in_chans, img_size, mean, std)
         _publish(tmp, out_dir)
     finally:

@@ -36,7 +36,15 @@ from torch import nn
 
 from sonofm.models.input_norm import INPUT_MEAN, INPUT_STD, set_input_stats
 
-__all__ = ["IncompatibleCheckpointError", "load_encoder", "check_state_dict", "resolve_checkpoint"]
+__all__ = [
+    "IncompatibleCheckpointError",
+    "check_state_dict",
+    "create_headless",
+    "load_encoder",
+    "load_strict",
+    "pretrain_encoder_weights",
+    "resolve_checkpoint",
+]
 
 #: Classifier keys an exported model may carry; the downstream encoder is headless (num_classes=0).
 _CLASSIFIER_KEYS = ("head.fc.weight", "head.fc.bias")
@@ -66,7 +74,8 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], where: st
         raise IncompatibleCheckpointError("\n".join(lines))
 
 
-def _create(name: str, in_chans: int, drop_path_rate: float) -> nn.Module:
+def create_headless(name: str, in_chans: int, drop_path_rate: float = 0.0) -> nn.Module:
+    """A randomly initialised timm model without classifier (``num_classes=0``); unknown names: ValueError."""
     try:
         return timm.create_model(
             name, pretrained=False, in_chans=in_chans, num_classes=0, drop_path_rate=drop_path_rate
@@ -75,7 +84,8 @@ def _create(name: str, in_chans: int, drop_path_rate: float) -> nn.Module:
         raise ValueError(f"cannot create timm model {name!r}: {e}") from e
 
 
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``state`` into ``model`` only when every key and shape matches (else the error lists them)."""
     check_state_dict(model, state, where)
     model.load_state_dict(state, strict=True)
 
@@ -104,6 +114,12 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
     if not (step / "model.safetensors").is_file():
         raise FileNotFoundError(f"{last}: points to {step}, which has no model.safetensors")
     return run_dir, step
+
+
+def pretrain_encoder_weights(weights_file: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder part of a pretraining checkpoint's ``model``/``ema.safetensors``, under the key names
+    of ``model`` (a timm encoder): the prefix is stripped, nothing is loaded yet."""
+    return _encoder_state(_safetensors(weights_file), set(model.state_dict()), weights_file)
 
 
 def _encoder_state(full: dict[str, torch.Tensor], own_keys: set[str], where: Path) -> dict[str, torch.Tensor]:
@@ -155,7 +171,7 @@ def load_encoder(
     info: dict[str, Any] = {"spec": spec}
     if spec.startswith("random:"):
         name = spec.split(":", 1)[1]
-        model = set_input_stats(_create(name, in_chans, drop_path_rate))  # same preprocessing as pretrained ones
+        model = set_input_stats(create_headless(name, in_chans, drop_path_rate))  # same preprocessing as pretrained ones
         info.update(kind="random", name=name, source=None)
     else:
         path = Path(spec)
@@ -175,11 +191,11 @@ def load_encoder(
                 raise IncompatibleCheckpointError(
                     f"{cfg_file}: checkpoint has in_chans={ck_chans}, requested in_chans={in_chans}"
                 )
-            model = _create(name, in_chans, drop_path_rate)
+            model = create_headless(name, in_chans, drop_path_rate)
             state = _safetensors(path / "model.safetensors")
             dropped = [k for k in _CLASSIFIER_KEYS if k in state]
             state = {k: v for k, v in state.items() if k not in _CLASSIFIER_KEYS}
-            _load_strict(model, state, str(path / "model.safetensors"))
+            load_strict(model, state, str(path / "model.safetensors"))
             pcfg = cfg.get("pretrained_cfg") or {}
             try:
                 set_input_stats(model, pcfg.get("mean", INPUT_MEAN), pcfg.get("std", INPUT_STD))
@@ -200,12 +216,12 @@ def load_encoder(
                 raise IncompatibleCheckpointError(
                     f"{cfg_file}: checkpoint has in_chans={ck_chans}, requested in_chans={in_chans}"
                 )
-            model = _create(name, in_chans, drop_path_rate)
+            model = create_headless(name, in_chans, drop_path_rate)
             wfile = step_dir / f"{weights}.safetensors"
             if not wfile.is_file():
                 raise FileNotFoundError(f"{wfile}: not found (weights={weights!r})")
-            state = _encoder_state(_safetensors(wfile), set(model.state_dict()), wfile)
-            _load_strict(model, state, str(wfile))
+            state = pretrain_encoder_weights(wfile, model)
+            load_strict(model, state, str(wfile))
             set_input_stats(model)  # PretrainModel's normalisation (the training loop never changes it)
             info.update(kind="pretrain", name=name, source=str(wfile), step_dir=str(step_dir))
     info.update(

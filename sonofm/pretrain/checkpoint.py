@@ -41,7 +41,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_tree(path: Path) -> None:
+def fsync_tree(path: Path) -> None:
+    """Flush every file of a folder, then the folder itself, to disk (before an atomic rename)."""
     for f in path.iterdir():
         if f.is_file():
             with open(f, "rb") as fh:
@@ -118,7 +119,7 @@ def save_checkpoint(
     maybe_kill("in_checkpoint", step)  # fault injection: half-written checkpoint (tests only)
     torch.save(rng_state(), tmp / "rng-rank0.pt")
     (tmp / STATE_FILE).write_text(json.dumps({"step": step, **state}, indent=2))
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     if final.exists():  # re-saving the same step (e.g. end of a run that just checkpointed)
         shutil.rmtree(final)
     os.replace(tmp, final)
