@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from sonofm import __version__
+from sonofm.datasets.dedup import image_digests
 from sonofm.datasets.shards import (
     INDEX_VERSION,
     ResumeMismatch,
@@ -210,7 +211,7 @@ class _Out:
     png: bytes | None
     mask_png: bytes | None
     field_png: bytes | None
-    gray: Any  # preprocessed image, for the main process's duplicate filter (None without dedup)
+    digests: tuple[str, int] | None  # dedup.image_digests of the preprocessed image (None without dedup)
     colour: bool
     text_outside: bool
 
@@ -268,7 +269,7 @@ class _Worker:
                             if encode and processed.field_mask is not None
                             else None
                         ),
-                        gray=processed.image if job.dedup else None,
+                        digests=image_digests(processed.image) if job.dedup else None,
                         colour=bool(pmeta["colour"]["is_colour"]),
                         text_outside=bool(pmeta.get("text_outside_field")),
                     )
@@ -520,7 +521,7 @@ def _write_source(
                 n_records += 1
                 n_colour += out.colour
                 n_text += out.text_outside
-                if dup_filter is not None and not dup_filter.add(out.key, out.gray):
+                if dup_filter is not None and not dup_filter.add_digests(out.key, *out.digests):
                     _, kept, kind, dist = dup_filter.duplicates[-1]
                     if len(duplicates) < MAX_ERRORS_LISTED:
                         duplicates.append({"dropped": _where(out.meta), "kept_key": kept, "kind": kind,

@@ -51,6 +51,12 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
+def image_digests(gray: np.ndarray, hash_size: int = 8) -> tuple[str, int]:
+    """``(sha1 of shape + pixels, perceptual hash)`` of one image: what :class:`DuplicateFilter` compares."""
+    digest = hashlib.sha1(f"{gray.shape}".encode() + np.ascontiguousarray(gray).tobytes()).hexdigest()
+    return digest, phash(gray, hash_size)
+
+
 class DuplicateFilter:
     """Streaming duplicate filter; the first image seen of a group of duplicates is kept.
 
@@ -81,13 +87,9 @@ class DuplicateFilter:
         a, b = self._bands[i]
         return (h >> (self.n_bits - b)) & ((1 << (b - a)) - 1)
 
-    def _digests(self, gray: np.ndarray) -> tuple[str, int]:
-        digest = hashlib.sha1(f"{gray.shape}".encode() + np.ascontiguousarray(gray).tobytes()).hexdigest()
-        return digest, phash(gray, self.hash_size)
-
     def find(self, gray: np.ndarray) -> tuple[str, str, int] | None:
         """The kept key this image duplicates, as (key, kind, distance), or None if it is new."""
-        return self._find(*self._digests(gray))
+        return self._find(*image_digests(gray, self.hash_size))
 
     def _find(self, digest: str, h: int) -> tuple[str, str, int] | None:
         if digest in self._sha:
@@ -104,7 +106,11 @@ class DuplicateFilter:
 
     def add(self, key: str, gray: np.ndarray) -> bool:
         """Record ``gray`` under ``key``; True if it is new (keep it), False if a duplicate (drop it)."""
-        digest, h = self._digests(gray)
+        return self.add_digests(key, *image_digests(gray, self.hash_size))
+
+    def add_digests(self, key: str, digest: str, h: int) -> bool:
+        """:meth:`add` with :func:`image_digests` already computed (by a build worker, in parallel);
+        the order-dependent lookup stays with the caller, so results do not depend on the workers."""
         hit = self._find(digest, h)
         if hit is not None:
             kept, kind, dist = hit
