@@ -169,6 +169,7 @@ def samples_from_shards(
     Used to evaluate segmentation at the stored size of shard data and to finetune from shards
     without the streaming machinery; the stored (preprocessed) image is the "original" here.
     """
+    from sonofm.datasets.shards import iter_tar_samples
     from sonofm.datasets.stream import discover_shards
 
     path_list = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
@@ -177,14 +178,8 @@ def samples_from_shards(
         for url, _ in discover_shards(str(p), split):
             if not Path(url).is_file():
                 raise FileNotFoundError(f"{url}: samples_from_shards reads local shard files only")
-            members: dict[str, dict[str, bytes]] = {}
             try:
-                with tarfile.open(url) as tar:
-                    for info in tar:
-                        if not info.isfile():
-                            continue
-                        key, _, ext = Path(info.name).name.partition(".")
-                        members.setdefault(key, {})[ext] = tar.extractfile(info).read()
+                members = {m.pop("__key__"): m for m in iter_tar_samples(url)}
             except tarfile.TarError as e:
                 raise ValueError(f"{url}: unreadable shard: {e}") from e
             for key, m in members.items():
