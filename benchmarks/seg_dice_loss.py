@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sonofm.evaluation.probe import write_json
-from sonofm.finetune.seg_train import run_seg_finetune, sample_batches
+from sonofm.finetune.seg_train import run_seg_finetune
 from sonofm.quickstart import FULL, RANDOM_SPEC, _split
 
 
@@ -46,7 +46,7 @@ def main() -> None:
             for seed in args.seeds:
                 t0 = time.perf_counter()
                 rep = run_seg_finetune(
-                    spec, sample_batches(train, FULL.eval_size, FULL.seg_batch, seed), test,
+                    spec, train, test,
                     out / f"{'per_image' if per_image else 'batch'}_{enc}_{seed}", img_size=FULL.eval_size,
                     steps=args.steps, batch_size=FULL.seg_batch, lr=FULL.seg_lr, warmup_steps=max(1, args.steps // 10),
                     eval_every=0, decoder_channels=FULL.seg_channels, seed=seed, n_overlays=0,

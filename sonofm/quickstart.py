@@ -391,7 +391,7 @@ def _probe(task: Task, encoders: dict[str, str], out: Path, plan: Plan) -> dict[
 
 def _seg(task: Task, encoders: dict[str, str], out: Path, plan: Plan) -> dict[str, Any]:
     """UPerNet finetuning per encoder on the train split; metrics on test images with a foreground."""
-    from sonofm.finetune.seg_train import run_seg_finetune, sample_batches
+    from sonofm.finetune.seg_train import run_seg_finetune
 
     train = [s for s in _split(task.shards, "train", binary_mask=True) if s.mask is not None]
     test = [s for s in _split(task.shards, "test", binary_mask=True) if s.mask is not None and s.mask.any()]
@@ -412,16 +412,11 @@ def _seg(task: Task, encoders: dict[str, str], out: Path, plan: Plan) -> dict[st
                "loss": "ce + per-image soft dice"}
 
         def compute(spec: str = spec, folder: Path = folder, enc: str = enc) -> dict[str, Any]:
-            batches = _bar(sample_batches(train, plan.eval_size, plan.seg_batch, SEED), plan.seg_steps,
-                           f"seg {enc}")
-            rep = run_seg_finetune(
-                spec, batches, test, folder, img_size=plan.eval_size, steps=plan.seg_steps, batch_size=plan.seg_batch,
+            return run_seg_finetune(
+                spec, train, test, folder, img_size=plan.eval_size, steps=plan.seg_steps, batch_size=plan.seg_batch,
                 lr=plan.seg_lr, warmup_steps=max(1, plan.seg_steps // 10), eval_every=0,
-                decoder_channels=plan.seg_channels, seed=SEED, n_overlays=plan.n_overlays,
+                decoder_channels=plan.seg_channels, seed=SEED, n_overlays=plan.n_overlays, progress=f"seg {enc}",
             )
-            rep["n_train"] = len(train)
-            _write_json(rep, folder / "report.json")
-            return rep
 
         rep = _reuse(folder, "report.json", key, compute)
         rep["hd95_unit"] = "mm" if mm else "px"

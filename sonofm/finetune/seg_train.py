@@ -257,12 +257,14 @@ def run_seg_finetune(
     dice_per_image: bool = True,
     aug: AugmentConfig | dict[str, Any] | None = None,
     betas: Sequence[float] = (0.9, 0.999),
+    progress: str | None = None,
 ) -> dict[str, Any]:
     """``sonofm finetune seg``: UPerNet on ``encoder`` (any :func:`load_encoder` spec).
 
     ``train``: samples (batched and augmented here; ``label_fraction`` keeps that share of whole
     groups) or an iterator of ready batches (e.g. the stream's training loader; ``label_fraction``
-    must then be 1). ``val``: samples, evaluated at their original size. Writes
+    must then be 1). ``val``: samples, evaluated at their original size. ``progress``: the title
+    of a progress bar over the steps (none by default). Writes
     ``out_dir/{metrics.jsonl, best/, overlays/, report.json}`` and returns the report.
     """
     from sonofm.finetune.label_efficiency import select_groups
@@ -285,6 +287,10 @@ def run_seg_finetune(
         if label_fraction != 1.0:
             raise ValueError("label_fraction needs training samples (groups), not a batch iterator")
         batches, n_train = train, -1
+    if progress:  # a bar named ``progress`` over the training steps
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=steps, desc=progress, dynamic_ncols=True, leave=False)
     best: dict[str, Any] = {"dice": -math.inf, "step": 0}
     log = _jsonl(out / "metrics.jsonl")
 
