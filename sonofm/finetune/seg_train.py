@@ -48,6 +48,7 @@ __all__ = [
     "sample_batches",
     "make_optimizer",
     "evaluate_segmentation",
+    "fit",
     "train_segmentation",
     "save_weights",
     "run_seg_finetune",
@@ -154,6 +155,62 @@ def save_weights(state: dict[str, Tensor], directory: str | os.PathLike, meta: d
     return directory
 
 
+def fit(
+    model: nn.Module,
+    steps: int,
+    loss_fn: Callable[[int], tuple[Tensor, dict[str, Any]]],
+    *,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float,
+    warmup_steps: int,
+    min_lr: float,
+    clip_grad: float | None,
+    ema: float,
+    device: torch.device,
+    precision: str,
+    eval_every: int,
+    evaluate: Callable[[nn.Module, int], float] | None,
+    log: Callable[[dict[str, Any]], None] | None,
+    betas: Sequence[float],
+) -> dict[str, Any]:
+    """The finetuning loop shared by segmentation and universal training.
+
+    ``loss_fn(step) -> (loss, fields)`` draws a batch and runs the forward pass (under autocast here);
+    ``fields`` go into the step's log row. AdamW with layer decay, per-step warm-up + cosine LR,
+    gradient clipping, optional EMA; ``evaluate(module, step)`` every ``eval_every`` steps and at the
+    last step, with the EMA module when EMA is on. A non-finite loss stops before the weights change.
+    """
+    model.to(device).train()
+    opt = make_optimizer(model, lr, weight_decay, layer_decay, betas)
+    ema_model = ModelEMA(model, ema) if ema > 0 else None
+    losses: list[float] = []
+    evals: list[dict[str, Any]] = []
+    t0 = time.time()
+    for step in range(steps):
+        apply_lr(opt, lr_at(step, steps, lr, warmup_steps, min_lr))
+        with _autocast(device, precision):
+            loss, fields = loss_fn(step)
+        if not torch.isfinite(loss):
+            where = f" ({fields['dataset']})" if "dataset" in fields else ""
+            raise FloatingPointError(f"step {step}{where}: loss is {loss.item()}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        opt.step()
+        if ema_model is not None:
+            ema_model.update(model)
+        losses.append(float(loss.item()))
+        if log is not None:
+            log({"step": step + 1, **fields, "loss": losses[-1], "lr": opt.param_groups[-1]["lr"],
+                 "time": time.time() - t0})
+        if evaluate is not None and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == steps):
+            evals.append({"step": step + 1, "score": evaluate(ema_model.module if ema_model else model, step + 1)})
+            model.train()
+    return {"losses": losses, "evals": evals, "ema": ema_model}
+
+
 def train_segmentation(
     model: nn.Module,
     batches: Iterable[dict[str, Any]],
@@ -178,43 +235,20 @@ def train_segmentation(
     """Train ``model`` (logits at input size) for ``steps`` on ``batches``; returns losses and evals.
 
     ``evaluate(module, step) -> score`` is called every ``eval_every`` steps and at the end with the
-    EMA module when EMA is on, else with ``model``.
+    EMA module when EMA is on, else with ``model`` (see :func:`fit`).
     """
     device = torch.device(device)
-    model.to(device).train()
-    opt = make_optimizer(model, lr, weight_decay, layer_decay, betas)
-    ema_model = ModelEMA(model, ema) if ema > 0 else None
-    losses: list[float] = []
-    evals: list[dict[str, Any]] = []
     it = iter(batches)
-    t0 = time.time()
-    for step in range(steps):
+
+    def loss_fn(step: int) -> tuple[Tensor, dict[str, Any]]:
         batch = next(it)
-        apply_lr(opt, lr_at(step, steps, lr, warmup_steps, min_lr))
         x = batch["image"].to(device, non_blocking=True)
         y = batch["mask"].to(device, non_blocking=True)
-        with _autocast(device, precision):
-            logits = model(x)
-        loss = seg_loss(logits.float(), y, ce_weight, dice_weight, per_image_dice=dice_per_image)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {step}: loss is {loss.item()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        opt.step()
-        if ema_model is not None:
-            ema_model.update(model)
-        losses.append(float(loss.item()))
-        if log is not None:
-            log({"step": step + 1, "loss": losses[-1], "lr": opt.param_groups[-1]["lr"], "time": time.time() - t0})
-        last = step + 1 == steps
-        if evaluate is not None and ((eval_every and (step + 1) % eval_every == 0) or last):
-            target = ema_model.module if ema_model is not None else model
-            score = evaluate(target, step + 1)
-            evals.append({"step": step + 1, "score": score})
-            model.train()
-    return {"losses": losses, "evals": evals, "ema": ema_model}
+        return seg_loss(model(x).float(), y, ce_weight, dice_weight, per_image_dice=dice_per_image), {}
+
+    return fit(model, steps, loss_fn, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
+               warmup_steps=warmup_steps, min_lr=min_lr, clip_grad=clip_grad, ema=ema, device=device,
+               precision=precision, eval_every=eval_every, evaluate=evaluate, log=log, betas=betas)
 
 
 def _jsonl(path: Path) -> Callable[[dict[str, Any]], None]:

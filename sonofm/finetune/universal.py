@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,7 @@ from sonofm.evaluation.probe import write_json
 from sonofm.finetune.data import Sample, iterate_batches
 from sonofm.finetune.losses import seg_loss
 from sonofm.finetune.prompt_model import NATURES, Prompt, PromptModel, apply_type, sample_type
-from sonofm.finetune.seg_train import _autocast, _jsonl, evaluate_segmentation, make_optimizer, save_weights
-from sonofm.pretrain.ema import ModelEMA
-from sonofm.pretrain.schedule import apply_lr, lr_at
+from sonofm.finetune.seg_train import _jsonl, evaluate_segmentation, fit, save_weights
 
 __all__ = [
     "TaskSpec",
@@ -197,48 +194,30 @@ def train_universal(
     aug: AugmentConfig | dict[str, Any] | None = None,
     betas: Sequence[float] = (0.9, 0.999),
 ) -> dict[str, Any]:
-    """The universal loop; ``evaluate(module, step)`` as in :func:`train_segmentation`."""
+    """The universal loop: each step draws one dataset's batch (by ``probs``) and trains on its head;
+    ``evaluate(module, step)`` as in :func:`~sonofm.finetune.seg_train.fit`."""
     device = torch.device(device)
-    model.to(device).train()
-    opt = make_optimizer(model, lr, weight_decay, layer_decay, betas)
-    ema_model = ModelEMA(model, ema) if ema > 0 else None
     batches = universal_batches(specs, img_size, batch_size, seed, probs, p_whole, AugmentConfig.from_any(aug))
-    losses: list[float] = []
     picked: list[str] = []
-    evals: list[dict[str, Any]] = []
-    t0 = time.time()
-    for step in range(steps):
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
         i, batch = next(batches)
         spec = specs[i]
-        apply_lr(opt, lr_at(step, steps, lr, warmup_steps, min_lr))
-        x = batch["image"].to(device)
+        picked.append(spec.name)
         prompts = batch["prompts"] if model.use_prompts else None
-        with _autocast(device, precision):
-            out = model(x, spec.name, spec.task, prompts)
+        out = model(batch["image"].to(device), spec.name, spec.task, prompts)
         if spec.task == "seg":
             loss = seg_loss(out.float(), batch["mask"].to(device), ce_weight, dice_weight,
                             per_image_dice=dice_per_image)
         else:
             y = batch["targets"]["label"].to(device)
             loss = F.cross_entropy(out.float(), y, ignore_index=-1) if (y >= 0).any() else out.sum() * 0.0
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"step {step} ({spec.name}): loss is {loss.item()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        opt.step()
-        if ema_model is not None:
-            ema_model.update(model)
-        losses.append(float(loss.item()))
-        picked.append(spec.name)
-        if log is not None:
-            log({"step": step + 1, "dataset": spec.name, "task": spec.task, "loss": losses[-1],
-                 "lr": opt.param_groups[-1]["lr"], "time": time.time() - t0})
-        if evaluate is not None and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == steps):
-            evals.append({"step": step + 1, "score": evaluate(ema_model.module if ema_model else model, step + 1)})
-            model.train()
-    return {"losses": losses, "datasets": picked, "evals": evals, "ema": ema_model}
+        return loss, {"dataset": spec.name, "task": spec.task}
+
+    hist = fit(model, steps, loss_fn, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
+               warmup_steps=warmup_steps, min_lr=min_lr, clip_grad=clip_grad, ema=ema, device=device,
+               precision=precision, eval_every=eval_every, evaluate=evaluate, log=log, betas=betas)
+    return {**hist, "datasets": picked}
 
 
 def run_universal(
