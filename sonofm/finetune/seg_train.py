@@ -347,8 +347,9 @@ def run_seg_finetune(
         return res["dice"]
 
     hist = train_segmentation(
-        model, batches, steps, lr, weight_decay, layer_decay, warmup_steps, min_lr, ce_weight, dice_weight,
-        clip_grad, ema, device, precision, eval_every, evaluate, log, dice_per_image=dice_per_image,
+        model, batches, steps, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, warmup_steps=warmup_steps,
+        min_lr=min_lr, ce_weight=ce_weight, dice_weight=dice_weight, clip_grad=clip_grad, ema=ema, device=device,
+        precision=precision, eval_every=eval_every, evaluate=evaluate, log=log, dice_per_image=dice_per_image,
         betas=betas,
     )
     final = last["res"]  # train_segmentation evaluates the final (EMA) weights at the last step

@@ -303,9 +303,10 @@ def run_universal(
         return res["mean_score"]
 
     hist = train_universal(
-        model, tasks, steps, img_size, batch_size, lr, weight_decay, layer_decay, warmup_steps, min_lr,
-        ce_weight, dice_weight, clip_grad, ema, seed, probs, p_whole, device, precision, eval_every, evaluate, log,
-        dice_per_image=dice_per_image, aug=aug, betas=betas,
+        model, tasks, steps, img_size, batch_size, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
+        warmup_steps=warmup_steps, min_lr=min_lr, ce_weight=ce_weight, dice_weight=dice_weight, clip_grad=clip_grad,
+        ema=ema, seed=seed, probs=probs, p_whole=p_whole, device=device, precision=precision, eval_every=eval_every,
+        evaluate=evaluate, log=log, dice_per_image=dice_per_image, aug=aug, betas=betas,
     )
     final = last["res"]  # train_universal evaluates the final (EMA) weights at the last step
     counts = {n: hist["datasets"].count(n) for n in names}
