@@ -52,6 +52,7 @@ def _cmd_shards_build(args: argparse.Namespace) -> int:
         split_fractions={"train": cfg.train, "val": cfg.val, "test": cfg.test},
         workers=args.workers or cfg.workers,
         dedup=cfg.dedup,
+        taxonomy=args.taxonomy or cfg.taxonomy,
     )
     print(f"shards written to {out}")
     return 0 if report is not None else 1
@@ -143,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Read sources through their adapters, preprocess (grayscale, field crop, "
                           "resize, dedup), split by group and write {source}-{split}-NNNNNN.tar + index.")
     b.add_argument("--source", action="append", metavar="ADAPTER:PATH",
-                   help="e.g. busi:../shared/data/busi, cca:PATH, pocus:PATH, csv:manifest.csv (repeatable)")
+                   help="repeatable; e.g. dicom:DIR, folder:DIR?labels=null, csv:manifest.csv, "
+                   "busi:../shared/data/busi, cca:PATH, pocus:PATH. The source is named by ?source=NAME or "
+                   "after the folder / CSV; ?organ=NAME and ?region=NAME place it in the taxonomy (optional)")
+    b.add_argument("--taxonomy", default=None, metavar="FILE",
+                   help="a taxonomy YAML extending the built-in one (new regions, organs, sources, labels)")
     b.add_argument("--out", help="output folder (default from config: shards)")
     b.add_argument("--workers", type=int, default=None, help="processes")
     _add_config_args(b, None)

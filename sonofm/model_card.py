@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sonofm.datasets.taxonomy import display
+
 INDEX_SUFFIX = ".index.json"
 
 #: Licence notes of the data sources sonofm has adapters for: (text for the card, licence id, kind).
@@ -101,8 +103,10 @@ def _source_counts(data: dict[str, Any], index_file: Path) -> dict[str, Any]:
         "index": str(index_file),
         "total": sum(split.values()),
         "split": split,
-        "organ": {str(k): int(v) for k, v in (counts.get("organ") or {}).items()},
-        "label": {str(k): int(v) for k, v in (counts.get("label") or {}).items()},
+        # indexes written before "unlabelled" existed count unknown values under "None"
+        "organ": {display(None if k == "None" else k): int(v) for k, v in (counts.get("organ") or {}).items()},
+        "label": {display(None if k == "None" else k): int(v) for k, v in (counts.get("label") or {}).items()},
+        "taxonomy": (data.get("taxonomy") or {}).get("source"),
     }
 
 

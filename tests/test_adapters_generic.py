@@ -66,8 +66,9 @@ def make_folder(root: Path) -> None:
 
 def test_folder_classes_and_pattern_masks(tmp_path: Path) -> None:
     make_folder(tmp_path)
-    with pytest.raises(TypeError, match="source name is required"):
-        get_adapter("folder", tmp_path)
+    named = tmp_path.parent / "My Thyroid-Clinic"
+    named.mkdir()
+    assert get_adapter("folder", named).source == "my_thyroid-clinic"  # no source=: the folder's name
     ad = get_adapter("folder", tmp_path, source="mine", mask_pattern="{stem}_mask*.png", probe="linear")
     items = ad.items()
     assert [i.path for i in items] == [
@@ -180,10 +181,13 @@ def test_csv_errors_name_csv_and_row(tmp_path: Path, text: str, message: str) ->
         get_adapter("csv", tmp_path / "d" / "list.csv", source="s").items()
 
 
-def test_csv_source_required_and_missing_file(tmp_path: Path) -> None:
+def test_csv_source_named_after_the_manifest_and_missing_file(tmp_path: Path) -> None:
+    write_csv(tmp_path / "clinic" / "manifest.csv", "path\nnot_there.png\n")
+    write_csv(tmp_path / "clinic" / "Liver_2024.csv", "path\nnot_there.png\n")
+    # rows without a source: the folder's name for the default manifest.csv, else the CSV's stem
+    assert [i.meta["source"] for i in get_adapter("csv", tmp_path / "clinic").items()] == ["clinic"]
+    assert get_adapter("csv", tmp_path / "clinic" / "Liver_2024.csv").sources() == ["liver_2024"]
     write_csv(tmp_path / "manifest.csv", "path\nnot_there.png\n")
-    with pytest.raises(AdapterError, match=r"row 2: no source"):
-        get_adapter("csv", tmp_path).items()
     ad = get_adapter("csv", tmp_path, source="s")
     (item,) = ad.items()
     with pytest.raises(AdapterError, match=r"not_there\.png: file not found"):

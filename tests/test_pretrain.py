@@ -82,10 +82,9 @@ def _fixed_batch_loss(cfg: PretrainConfig, state: dict | None) -> tuple[float, f
     from accelerate.utils import set_seed
 
     from sonofm.datasets.stream import StreamSpec, make_eval_loader
-    from sonofm.datasets.taxonomy import Taxonomy
-    from sonofm.pretrain.engine import build_model, mask_generator
+    from sonofm.pretrain.engine import build_model, mask_generator, taxonomy_for
 
-    taxonomy = Taxonomy.load()
+    taxonomy = taxonomy_for(cfg)  # the tree the shards' indexes describe, as the engine builds it
     set_seed(cfg.seed)  # the engine seeds the same way before building the model
     model = build_model(cfg, taxonomy.tree())
     if state is not None:

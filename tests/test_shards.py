@@ -231,13 +231,17 @@ def test_build_small_folder_errors_reruns_and_workers(tmp_path):
         s["file"] for s in idx2["shards"])
 
 
-def test_build_rejects_unknown_or_repeated_sources(tmp_path):
+def test_build_rejects_misplaced_or_repeated_sources(tmp_path):
+    """An undeclared source needs no entry, but an organ the taxonomy lacks, or a declared source
+    placed elsewhere, stops the build before anything is decoded."""
     from sonofm.datasets.build import build_shards
     from sonofm.datasets.taxonomy import TaxonomyError
 
     data = _toy_folder(tmp_path / "data", n=2)
-    with pytest.raises(TaxonomyError, match="unknown source 'nope'"):
-        build_shards([f"folder:{data}?source=nope"], tmp_path / "o", progress=False)
+    with pytest.raises(TaxonomyError, match=r"organ 'brest' is not listed under any region.*did you mean breast"):
+        build_shards([f"folder:{data}?source=nope&organ=brest"], tmp_path / "o", progress=False)
+    with pytest.raises(TaxonomyError, match=r"source 'busbra': organ 'liver' given but the taxonomy"):
+        build_shards([f"folder:{data}?source=busbra&organ=liver"], tmp_path / "o", progress=False)
     with pytest.raises(ValueError, match="given twice"):
         build_shards([f"folder:{data}?source=busbra", f"folder:{data}?source=busbra"], tmp_path / "o",
                      progress=False)

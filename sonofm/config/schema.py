@@ -72,7 +72,9 @@ class HierarchyConfig:
 
     weight: float = 0.1
     levels: list[str] = field(default_factory=lambda: ["region", "organ", "source", "leaf"])
-    taxonomy: str = "configs/taxonomy.yaml"
+    # The tree comes from the shards' indexes (each stores its source's entry); a taxonomy file
+    # given here extends the built-in one for shards built before indexes stored their entry.
+    taxonomy: str | None = None
 
 
 @dataclass
@@ -193,6 +195,7 @@ class ShardsConfig:
     test: float = 0.1
     workers: int = 1
     dedup: bool = True
+    taxonomy: str | None = None  # a user taxonomy file extending the built-in tree (new organs, sources)
 
 
 SCHEMAS: dict[str, type] = {

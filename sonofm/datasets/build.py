@@ -59,6 +59,7 @@ from sonofm.datasets.shards import (
     write_json_atomic,
 )
 from sonofm.datasets.splits import assign_split, normalise_fractions
+from sonofm.datasets.taxonomy import SourceInfo, Taxonomy, display, regions_of
 
 MAX_ERRORS_LISTED = 200
 
@@ -66,14 +67,22 @@ MAX_ERRORS_LISTED = 200
 # ------------------------------------------------------------------------------------- source specs
 
 
+#: Spec keys that describe the source itself (its place in the taxonomy), not options of its adapter.
+DESCRIPTION_KEYS = ("organ", "region", "description")
+
+
 @dataclass
 class SourceSpec:
-    """One source to build: adapter name, dataset root, optional source-name override, adapter options."""
+    """One source to build: adapter name, dataset root, optional source name, adapter options, and
+    what the spec says of the source (``organ``, ``region``, ``description``; all optional)."""
 
     adapter: str
     root: Path
     source: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    organ: str | None = None
+    region: str | None = None
+    description: str | None = None
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).expanduser()
@@ -95,19 +104,21 @@ def _spec_from_mapping(entry: dict[str, Any], base: Path | None, where: str) -> 
     if not adapter or root is None:
         raise ValueError(f"{where}: a source entry needs 'adapter' and 'root' (or 'path'), got {entry}")
     source = e.pop("source", None)
+    described = {k: e.pop(k) for k in DESCRIPTION_KEYS if k in e}
     options = dict(e.pop("options", None) or {})
     options.update(e)  # any other key is an adapter option
     root = Path(str(root)).expanduser()
     if base is not None and not root.is_absolute():
         root = base / root
-    return SourceSpec(str(adapter), root, source, options)
+    return SourceSpec(str(adapter), root, source, options, **described)
 
 
 def parse_source_arg(s: str | dict[str, Any]) -> SourceSpec | list[SourceSpec]:
     """``"busi:PATH"`` or ``"folder:PATH?source=x&mask_pattern=*_mask.png"`` -> :class:`SourceSpec`.
 
     A path to a YAML file (a list of such strings or of mappings with ``adapter``, ``root``,
-    ``source``, ``options``/other keys; relative roots are relative to the file) gives a list
+    ``source``, ``organ``, ``region``, ``description``, ``options``/other keys; relative roots are
+    relative to the file) gives a list
     of specs; :func:`build_shards` accepts such lists inside its ``sources`` and flattens them.
     """
     if isinstance(s, SourceSpec):
@@ -125,13 +136,16 @@ def parse_source_arg(s: str | dict[str, Any]) -> SourceSpec | list[SourceSpec]:
         )
     path, _, query = rest.partition("?")
     options: dict[str, Any] = {}
+    described: dict[str, str] = {}
     source = None
     for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if k == "source":
             source = v
+        elif k in DESCRIPTION_KEYS:
+            described[k] = v
         else:
             options[k] = _scalar(v)
-    return SourceSpec(adapter.strip(), Path(path), source, options)
+    return SourceSpec(adapter.strip(), Path(path), source, options, **described)
 
 
 def load_sources_file(path: str | os.PathLike) -> list[SourceSpec]:
@@ -197,6 +211,8 @@ class _Job:
 
     spec: SourceSpec
     source: str
+    info: SourceInfo
+    taxonomy_files: tuple[str, ...]
     max_side: int
     fractions: dict[str, float]
     salt: str
@@ -233,7 +249,7 @@ class _Worker:
 
         self.job = job
         self.adapter = make_adapter(job.spec)
-        self.taxonomy = Taxonomy.load()
+        self.taxonomy = Taxonomy.with_user_files(job.taxonomy_files)
         self.preprocess = preprocess
 
     def __call__(self, item: Any) -> _ItemResult:
@@ -246,7 +262,7 @@ class _Worker:
         try:
             for i, record in enumerate(self.adapter.load(item)):
                 # organ / region / label checked and filled before the costly part; preprocess keeps them
-                record.meta = self.taxonomy.annotate({**record.meta, "source": job.source})
+                record.meta = self.taxonomy.annotate({**record.meta, "source": job.source}, job.info)
                 processed = self.preprocess(record, max_side=job.max_side)
                 pmeta = dict(processed.meta)
                 group = pmeta.get("group")
@@ -428,24 +444,33 @@ def _remove_stale(out_dir: Path, source: str, keep: set[str]) -> list[str]:
     return removed
 
 
+@dataclass
+class _Plan:
+    """One source of a build, checked before anything is decoded: its spec, adapter and entry."""
+
+    spec: SourceSpec
+    adapter: Any
+    source: str
+    info: SourceInfo
+    only_rows: bool  # one of several sources a manifest names: build only its rows
+
+
 def _build_source(
-    spec: SourceSpec,
-    adapter: Any,
+    plan: _Plan,
     out_dir: Path,
     settings: dict[str, Any],
+    taxonomy_files: tuple[str, ...],
     workers: int,
     progress: bool,
-    source: str | None = None,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
-    items = list(adapter.items())
-    if source is None:
-        source = _source_name(adapter, spec)
-    else:  # one of several sources named by a manifest: only its rows
+    spec, source = plan.spec, plan.source
+    items = list(plan.adapter.items())
+    if plan.only_rows:
         items = [it for it in items if getattr(it, "meta", {}).get("source") == source]
     if not items:
         raise ValueError(f"source {source}: adapter {spec.adapter!r} found no files under {spec.root}")
-    fingerprint = _fingerprint(spec, source, items, settings)
+    fingerprint = _fingerprint(spec, source, items, {**settings, "taxonomy": plan.info.to_dict()})
 
     current = _index_up_to_date(out_dir, source, fingerprint)
     if current is not None:
@@ -456,21 +481,34 @@ def _build_source(
     index_path(out_dir, source).unlink(missing_ok=True)  # never leave an index naming shards we replace
     ppath = progress_path(out_dir, source)
     done = _load_progress(ppath, fingerprint)
+    def job(done: dict[str, dict[str, Any]]) -> _Job:
+        return _Job(spec, source, plan.info, taxonomy_files, settings["max_side"], settings["split_fractions"],
+                    settings["salt"], settings["dedup"], frozenset(k for e in done.values() for k in e.get("keys", ())))
+
     try:
-        return _write_source(spec, source, items, out_dir, settings, fingerprint, done, ppath, workers,
-                             progress, t0)
+        return _write_source(job(done), items, out_dir, settings, fingerprint, done, ppath, workers, progress, t0)
     except ResumeMismatch as e:
         if not done:
             raise
         print(f"[sonofm] {source}: recorded shards do not match this build ({e}); rebuilding the source")
         ppath.unlink(missing_ok=True)
-        return _write_source(spec, source, items, out_dir, settings, fingerprint, {}, ppath, workers,
-                             progress, t0)
+        return _write_source(job({}), items, out_dir, settings, fingerprint, {}, ppath, workers, progress, t0)
+
+
+def _final_entry(info: SourceInfo, organs: Counter, labels: Counter) -> SourceInfo:
+    """The entry the index stores: a self-describing source gets the labels its samples carry, and
+    the organ they all share (when every sample names the same one)."""
+    if info.declared:
+        return info
+    out = SourceInfo(**{**info.to_dict(), "labels": sorted(k for k in labels if k != display(None))})
+    known = [o for o in organs if o != display(None)]
+    if out.organ is None and len(known) == 1 and sum(organs.values()) == organs[known[0]]:
+        out.organ = known[0]
+    return out
 
 
 def _write_source(
-    spec: SourceSpec,
-    source: str,
+    job: _Job,
     items: list[Any],
     out_dir: Path,
     settings: dict[str, Any],
@@ -483,9 +521,7 @@ def _write_source(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    dedup = settings["dedup"]
-    job = _Job(spec, source, settings["max_side"], settings["split_fractions"], settings["salt"], dedup,
-               frozenset(k for e in done.values() for k in e.get("keys", ())))
+    spec, source, dedup = job.spec, job.source, job.dedup
     log = _Progress(ppath, fingerprint, done)
     writer = ShardSetWriter(out_dir, source, settings["samples_per_shard"], done=done, on_commit=log.append)
     dup_filter = None
@@ -531,10 +567,10 @@ def _write_source(
                 n_written += 1
                 m = out.meta
                 counts["split"][m["split"]] += 1
-                counts["organ"][str(m.get("organ"))] += 1
-                counts["region"][str(m.get("region"))] += 1
-                counts["label"][str(m.get("label"))] += 1
-                split_label.setdefault(m["split"], Counter())[str(m.get("label"))] += 1
+                counts["organ"][display(m.get("organ"))] += 1
+                counts["region"][display(m.get("region"))] += 1
+                counts["label"][display(m.get("label"))] += 1
+                split_label.setdefault(m["split"], Counter())[display(m.get("label"))] += 1
                 groups.setdefault(m["split"], set()).add(m["group"])
             elapsed = time.perf_counter() - t0
             bar.set_postfix_str(f"{n_records} img, {n_records / max(elapsed, 1e-9):.1f} img/s", refresh=False)
@@ -580,10 +616,16 @@ def _write_source(
     }
     keep = {e["file"] for e in entries}
     _remove_stale(out_dir, source, keep)
+    info = _final_entry(job.info, counts["organ"], counts["label"])
+    if info.organ is not None and info.region is None:
+        info.region = Taxonomy.with_user_files(job.taxonomy_files).organ_region.get(info.organ)
+    report["taxonomy"] = info.to_dict()
     index = {
         "version": INDEX_VERSION,
         "source": source,
         "complete": True,
+        # the source's place in the tree travels with its shards: no later stage needs a taxonomy file
+        "taxonomy": {"source": info.to_dict(), "regions": regions_of(info)},
         "fingerprint": fingerprint,
         "build": {k: v for k, v in settings.items()},
         "shards": [
@@ -617,13 +659,17 @@ def build_shards(
     workers: int = 1,
     dedup: bool = True,
     progress: bool = True,
+    taxonomy: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
 ) -> dict[str, Any]:
     """Build ``{source}-{split}-{000000}.tar`` shards and ``{source}.index.json`` for every source.
 
-    Returns the build report: per source (files, records read, samples written, decode errors with
-    file and reason, exact/near duplicates dropped, colour images, images with text outside the
-    field, formats decoded, images/s) and totals. Bad files never stop the build; an unknown source
-    (taxonomy) or a source whose every file fails does.
+    ``taxonomy``: user taxonomy file(s) extending the built-in tree (new regions, organs, sources).
+    A source needs no entry: undeclared sources are self-describing, and every index stores the
+    entry its source was built with. Returns the build report: per source (files, records read,
+    samples written, decode errors with file and reason, exact/near duplicates dropped, colour
+    images, images with text outside the field, formats decoded, images/s) and totals. Bad files
+    never stop the build; a record that contradicts a declared entry, or a source whose every
+    file fails, does.
     """
     specs = parse_sources(sources)
     if not specs:
@@ -639,12 +685,11 @@ def build_shards(
     out.mkdir(parents=True, exist_ok=True)
     settings = {"max_side": int(max_side), "samples_per_shard": int(samples_per_shard),
                 "split_fractions": fractions, "salt": str(salt), "dedup": bool(dedup)}
+    taxonomy_files = _taxonomy_files(taxonomy)
+    tax = Taxonomy.with_user_files(taxonomy_files)
 
-    from sonofm.datasets.taxonomy import Taxonomy
-
-    # Check every source before decoding anything: adapter options, names, taxonomy.
-    taxonomy = Taxonomy.load()
-    adapters: list[tuple[SourceSpec, Any, str | None]] = []
+    # Check every source before decoding anything: adapter options, names, places in the taxonomy.
+    plans: list[_Plan] = []
     seen: dict[str, SourceSpec] = {}
     for spec in specs:
         adapter = make_adapter(spec)
@@ -659,13 +704,13 @@ def build_shards(
                     "different name with ?source=NAME"
                 )
             seen[name] = spec
-            taxonomy.annotate({"source": name, "label": None})  # unknown source -> TaxonomyError with a hint
-            adapters.append((spec, adapter, name if len(names) > 1 else None))
+            info = tax.describe(name, spec.organ, spec.region, description=spec.description)
+            plans.append(_Plan(spec, adapter, name, info, only_rows=len(names) > 1))
 
     t0 = time.perf_counter()
     reports: dict[str, dict[str, Any]] = {}
-    for spec, adapter, name in adapters:
-        rep = _build_source(spec, adapter, out, settings, max(1, int(workers)), progress, source=name)
+    for plan in plans:
+        rep = _build_source(plan, out, settings, taxonomy_files, max(1, int(workers)), progress)
         reports[rep["source"]] = rep
         if progress:
             print(_summary_line(rep))
@@ -680,8 +725,23 @@ def build_shards(
             "seconds": round(elapsed, 3),
             "images_per_s": round(total_img / elapsed, 2) if elapsed > 0 else None,
         },
-        "settings": {**settings, "workers": workers, "specs": [asdict(s) | {"root": str(s.root)} for s in specs]},
+        "settings": {**settings, "workers": workers, "taxonomy": list(taxonomy_files),
+                     "specs": [asdict(s) | {"root": str(s.root)} for s in specs]},
     }
+
+
+def _taxonomy_files(taxonomy: Any) -> tuple[str, ...]:
+    """User taxonomy files as absolute paths (workers and the fingerprint must not depend on the cwd)."""
+    if taxonomy is None or taxonomy == "":
+        return ()
+    files = [taxonomy] if isinstance(taxonomy, (str, os.PathLike)) else list(taxonomy)
+    out = []
+    for f in files:
+        p = Path(f).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"taxonomy file {f} not found (give a YAML file with 'regions:' and 'sources:')")
+        out.append(str(p.resolve()))
+    return tuple(out)
 
 
 def _summary_line(rep: dict[str, Any]) -> str:

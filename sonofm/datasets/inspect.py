@@ -18,13 +18,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sonofm.datasets.shards import iter_tar_samples, load_indexes
+from sonofm.datasets.taxonomy import display
 
 TILE = 128
 COLUMNS = 8
 
 
 def _fmt_counts(counts: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+    # indexes written before "unlabelled" existed count unknown values under "None"
+    return ", ".join(f"{display(None if k == 'None' else k)} {v}" for k, v in counts.items()) or "-"
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:

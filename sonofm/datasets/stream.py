@@ -186,6 +186,35 @@ def _sibling_counts(path: str) -> dict[str, int]:
     return counts
 
 
+def shard_indexes(paths: str | os.PathLike | Sequence[str]) -> list[dict[str, Any]]:
+    """The index of every source in these shard sets (what later stages read the taxonomy from).
+
+    A directory gives its ``*.index.json``, an index path or URL itself, a local brace pattern the
+    indexes beside the shards it names; remote shard URLs without an index give none.
+    """
+    if not isinstance(paths, (str, os.PathLike)):
+        out: list[dict[str, Any]] = []
+        for p in paths:
+            out.extend(shard_indexes(p))
+        return out
+    spec = str(paths)
+    if "::" in spec:
+        return shard_indexes(spec.split("::"))
+    if os.path.isdir(spec):
+        return [_read_index(idx) for idx in sorted(glob.glob(os.path.join(spec, "*.index.json")))]
+    if spec.endswith(".index.json"):
+        return [_read_index(spec)]
+    folders = sorted({os.path.dirname(u) or "." for u in braceexpand.braceexpand(spec) if not _is_url(u)})
+    found = []
+    for folder in folders:
+        for idx in sorted(glob.glob(os.path.join(folder, "*.index.json"))):
+            index = _read_index(idx)
+            if any(re.fullmatch(rf"{re.escape(str(index.get('source')))}-.*\.tar", os.path.basename(u))
+                   for u in braceexpand.braceexpand(spec)):
+                found.append(index)
+    return found
+
+
 def discover_shards(path_or_urls: str | os.PathLike | Sequence[str], split: str | None) -> list[Shard]:
     """List ``(url, sample_count)`` of one shard set; the count is -1 when no index knows it.
 
@@ -823,6 +852,6 @@ def samples_per_rank(batches: int, batch_size: int) -> int:
 
 __all__ = [
     "CORRUPT_KINDS", "AugmentConfig", "CorruptCounter", "StreamError", "StreamLoader", "StreamSpec",
-    "corrupt_counts", "discover_shards", "eval_assignment", "make_eval_loader", "make_train_loader",
+    "corrupt_counts", "discover_shards", "eval_assignment", "make_eval_loader", "make_train_loader", "shard_indexes",
     "mixing_probabilities", "samples_per_rank",
 ]

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sonofm.datasets.augment import AugmentConfig
+from sonofm.datasets.taxonomy import UNLABELLED
 from sonofm.evaluation.metrics import classification_metrics
 from sonofm.evaluation.probe import write_json
 from sonofm.finetune.data import Sample, iterate_batches
@@ -255,7 +256,8 @@ def run_universal(
     """Train one :class:`PromptModel` on ``tasks``; write ``metrics.jsonl``, ``best/`` (by mean score),
     ``overlays/`` and ``report.json`` in ``out_dir`` and return the report.
 
-    ``organs``: the prompt's position vocabulary (default: the taxonomy's organ list).
+    ``organs``: the prompt's position vocabulary (default: the built-in taxonomy's organs, then the
+    datasets' own).
     """
     from sonofm.finetune.prompt_model import taxonomy_organs
     from sonofm.models.loading import load_encoder
@@ -268,7 +270,10 @@ def run_universal(
     torch.manual_seed(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    organs = list(organs) if organs is not None else taxonomy_organs()
+    if organs is None:  # the built-in organs, then any new organ a dataset's shards bring
+        organs = taxonomy_organs()
+        organs += [o for o in dict.fromkeys(t.organ for t in tasks) if o not in organs]
+    organs = list(organs)
     for t in tasks:
         if t.organ not in organs:
             raise ValueError(f"{t.name}: organ {t.organ!r} is not in the prompt organs {organs}")
@@ -336,16 +341,17 @@ def infer_task_spec(
 ) -> TaskSpec:
     """A :class:`TaskSpec` with what the samples' metadata says filled in.
 
-    ``organ``: the samples' ``meta["organ"]`` (shards carry it from the taxonomy). ``task``: ``cls``
-    when samples carry labels, else ``seg``. ``nature``: ``tumour`` for a labelled (diagnostic)
-    dataset, else ``organ``. ``classes``: the taxonomy's label list of the source when known, else
-    the sorted labels seen. Segmentation classes: largest mask id + 1 (at least 2).
+    ``organ``: the samples' ``meta["organ"]`` (shards carry it from the taxonomy; ``unlabelled`` when
+    unknown). ``task``: ``cls`` when samples carry labels, else ``seg``. ``nature``: ``tumour`` for a
+    labelled (diagnostic) dataset, else ``organ``. ``classes``: as given (the shard index's label
+    vocabulary, see :func:`task_specs_from_shards`), else the built-in taxonomy's list for a source
+    it declares, else the sorted labels seen. Segmentation classes: largest mask id + 1 (at least 2).
     """
     from sonofm.finetune.data import encode_labels
 
-    organs = {str(s.meta.get("organ")) for s in train if s.meta.get("organ")}
+    organs = {str(s.meta.get("organ")) for s in train if s.meta.get("organ")} or {UNLABELLED}
     if len(organs) != 1:
-        raise ValueError(f"{name}: expected one organ in the samples' metadata, found {sorted(organs) or 'none'}")
+        raise ValueError(f"{name}: expected one organ in the samples' metadata, found {sorted(organs)}")
     labelled = any(s.meta.get("label") is not None for s in train)
     task = task or ("cls" if labelled else "seg")
     nature = nature or ("tumour" if labelled else "organ")
@@ -359,13 +365,21 @@ def infer_task_spec(
 
 
 def _taxonomy_labels(source: str) -> list[str] | None:
-    from sonofm.datasets.taxonomy import Taxonomy, TaxonomyError
+    """The built-in (packaged) taxonomy's vocabulary of ``source``, if it declares one."""
+    from sonofm.datasets.taxonomy import Taxonomy
 
-    try:
-        labels = Taxonomy.load().source(source).labels
-    except TaxonomyError:
+    tax = Taxonomy.load()
+    return list(tax.source(source).labels) or None if source in tax else None
+
+
+def _index_labels(path: str) -> list[str] | None:
+    """The label vocabulary a shard set's index stores for its single source (None: not one source)."""
+    from sonofm.datasets.stream import shard_indexes
+
+    entries = [i.get("taxonomy", {}).get("source") for i in shard_indexes(path)]
+    if len(entries) != 1 or not isinstance(entries[0], dict):
         return None
-    return list(labels) or None
+    return list(entries[0].get("labels") or []) or None
 
 
 def task_specs_from_shards(
@@ -389,5 +403,6 @@ def task_specs_from_shards(
             val = [s for s in val if s.mask is not None]
         sources = {str(s.meta.get("source")) for s in train if s.meta.get("source")}
         name = sources.pop() if len(sources) == 1 else (Path(str(p).rstrip("/")).name or f"dataset{i}")
-        specs.append(infer_task_spec(name, train, val, task, weight=weights[i] if weights is not None else None))
+        specs.append(infer_task_spec(name, train, val, task, classes=_index_labels(str(p)),
+                                     weight=weights[i] if weights is not None else None))
     return specs

@@ -10,6 +10,7 @@ rank): each rank streams its own shards and batches are moved to the device here
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from sonofm.config import PretrainConfig, save_config
+from sonofm.datasets.shards import write_json_atomic
 from sonofm.faults import maybe_kill
 from sonofm.models.pretrain_model import PretrainModel, count_params, param_groups
 from sonofm.pretrain.checkpoint import (
@@ -35,6 +37,9 @@ from sonofm.pretrain.ema import ModelEMA
 from sonofm.pretrain.loggers import MetricsLogger
 from sonofm.pretrain.schedule import apply_lr, lr_at, scaled_lr
 from sonofm.pretrain.visualize import plot_loss_curve, save_reconstruction_grid
+
+#: The hierarchical classifier's tree (names, sizes, parents), saved in the run directory.
+TREE_FILE = "taxonomy_tree.json"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -105,10 +110,34 @@ class _Window:
         return out
 
 
-def _taxonomy_for(cfg: PretrainConfig):
+def taxonomy_for(cfg: PretrainConfig) -> Any:
+    """The classifier's tree, from the entries the shard indexes store (never from the working directory).
+
+    Shard sets without an index (remote URL lists) fall back to the built-in taxonomy extended by
+    ``hierarchy.taxonomy``.
+    """
+    from sonofm.datasets.stream import shard_indexes
     from sonofm.datasets.taxonomy import Taxonomy
 
-    return Taxonomy.load(cfg.hierarchy.taxonomy)
+    indexes = shard_indexes(list(cfg.data.shards))
+    if not indexes:
+        return Taxonomy.with_user_files(cfg.hierarchy.taxonomy)
+    return Taxonomy.from_indexes(indexes, cfg.hierarchy.taxonomy)
+
+
+def _check_tree(run_dir: Path, tree: dict[str, Any], main: bool, resuming: bool) -> None:
+    """Record the tree in the run (export and model card read it); a resumed run must train the same one."""
+    path = run_dir / TREE_FILE
+    if resuming and path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved != tree:
+            changed = sorted(lv for lv in tree["names"] if saved.get("names", {}).get(lv) != tree["names"][lv])
+            raise ValueError(
+                f"{run_dir}: the shards' taxonomy differs from the one this run was started with (levels "
+                f"{changed} changed, see {path}); resume with the same data.shards or start a new run_dir"
+            )
+    if main:
+        write_json_atomic(path, tree)
 
 
 def _make_loader(cfg: PretrainConfig, rank: int, world: int, resume_samples: int, target_fn):
@@ -143,8 +172,10 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
     run_dir = Path(cfg.run_dir)
     set_seed(cfg.seed + rank)
 
-    taxonomy = _taxonomy_for(cfg) if cfg.hierarchy.weight > 0 else None
+    taxonomy = taxonomy_for(cfg) if cfg.hierarchy.weight > 0 else None
     tree = taxonomy.tree() if taxonomy is not None else None
+    if tree is not None:
+        _check_tree(run_dir, tree, main, resuming=resume is not None)
     model = build_model(cfg, tree)
     accum = max(1, cfg.optim.accum_steps)
     global_batch = cfg.data.batch_size * world * accum

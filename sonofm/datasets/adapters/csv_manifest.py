@@ -18,6 +18,7 @@ from typing import Any
 
 from sonofm.datasets.adapters.base import Adapter, Item, merge_masks
 from sonofm.datasets.imageio import AdapterError
+from sonofm.datasets.shards import source_name_from_path
 
 KNOWN_COLUMNS = ("path", "label", "mask", "group", "organ", "region", "source", "probe", "pixel_spacing_mm")
 
@@ -39,8 +40,8 @@ class CsvAdapter(Adapter):
     """``root`` is the CSV file, or a folder holding ``manifest`` (default ``manifest.csv``).
 
     Options: ``manifest`` (file name when ``root`` is a folder), ``mask_values`` (``"binary"``: any
-    non-zero is class 1, e.g. 0/255 masks; ``"ids"``: stored class ids), ``require_source``
-    (rows without a ``source`` value need ``source=``; default True for the generic adapter).
+    non-zero is class 1, e.g. 0/255 masks; ``"ids"``: stored class ids).
+    Rows without a ``source`` value belong to ``source=NAME``, else to a source named after the CSV.
     """
 
     name = "csv"
@@ -65,8 +66,12 @@ class CsvAdapter(Adapter):
             raise AdapterError(f"{where}: path {value!r} leaves the dataset folder {self.data_dir}")
         return Path(os.path.relpath(full, base)).as_posix()
 
-    def _default_source(self) -> str | None:
-        return self.source if self.source_given else None
+    def _default_source(self) -> str:
+        """``source=NAME``, else the CSV's stem (the folder's name for the default ``manifest.csv``)."""
+        if self.source_given:
+            return self.source
+        named_file = self.root.is_file()
+        return source_name_from_path(self.csv_path if named_file else self.root)
 
     def items(self) -> list[Item]:
         try:
@@ -96,10 +101,6 @@ class CsvAdapter(Adapter):
         path = self._inside(row["path"], n, "path")
         masks = tuple(self._inside(m.strip(), n, "mask") for m in row.get("mask", "").split(";") if m.strip())
         source = row.get("source") or self._default_source()
-        if not source:
-            raise AdapterError(
-                f"{self.csv_path}, row {n}: no source: add a 'source' column or pass source=NAME to the csv adapter"
-            )
         meta: dict[str, Any] = {"source": source}
         for key in ("label", "group", "organ", "region", "probe"):
             if row.get(key):

@@ -3,8 +3,8 @@
 Most collections users have look like ``root/<class>/<file>`` with masks either beside the images
 (``{stem}_mask.png``, several per image allowed and merged) or in a mirrored folder
 (``masks/<class>/<stem>.png``). Videos and DICOM files in the folder are decoded too (frames
-sampled like every video source). The source name is required: it places the data in the
-taxonomy.
+sampled like every video source). The source name is ``source=NAME`` or, when absent, the folder's
+name; it needs no taxonomy entry.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sonofm.datasets.adapters.base import MEDIA_EXTENSIONS, Adapter, Item, list_files, merge_masks, relpath
 from sonofm.datasets.imageio import IMAGE_EXTENSIONS, AdapterError
+from sonofm.datasets.shards import source_name_from_path
 
 
 class FolderAdapter(Adapter):
@@ -45,9 +46,7 @@ class FolderAdapter(Adapter):
     }
 
     def __init__(self, root, source: str | None = None, **options) -> None:
-        if not source:
-            raise TypeError("folder adapter: a source name is required (source=NAME, e.g. 'my_thyroid')")
-        super().__init__(root, source, **options)
+        super().__init__(root, source or source_name_from_path(root), **options)
         o = self.opts
         if not self.root.is_dir():
             raise AdapterError(f"folder: {self.root} is not a folder")
