@@ -85,9 +85,15 @@ class Adapter(abc.ABC):
         """Every file of the source in a deterministic order, without decoding anything."""
 
     def load(self, item: Item) -> Iterator[Record]:
-        """Decode ``item`` into one record (image) or several (video frames, multi-frame files)."""
-        mask = self.read_masks(item) if item.masks else None
+        """Decode ``item`` into one record (image) or several (video frames, multi-frame files, the
+        tissue regions of a DICOM screen: a mask drawn on the whole screen is cropped with each)."""
+        full_mask = self.read_masks(item) if item.masks else None
         for frame_index, image, extra in self.decode(item.path):
+            mask = full_mask
+            box = extra.get("us_region_box")
+            if mask is not None and box is not None and list(mask.shape) == extra.get("us_frame_size"):
+                x0, y0, x1, y1 = box
+                mask = np.ascontiguousarray(mask[y0 : y1 + 1, x0 : x1 + 1])
             if mask is not None and mask.shape != image.shape[:2]:
                 raise AdapterError(
                     f"{self.data_dir / item.path}: mask {item.masks[0]} is {mask.shape[1]}x{mask.shape[0]} "
@@ -143,12 +149,9 @@ class Adapter(abc.ABC):
             for f in clip.frames:
                 yield f.index, f.image, {}
         elif ext in DICOM_EXTENSIONS:
-            from sonofm.datasets.adapters.dicom import read_dicom
+            from sonofm.datasets.adapters.dicom import decode_dicom
 
-            dcm = read_dicom(path, **self.frame_options())
-            self.count("dicom_frames_dropped_duplicate", dcm.n_duplicates)
-            for index, image in dcm.frames:
-                yield index, image, dcm.meta
+            yield from decode_dicom(path, self.count, **self.frame_options())
         else:
             yield None, read_image(path), {}
 
