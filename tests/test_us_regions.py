@@ -37,6 +37,7 @@ REGIONS = [
      "transducer": "CURVED LINEAR"},
     {"box": COLOUR_BAR, "spatial_format": 5, "data_type": 14},
     {"box": SPECTRAL, "spatial_format": 3, "data_type": 3, "delta_x_cm": 0.1, "delta_y_cm": 0.2},
+    {"box": (100, 150, 200, 250), "spatial_format": 1, "data_type": 2},  # colour flow over the left view
 ]
 SPACINGS = {0: [0.3, 0.2], 1: [0.5, 0.4]}  # mm, row then column: PhysicalDeltaY, X * 10
 BOXES = {0: LEFT, 1: RIGHT}
@@ -97,6 +98,7 @@ def test_dual_view_screen_gives_one_record_per_tissue_region(tmp_path: Path) -> 
     assert stats["us_regions_tissue"] == 2
     assert stats["us_regions_other_colour_bar"] == 1
     assert stats["us_regions_other_spectral_doppler"] == 1
+    assert stats["us_regions_other_colour_flow"] == 1
     assert stats["dicom_files_with_us_regions"] == 1
 
 
@@ -186,15 +188,16 @@ def test_build_writes_one_sample_per_region_with_distinct_keys(tmp_path: Path) -
     write_us_dicom(data / "clip.dcm", frames, regions=REGIONS, frame_time_ms=33.0, patient_id="DOE^JANE",
                    body_part="BREAST")
     write_us_dicom(data / "doppler.dcm", frames[0], regions=[REGIONS[3]], patient_id="DOE^JANE")
-    # TODO(issue 12): a free name (?source=mydicoms) once the taxonomy accepts unlisted sources
-    report = build_shards([f"dicom:{data}?source=busbra&frames_per_video=8"], tmp_path / "out", max_side=64,
+    # a source listed nowhere: organ and region come from the header (BodyPartExamined)
+    report = build_shards([f"dicom:{data}?source=mydicoms&frames_per_video=8"], tmp_path / "out", max_side=64,
                           workers=1, progress=False)
-    rep = report["sources"]["busbra"]
+    rep = report["sources"]["mydicoms"]
     assert rep["samples_written"] == 6 and rep["decode_errors"] == 0
     stats = rep["adapter_stats"]
     assert stats["us_regions_tissue"] == 2
     assert stats["us_regions_other_colour_bar"] == 1
     assert stats["us_regions_other_spectral_doppler"] == 2
+    assert stats["us_regions_other_colour_flow"] == 1
     assert stats["dicom_files_without_tissue_region"] == 1
     samples = [s for tar in sorted((tmp_path / "out").glob("*.tar")) for s in iter_tar_samples(tar)]
     metas = [json.loads(s["json"]) for s in samples]
