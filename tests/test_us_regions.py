@@ -242,7 +242,7 @@ def test_organ_and_region_from_the_header(tmp_path: Path, body_part, description
     p = write_us_dicom(tmp_path / "a.dcm", frame, photometric="MONOCHROME2", body_part=body_part,
                        study_description=description)
     (rec,), _ = records(p)
-    assert (rec.meta["organ"], rec.meta["region"]) == expected
+    assert (rec.meta["header_organ"], rec.meta["header_region"]) == expected
     assert np.array_equal(rec.image, frame) and "us_region" not in rec.meta  # no regions: whole frame
 
 
@@ -258,7 +258,7 @@ def test_series_description_is_read_and_no_header_text_reaches_meta(tmp_path: Pa
     recs, _ = records(p)
     assert len(recs) == 2
     for r in recs:
-        assert (r.meta["organ"], r.meta["region"]) == ("carotid", "head_and_neck")
+        assert (r.meta["header_organ"], r.meta["header_region"]) == ("carotid", "head_and_neck")
         text = json.dumps(r.meta, default=str).lower()
         assert not any(s.lower() in text for s in secrets + ["roe", "mary"])
 

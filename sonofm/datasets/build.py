@@ -695,7 +695,7 @@ def build_shards(
         adapter = make_adapter(spec)
         # A manifest may name several sources (the synthetic corpus does): each is built on its own.
         named = list(adapter.sources()) if spec.source is None else []
-        names = named if len(named) > 1 else [_source_name(adapter, spec)]
+        names = named if named else [_source_name(adapter, spec)]
         for name in names:
             check_source_name(name)
             if name in seen:

@@ -309,12 +309,15 @@ class Taxonomy:
         ``info`` is the source's entry (default: looked up by ``meta["source"]``). A declared source
         fixes organ and region (a record may repeat them; a different value is an error) and its
         vocabulary the labels. A self-describing source takes organ/region from the record when the
-        record knows them (a CSV column, a DICOM header), else from its spec; any label is accepted.
+        record knows them (a CSV column; a DICOM header's hint), else from its spec; any label is accepted.
         """
         if info is None:
             info = self.source(meta.get("source"))
         out = dict(meta)
-        if info.declared or info.organ is not None:
+        # ``header_organ`` / ``header_region`` (a DICOM's BodyPartExamined) are hints: used where
+        # nothing else says, never an error (scanner headers are often wrong or generic)
+        hint = {k: meta.get(f"header_{k}") or None for k in ("organ", "region")}
+        if info.organ is not None:
             for key in ("organ", "region"):
                 given, expected = meta.get(key), getattr(info, key)
                 if given not in (None, "") and expected is not None and given != expected:
@@ -322,10 +325,16 @@ class Taxonomy:
                         f"source {info.name!r}{_where(meta)}: {key} {given!r} given but the taxonomy "
                         f"({self.path}) places {info.name!r} in {key} {expected!r}; fix the manifest or the taxonomy"
                     )
-                out[key] = expected if expected is not None else (given or None)
+                out[key] = expected
         else:
-            record = SourceInfo(name=info.name, organ=meta.get("organ") or None,
-                                region=meta.get("region") or info.region)
+            organ = meta.get("organ") or None
+            region = meta.get("region") or info.region
+            if organ is None and hint["organ"] in self.organ_region and (
+                    region is None or self.organ_region[hint["organ"]] == region):
+                organ = hint["organ"]
+            if region is None and hint["region"] in self.regions:
+                region = hint["region"]
+            record = SourceInfo(name=info.name, organ=organ, region=region)
             self._place(record, f"source {info.name!r}{_where(meta)}")
             out["organ"], out["region"] = record.organ, record.region
         label = meta.get("label")

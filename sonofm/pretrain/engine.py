@@ -137,6 +137,7 @@ def _check_tree(run_dir: Path, tree: dict[str, Any], main: bool, resuming: bool)
                 f"{changed} changed, see {path}); resume with the same data.shards or start a new run_dir"
             )
     if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, tree)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from sonofm.datasets.adapters.base import DICOM_EXTENSIONS, Adapter, Item, list_files, relpath
 from sonofm.datasets.imageio import AdapterError
+from sonofm.datasets.shards import source_name_from_path
 from sonofm.datasets.video import DEDUP_THRESHOLD, Deduper, even_indices
 
 CM_UNITS = 3  # PhysicalUnitsX/YDirection code for centimetres
@@ -417,8 +418,9 @@ def _header_meta(ds, regions: list[dict[str, Any]]) -> dict[str, Any]:
         "pixel_spacing_mm": _spacing(ds, regions),
         "probe": _probe(ds, regions),
         "photometric": str(ds.get("PhotometricInterpretation", "")) or None,
-        "organ": organ,
-        "region": region,
+        # hints, not facts: a source's declared or spec'd organ wins over a header (see Taxonomy.annotate)
+        "header_organ": organ,
+        "header_region": region,
     }
     if regions:
         meta["us_regions"] = regions
@@ -533,7 +535,7 @@ class DicomAdapter(Adapter):
     options = {"labels": None}
 
     def __init__(self, root, source: str | None = None, **options) -> None:
-        super().__init__(root, source, **options)
+        super().__init__(root, source or source_name_from_path(root), **options)  # no name: the folder's
         if self.opts["labels"] not in (None, "folder"):
             raise TypeError(f"dicom: labels must be 'folder' or None, got {self.opts['labels']!r}")
         if self.root.is_file():
