@@ -14,26 +14,53 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sonofm.datasets import overlays
 from sonofm.datasets.field import Field, detect_field
 from sonofm.datasets.records import Record
 
-#: Chroma (after removing the image's own tint) above which a pixel counts as coloured.
-CHROMA_THRESHOLD = 40.0
 #: Share of coloured pixels above which an image has more than a tint (marks, Doppler).
 COLOUR_SHARE = 5e-4
 
 
+class ColourLimitExceeded(ValueError):
+    """An image whose coloured share of the field is above the caller's ``colour_limit``.
+
+    Raised by :func:`preprocess` per record (after colour analysis and field detection, before the
+    costly rest), so that a build can drop the image, count it, and go on with the next record
+    (e.g. the other frames of the same clip). ``path``, ``share`` and ``limit`` are attributes.
+    """
+
+    def __init__(self, path: str, share: float, limit: float):
+        super().__init__(f"{path}: colour covers {share:.2%} of the field, above colour_limit {limit:.2%}")
+        self.path, self.share, self.limit = path, share, limit
+
+
 @dataclass
 class ColourInfo:
-    """What the grayscale conversion found: how much real colour the image held."""
+    """What the grayscale conversion found: how much real colour the image held, and where.
+
+    ``area`` is the (H, W) coloured area grown by :data:`~sonofm.datasets.overlays.COLOUR_GROW`
+    (``None`` when there is none) and ``blanked`` whether it was set to 0. ``field_fraction`` (the
+    share of the field that ``area`` covers) is filled in by :func:`preprocess` once the field is known.
+    """
 
     colour_fraction: float
     is_colour: bool
     conversion: str = "luminance"
+    area: np.ndarray | None = None
+    blanked: bool = False
+    field_fraction: float = 0.0
+
+    @property
+    def blanked_pixels(self) -> int:
+        """Pixels set to 0 as colour, at the original resolution."""
+        return int(self.area.sum()) if self.blanked and self.area is not None else 0
 
     def to_meta(self) -> dict[str, Any]:
         return {
             "colour_fraction": round(self.colour_fraction, 6),
+            "field_colour_fraction": round(self.field_fraction, 6),
+            "blanked_pixels": self.blanked_pixels,
             "is_colour": self.is_colour,
             "conversion": self.conversion,
         }
@@ -49,43 +76,31 @@ class Processed:
     meta: dict[str, Any]
 
 
-def _residual_chroma(rgb: np.ndarray, luma: np.ndarray) -> np.ndarray:
-    """Chroma of each pixel minus the image's tint at its brightness.
-
-    Many scanners and exports tint the whole B-mode image (sepia, blue, purple maps): the hue is
-    then a function of brightness. Subtracting the median (Cb, Cr) per brightness bin leaves only
-    colour that does not follow the map: Doppler, coloured calipers, annotations.
-    """
-    f = rgb.astype(np.float32)
-    cb = f[..., 2] - luma
-    cr = f[..., 0] - luma
-    bins = np.clip(luma.astype(np.int32) // 16, 0, 15)
-    med_cb = np.zeros(16, np.float32)
-    med_cr = np.zeros(16, np.float32)
-    for i in np.unique(bins):
-        sel = bins == i
-        med_cb[i] = np.median(cb[sel])
-        med_cr[i] = np.median(cr[sel])
-    return np.hypot(cb - med_cb[bins], cr - med_cr[bins])
-
-
-def to_grayscale(image: np.ndarray) -> tuple[np.ndarray, ColourInfo]:
+def to_grayscale(image: np.ndarray, blank_colour: bool = True) -> tuple[np.ndarray, ColourInfo]:
     """8-bit luminance (ITU-R BT.601) of an (H, W) or (H, W, 3) uint8 image, and its colour report.
 
-    Coloured overlays are not inpainted: their luminance stays, and the report says they were there
-    so the build report can count (or a user can drop) such images.
+    Colour that does not follow the image's own tint (flow, power Doppler, coloured marks and bars)
+    is not tissue: with ``blank_colour`` it is set to 0 (grown by a pixel or two so no mixed rim
+    stays) and the report carries the blanked area for the field mask. A tinted image (sepia,
+    blue) is converted whole. Without ``blank_colour`` the luminance stays and colour is only
+    reported.
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"to_grayscale needs uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}")
     if image.ndim == 2:
         return image, ColourInfo(0.0, False)
-    f = image.astype(np.float32)
-    luma = 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
+    luma = overlays.luminance(image)
     gray = np.clip(np.rint(luma), 0, 255).astype(np.uint8)
     if np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]):
         return gray, ColourInfo(0.0, False)
-    frac = float((_residual_chroma(image, luma) > CHROMA_THRESHOLD).mean())
-    return gray, ColourInfo(frac, frac > COLOUR_SHARE)
+    core, grown = overlays.colour_overlay(image, luma)
+    frac = float(core.mean())
+    info = ColourInfo(frac, frac > COLOUR_SHARE, area=grown if grown.any() else None)
+    if blank_colour and info.area is not None:
+        gray[grown] = 0
+        info.blanked = True
+        info.conversion = "luminance+colour_blanked"
+    return gray, info
 
 
 def _resize(arr: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
@@ -102,24 +117,63 @@ def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
+def _resize_valid(img: np.ndarray, valid: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Area-average ``img`` over its ``valid`` pixels only; also the stored pixels that are mostly valid.
+
+    Blanked colour must neither darken the tissue next to it (a grey rim at the stored size) nor
+    survive as a half-blanked pixel: a stored pixel is the mean of the tissue it covers, and 0 (and
+    outside the field) when more than half of it was blanked.
+    """
+    h, w = size
+    num = np.asarray(Image.fromarray(img.astype(np.float32) * valid).resize((w, h), Image.Resampling.BOX))
+    den = np.asarray(Image.fromarray(valid.astype(np.float32)).resize((w, h), Image.Resampling.BOX))
+    keep = den >= 0.5
+    out = np.where(keep, np.rint(num / np.maximum(den, 1e-6)), 0.0)
+    return np.clip(out, 0, 255).astype(np.uint8), keep
+
+
 def preprocess(
-    record: Record, max_side: int = 512, blank_outside: bool = True, field: Field | None = None
+    record: Record,
+    max_side: int = 512,
+    blank_outside: bool = True,
+    field: Field | None = None,
+    blank_colour: bool = True,
+    colour_limit: float | None = None,
+    detect_text: bool = True,
 ) -> Processed:
-    """Grayscale, crop to the acoustic field, blank what lies outside it, and downsize.
+    """Grayscale, blank colour, crop to the acoustic field, blank what lies outside it, and downsize.
 
     ``field`` may be given (e.g. from DICOM ultrasound regions, or shared by the frames of one
-    clip); otherwise it is detected. A segmentation mask is never cut: the crop and the field grow
-    to contain it. Downsampling averages areas (no aliasing of speckle); images are never upsampled.
+    clip); otherwise it is detected. Coloured overlays (flow, power Doppler, coloured marks) are
+    blanked and taken out of the stored field mask, so masked pretraining never draws or scores
+    them (``blank_colour=False`` keeps their luminance). With ``colour_limit`` (a share of the
+    field, 0-1) an image whose coloured share of the field is above it raises
+    :class:`ColourLimitExceeded`. Text and marks drawn inside the field are detected and reported
+    (``text_inside_field``, ``text_inside_boxes``), not removed. A segmentation mask is never cut:
+    the crop and the field grow to contain it. Downsampling averages areas (no aliasing of
+    speckle); images are never upsampled.
     """
     where = record.meta.get("path", "<unknown file>")
+    if record.meta.get("frame") is not None:
+        where = f"{where}#{record.meta['frame']}"
     if max_side < 8:
         raise ValueError(f"{where}: max_side must be at least 8, got {max_side}")
-    gray, colour = to_grayscale(record.image)
+    if colour_limit is not None and not 0.0 <= colour_limit <= 1.0:
+        raise ValueError(f"{where}: colour_limit must be a share in [0, 1], got {colour_limit}")
+    gray, colour = to_grayscale(record.image, blank_colour=blank_colour)
     h, w = gray.shape
+    # Detection runs on the blanked image: a colour bar or coloured label beside the field is then
+    # background, so it can neither be glued to the field nor widen its convex hull, while flow
+    # inside the field leaves holes that the detector's hole filling and hull close again (the
+    # tissue around them still outlines the field). Coloured pixels are then taken out of the mask.
     fld = field if field is not None else detect_field(gray)
     if fld.mask.shape != (h, w):
         raise ValueError(f"{where}: field mask {fld.mask.shape} does not match image {(h, w)}")
     field_mask = fld.mask.copy()
+    if colour.area is not None and field_mask.any():
+        colour.field_fraction = float(colour.area[field_mask].mean())
+    if colour_limit is not None and colour.field_fraction > colour_limit:
+        raise ColourLimitExceeded(str(where), colour.field_fraction, colour_limit)
     t, left, b, r = fld.bbox
     grown_for_mask = False
     if record.mask is not None:
@@ -129,6 +183,10 @@ def preprocess(
             grown_for_mask = (nt, nl, nb, nr) != (t, left, b, r) or bool((record.mask > 0)[~field_mask].any())
             t, left, b, r = nt, nl, nb, nr
             field_mask |= record.mask > 0
+    blanked = colour.area if colour.blanked else None
+    if blanked is not None:
+        field_mask &= ~blanked
+    text_boxes = overlays.text_in_field(gray, field_mask) if detect_text else []
 
     img = gray[t:b, left:r].copy()
     fm = field_mask[t:b, left:r]
@@ -139,8 +197,13 @@ def preprocess(
     ch, cw = img.shape
     scale = min(1.0, max_side / max(ch, cw))
     nh, nw = max(1, round(ch * scale)), max(1, round(cw * scale))
-    img = _resize(img, (nh, nw), Image.Resampling.BOX)
+    if blanked is not None and (nh, nw) != (ch, cw):
+        img, kept = _resize_valid(img, ~blanked[t:b, left:r], (nh, nw))
+    else:
+        img, kept = _resize(img, (nh, nw), Image.Resampling.BOX), None
     fm = _resize(fm.astype(np.uint8) * 255, (nh, nw), Image.Resampling.NEAREST) > 127
+    if kept is not None:
+        fm &= kept
     if mask is not None:
         mask = _resize(np.ascontiguousarray(mask), (nh, nw), Image.Resampling.NEAREST)
 
@@ -159,6 +222,8 @@ def preprocess(
             "size": [nh, nw],
             "colour": colour.to_meta(),
             "text_outside_field": fld.text_outside,
+            "text_inside_field": bool(text_boxes),
+            "text_inside_boxes": [[int(v) for v in bx] for bx in text_boxes],
         }
     )
     return Processed(image=np.ascontiguousarray(img), mask=mask, field_mask=fm, meta=meta)
