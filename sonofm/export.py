@@ -27,10 +27,10 @@ from typing import Any
 
 import timm
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from sonofm import __version__
+from sonofm.atomic_io import save_safetensors
 from sonofm.config import PretrainConfig, load_config
 from sonofm.model_card import CardInfo, load_results, model_licence, read_data_summary, render_card
 from sonofm.models.input_norm import INPUT_MEAN, INPUT_STD
@@ -350,7 +350,7 @@ def export_backbone(
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        save_file(contiguous_state(model.state_dict()), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_safetensors(contiguous_state(model.state_dict()), tmp / WEIGHTS_NAME, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
         fsync_tree(tmp)

@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from sonofm.atomic_io import temp_file
 
 __all__ = ["Plan", "FULL", "SMALL", "SPLITS", "find_datasets", "run_quickstart"]
 
@@ -524,8 +525,7 @@ def _comparison_figure(probes: dict[str, dict], segs: dict[str, dict], path: Pat
     ax.set_title("quickstart: pretrained vs random convnextv2_atto (held-out test groups)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
+    tmp = temp_file(path.parent, prefix=f".{path.stem}.", suffix=".png")
     try:
         fig.savefig(tmp, dpi=110)
         os.replace(tmp, path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sonofm.atomic_io import temp_file
 from sonofm.config.schema import CHOICES
 from sonofm.paths import config_path
 
@@ -185,8 +185,8 @@ def save_config(cfg: Any, run_dir: str | os.PathLike, name: str = "config.yaml")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=run_dir)
-    with os.fdopen(fd, "w") as fh:
+    tmp = temp_file(run_dir, prefix=f".{name}.", suffix=".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(to_yaml(cfg))
     os.replace(tmp, target)
     return target

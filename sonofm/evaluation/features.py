@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sonofm.atomic_io import temp_file
 from sonofm.models.input_norm import InputNorm
 
 __all__ = ["pooled_features", "extract_features", "cached_features", "fingerprint"]
@@ -100,8 +100,7 @@ def cached_features(
             pass  # unreadable or foreign cache: recompute and overwrite
     data = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
-    os.close(fd)
+    tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
     try:
         np.savez(tmp, __fingerprint__=np.asarray(fp), **{k: np.asarray(v) for k, v in data.items()})
         os.replace(tmp, path)

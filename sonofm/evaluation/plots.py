@@ -7,7 +7,6 @@ written to a temporary name and renamed, like every other artefact.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from sonofm.atomic_io import temp_file
 
 __all__ = ["plot_confusion", "plot_label_efficiency", "overlay_mask", "save_overlay"]
 
@@ -26,8 +27,7 @@ PALETTE = np.array([[255, 64, 64], [64, 200, 64], [64, 128, 255], [255, 200, 0],
 def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
-    os.close(fd)
+    tmp = temp_file(path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
         os.replace(tmp, path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from sonofm.atomic_io import temp_file
 from sonofm.evaluation.metrics import balanced_accuracy, classification_metrics, confusion_matrix
 
 __all__ = [
@@ -242,8 +242,8 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(clean(obj), f, indent=2)
     os.replace(tmp, path)
 

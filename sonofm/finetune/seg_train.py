@@ -22,7 +22,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -30,9 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from sonofm.atomic_io import save_safetensors, temp_dir
 from sonofm.datasets.augment import AugmentConfig
 from sonofm.evaluation.metrics import segmentation_metrics
 from sonofm.evaluation.plots import save_overlay
@@ -141,9 +140,9 @@ def save_weights(state: dict[str, Tensor], directory: str | os.PathLike, meta: d
     """Write ``directory/model.safetensors`` + ``meta.json`` atomically (temp dir, then rename)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    tmp = temp_dir(directory.parent, prefix=f".{directory.name}.tmp-")
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / "model.safetensors")
         write_json(meta, tmp / "meta.json")
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         if directory.exists():

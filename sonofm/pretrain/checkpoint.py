@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from sonofm.atomic_io import save_safetensors
 from sonofm.faults import maybe_kill
 
 CKPT_DIR = "checkpoints"
@@ -111,9 +112,9 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(contiguous_state(model_state), str(tmp / "model.safetensors"))
+    save_safetensors(contiguous_state(model_state), tmp / "model.safetensors")
     if ema_state is not None:
-        save_file(contiguous_state(ema_state), str(tmp / "ema.safetensors"))
+        save_safetensors(contiguous_state(ema_state), tmp / "ema.safetensors")
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
     maybe_kill("in_checkpoint", step)  # fault injection: half-written checkpoint (tests only)
