@@ -53,6 +53,7 @@ def _cmd_shards_build(args: argparse.Namespace) -> int:
         workers=args.workers or cfg.workers,
         dedup=cfg.dedup,
         taxonomy=args.taxonomy or cfg.taxonomy,
+        colour_limit=cfg.colour_limit,
     )
     print(f"shards written to {out}")
     return 0 if report is not None else 1

@@ -196,6 +196,7 @@ class ShardsConfig:
     workers: int = 1
     dedup: bool = True
     taxonomy: str | None = None  # a user taxonomy file extending the built-in tree (new organs, sources)
+    colour_limit: float | None = None  # drop images whose colour covers more of the field than this share
 
 
 SCHEMAS: dict[str, type] = {

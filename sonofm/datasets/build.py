@@ -217,6 +217,7 @@ class _Job:
     fractions: dict[str, float]
     salt: str
     dedup: bool
+    colour_limit: float | None = None
     skip_keys: frozenset[str] = frozenset()
 
 
@@ -229,7 +230,9 @@ class _Out:
     field_png: bytes | None
     digests: tuple[str, int] | None  # dedup.image_digests of the preprocessed image (None without dedup)
     colour: bool
+    colour_blanked: bool
     text_outside: bool
+    text_inside: bool
 
 
 @dataclass
@@ -244,9 +247,10 @@ class _Worker:
     """Decodes and preprocesses one item; lives once per process."""
 
     def __init__(self, job: _Job):
-        from sonofm.datasets.preprocess import preprocess
+        from sonofm.datasets.preprocess import ColourLimitExceeded, preprocess
         from sonofm.datasets.taxonomy import Taxonomy
 
+        self.colour_limit_exceeded = ColourLimitExceeded
         self.job = job
         self.adapter = make_adapter(job.spec)
         self.taxonomy = Taxonomy.with_user_files(job.taxonomy_files)
@@ -263,7 +267,11 @@ class _Worker:
             for i, record in enumerate(self.adapter.load(item)):
                 # organ / region / label checked and filled before the costly part; preprocess keeps them
                 record.meta = self.taxonomy.annotate({**record.meta, "source": job.source}, job.info)
-                processed = self.preprocess(record, max_side=job.max_side)
+                try:
+                    processed = self.preprocess(record, max_side=job.max_side, colour_limit=job.colour_limit)
+                except self.colour_limit_exceeded:
+                    self.adapter.count("dropped_colour_limit")  # counted in the report, the item goes on
+                    continue
                 pmeta = dict(processed.meta)
                 group = pmeta.get("group")
                 if group is None or group == "":
@@ -287,7 +295,9 @@ class _Worker:
                         ),
                         digests=image_digests(processed.image) if job.dedup else None,
                         colour=bool(pmeta["colour"]["is_colour"]),
+                        colour_blanked=bool(pmeta["colour"].get("blanked_pixels")),
                         text_outside=bool(pmeta.get("text_outside_field")),
+                        text_inside=bool(pmeta.get("text_inside_field")),
                     )
                 )
         except TaxonomyError:
@@ -483,7 +493,8 @@ def _build_source(
     done = _load_progress(ppath, fingerprint)
     def job(done: dict[str, dict[str, Any]]) -> _Job:
         return _Job(spec, source, plan.info, taxonomy_files, settings["max_side"], settings["split_fractions"],
-                    settings["salt"], settings["dedup"], frozenset(k for e in done.values() for k in e.get("keys", ())))
+                    settings["salt"], settings["dedup"], settings["colour_limit"],
+                    frozenset(k for e in done.values() for k in e.get("keys", ())))
 
     try:
         return _write_source(job(done), items, out_dir, settings, fingerprint, done, ppath, workers, progress, t0)
@@ -538,7 +549,7 @@ def _write_source(
     adapter_stats: Counter = Counter()
     errors: list[dict[str, str]] = []
     duplicates: list[dict[str, Any]] = []
-    n_records = n_colour = n_text = n_written = n_items_ok = 0
+    n_records = n_colour = n_blanked = n_text = n_text_inside = n_written = n_items_ok = 0
     bar = tqdm(total=len(items), desc=f"shards {source}", unit="file", disable=not progress, dynamic_ncols=True)
     try:
         for res in _results(job, items, workers):
@@ -556,7 +567,9 @@ def _write_source(
             for out in res.outs:
                 n_records += 1
                 n_colour += out.colour
+                n_blanked += out.colour_blanked
                 n_text += out.text_outside
+                n_text_inside += out.text_inside
                 if dup_filter is not None and not dup_filter.add_digests(out.key, *out.digests):
                     _, kept, kind, dist = dup_filter.duplicates[-1]
                     if len(duplicates) < MAX_ERRORS_LISTED:
@@ -605,7 +618,10 @@ def _write_source(
         "duplicates_near": dup_filter.n_near if dup_filter is not None else 0,
         "duplicates": duplicates,
         "colour_images": n_colour,
+        "colour_blanked_images": n_blanked,
+        "colour_limit_dropped": int(adapter_stats.get("dropped_colour_limit", 0)),
         "text_outside_field": n_text,
+        "text_inside_field": n_text_inside,
         "formats": {k: dict(v) for k, v in sorted(formats.items())},
         "adapter_stats": dict(adapter_stats),
         "shards_skipped": writer.skipped,
@@ -660,10 +676,13 @@ def build_shards(
     dedup: bool = True,
     progress: bool = True,
     taxonomy: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    colour_limit: float | None = None,
 ) -> dict[str, Any]:
     """Build ``{source}-{split}-{000000}.tar`` shards and ``{source}.index.json`` for every source.
 
     ``taxonomy``: user taxonomy file(s) extending the built-in tree (new regions, organs, sources).
+    ``colour_limit``: drop (and count) images whose coloured share of the field is above this share
+    (colour flow is blanked either way; ``None`` keeps every image).
     A source needs no entry: undeclared sources are self-describing, and every index stores the
     entry its source was built with. Returns the build report: per source (files, records read,
     samples written, decode errors with file and reason, exact/near duplicates dropped, colour
@@ -683,8 +702,11 @@ def build_shards(
         check_split_name(name)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    if colour_limit is not None and not 0.0 <= float(colour_limit) <= 1.0:
+        raise ValueError(f"colour_limit must be a share in [0, 1] (e.g. 0.2), got {colour_limit}")
     settings = {"max_side": int(max_side), "samples_per_shard": int(samples_per_shard),
-                "split_fractions": fractions, "salt": str(salt), "dedup": bool(dedup)}
+                "split_fractions": fractions, "salt": str(salt), "dedup": bool(dedup),
+                "colour_limit": None if colour_limit is None else float(colour_limit)}
     taxonomy_files = _taxonomy_files(taxonomy)
     tax = Taxonomy.with_user_files(taxonomy_files)
 
@@ -751,7 +773,9 @@ def _summary_line(rep: dict[str, Any]) -> str:
         f"[sonofm] {rep['source']}: {rep['samples_written']} samples from {rep['records_read']} images "
         f"({rep['files']} files) at {rep['images_per_s']} img/s; {rep['decode_errors']} decode errors, "
         f"{rep['duplicates_exact']} exact + {rep['duplicates_near']} near duplicates dropped, "
-        f"{rep['colour_images']} colour, {rep['text_outside_field']} with text outside the field"
+        f"{rep['colour_images']} colour ({rep['colour_blanked_images']} with colour blanked, "
+        f"{rep['colour_limit_dropped']} dropped over colour_limit), {rep['text_outside_field']} with text "
+        f"outside the field (cropped away), {rep['text_inside_field']} with text or marks inside it (kept)"
     )
     if rep["shards_skipped"]:
         line += f"; {rep['shards_skipped']} complete shards kept"
