@@ -110,6 +110,9 @@ TEXT_MIN_CONTRAST = 70.0
 #: Anti-aliased stroke pixels connected to those (hysteresis): level and contrast.
 TEXT_WEAK_LEVEL = 120.0
 TEXT_WEAK_CONTRAST = 40.0
+#: Largest distance (pixels, at a long side of 600 px or less) from a stroke pixel to the stroke's
+#: edge: glyphs are one or two pixels wide (three with anti-aliasing), bright reflectors wider.
+STROKE_HALF_WIDTH = 2.0
 #: Widest stroke (pixels) at a long image side of 600 px; scaled with the image.
 TEXT_MAX_STROKE = 3
 
@@ -172,6 +175,8 @@ def _group_text(gray: np.ndarray, stroke: np.ndarray, scale: float) -> list[tupl
         hb, wb = comp.shape
         if not min_h <= hb <= max_h or wb > 1.6 * hb or comp.sum() < hb + 2:
             continue  # specks, long interfaces (wide or flat), fragments of nothing
+        if ndi.distance_transform_edt(np.pad(comp, 1)).max() > STROKE_HALF_WIDTH * max(1.0, scale):
+            continue  # a blob (a bright reflector), not a thin stroke
         box = (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
         if _is_cross(comp):
             boxes.append(box)
