@@ -43,6 +43,20 @@ FULL_MARGIN = 0.02
 TISSUE_OUTSIDE = 0.15
 #: Fields smaller than this share of the image are not trusted (blank or odd images): full frame.
 MIN_FIELD_SHARE = 0.08
+#: Longest side of the fine copy in which burnt-in UI marks are told apart from the field.
+FINE_SIDE = 1024
+#: A bright fine-resolution component smaller than this share of the image is a UI mark ...
+UI_MAX_AREA = 0.005
+#: ... and so is one thinner than this share of the image height or width (rulers, scale bars).
+UI_MAX_THIN = 0.03
+#: Brightness above the background that a UI mark's brightest pixel reaches (text, ticks, bars).
+UI_BRIGHT = 100.0
+#: A small mark is flat: at least ``UI_FLAT_SHARE`` of its pixels within ``UI_FLAT`` of its peak
+#: (as a share of the peak's height above the background).
+UI_FLAT = 0.15
+UI_FLAT_SHARE = 0.3
+#: Pixels that change less than this (0..255, across a clip's frames, at working size) are static.
+STATIC_RANGE = 4.0
 
 
 @dataclass
@@ -64,6 +78,8 @@ class Field:
     text_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     extended_bottom: bool = False
     fallback: bool = False
+    #: Bounding boxes of the views of a dual-view screen (empty for one view); ``mask`` is their union.
+    views: list[tuple[int, int, int, int]] = field(default_factory=list)
 
     @property
     def text_outside(self) -> bool:
@@ -87,6 +103,8 @@ class Field:
             meta["radii"] = [round(float(v), 1) for v in self.radii]
         if self.angles is not None:
             meta["angles"] = [round(float(v), 2) for v in self.angles]
+        if self.views:
+            meta["views"] = [[int(v) for v in b] for b in self.views]
         return meta
 
 
@@ -143,6 +161,67 @@ def _disk(radius: int) -> np.ndarray:
     return xx * xx + yy * yy <= radius * radius
 
 
+def _ui_marks(gray: np.ndarray, bg: float, thr: float) -> tuple[np.ndarray, np.ndarray]:
+    """Full-resolution maps of burnt-in UI marks, and of those among them that are text.
+
+    At working size a label or grey bar a few pixels from the field blurs into it and the closing
+    glues it on, so its pixels end up in the hull (the crop keeps them, a fan-shaped hull is the
+    result, the soft-bottom extension runs down from them). At full resolution the gap a screen
+    leaves around its image is still there: each mark is its own bright component, small (text,
+    ticks, markers) or narrow (rulers, scale bars), while the tissue is one large speckle
+    component. Dim components are left alone: isolated speckle in dark tissue is dim, marks are
+    drawn bright. Horizontal thinness is no cue (A-lines, the pleura and vessel walls are thin
+    horizontal tissue). Text marks are the marks with a small bounding box (not a ruler, a bar
+    or the outline of a Doppler box).
+    """
+    fine, fy, fx = _downscale(gray, FINE_SIDE)
+    sig = fine > thr
+    lab, n = ndi.label(sig, structure=np.ones((3, 3), bool))
+    empty = np.zeros(gray.shape, bool)
+    if n < 2:
+        return empty, empty
+    area = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    bright = np.zeros(n + 1, bool)
+    bright[np.unique(lab[fine >= bg + UI_BRIGHT])] = True
+    objs = ndi.find_objects(lab)
+    hh = np.array([o[0].stop - o[0].start for o in objs])
+    ww = np.array([o[1].stop - o[1].start for o in objs])
+    hf, wf = fine.shape
+    narrow = ww < UI_MAX_THIN * wf
+    small = (area < UI_MAX_AREA * fine.size) & ~narrow & bright[1:]
+    small[int(np.argmax(area))] = False
+    if small.any():
+        # Small bright tissue (a vessel wall, a calcification in dark tissue) is as small as a
+        # word; marks are drawn in one shade, so many of their pixels sit at the mark's peak.
+        pix = np.concatenate([[False], small])[lab]
+        ids, vals = lab[pix], fine[pix]
+        peak = np.zeros(n + 1, np.float32)
+        np.maximum.at(peak, ids, vals)
+        near = np.bincount(ids, weights=vals >= peak[ids] - UI_FLAT * (peak[ids] - bg), minlength=n + 1)[1:]
+        small &= near >= UI_FLAT_SHARE * area
+    ui = (bright[1:] & narrow) | small
+    ui[int(np.argmax(area))] = False  # the tissue itself
+    if not ui.any():
+        return empty, empty
+    text = ui & (hh < 0.08 * hf) & (ww < 0.3 * wf)
+    marks = np.concatenate([[False], ui])[lab]
+    text_map = np.concatenate([[False], text])[lab]
+    if (fy, fx) != (1.0, 1.0):  # back to the original grid (nearest)
+        h, w = gray.shape
+        rows = np.minimum((np.arange(h) * fy).astype(int), hf - 1)
+        cols = np.minimum((np.arange(w) * fx).astype(int), wf - 1)
+        marks = marks[rows[:, None], cols[None, :]]
+        text_map = text_map[rows[:, None], cols[None, :]]
+    return marks, text_map
+
+
+def _pool_any(mask: np.ndarray, shape: tuple[int, int], sy: float, sx: float) -> np.ndarray:
+    """Low-res map: True where any full-resolution pixel of ``mask`` falls."""
+    out = np.zeros(shape, bool)
+    ys, xs = np.nonzero(mask)
+    out[np.minimum((ys * sy).astype(int), shape[0] - 1), np.minimum((xs * sx).astype(int), shape[1] - 1)] = True
+    return out
+
 def _field_components(sig: np.ndarray) -> np.ndarray:
     """Solid field region from a thresholded signal map: cut text, fill tissue, keep big parts."""
     n_pix = sig.size
@@ -167,7 +246,29 @@ def _field_components(sig: np.ndarray) -> np.ndarray:
     return np.isin(lab, keep_ids)
 
 
-def _extend_soft_bottom(smooth: np.ndarray, region: np.ndarray, text: np.ndarray) -> np.ndarray:
+def _band_below(region: np.ndarray, text: np.ndarray) -> int:
+    """First low-res row (less a margin) of the text marks below the field, under its columns.
+
+    A text band below the field (TIS/MI, labels) belongs to the screen: nothing below its first
+    row is field, in any column under the field, not only in the columns its letters cover.
+    """
+    hs = region.shape[0]
+    cols = np.flatnonzero(region.any(axis=0))
+    if cols.size == 0:
+        return hs
+    # Columns near the field's sides are left out: rulers, ticks and focus markers sit beside the
+    # field there, within its rows, and say nothing about where it ends.
+    margin = max(2, round(0.05 * (cols[-1] - cols[0] + 1)))
+    inner = cols[(cols >= cols[0] + margin) & (cols <= cols[-1] - margin)]
+    if inner.size == 0:
+        return hs
+    last = hs - 1 - np.argmax(region[::-1, :], axis=0)
+    below = text[:, inner] & (np.arange(hs)[:, None] > last[inner][None, :])
+    under = below.any(axis=1)
+    return int(np.argmax(under)) - 2 if under.any() else hs
+
+
+def _extend_soft_bottom(smooth: np.ndarray, region: np.ndarray, text: np.ndarray, band: bool = True) -> np.ndarray:
     """Columns (low res) whose field ends in a gradual fade, extended down to the image bottom.
 
     Screens end the field with a sharp edge; depth attenuation fades out instead. Below a faded
@@ -190,10 +291,12 @@ def _extend_soft_bottom(smooth: np.ndarray, region: np.ndarray, text: np.ndarray
         seg = smooth[max(0, r - k + 1) : r + 1, c][region[max(0, r - k + 1) : r + 1, c]]
         soft[c] = seg.size > 0 and float(seg.mean()) < 0.5 * body
     soft = ndi.median_filter(soft.astype(np.uint8), size=9, mode="nearest").astype(bool)
-    for c in np.flatnonzero(soft & region.any(axis=0)):
+    soft &= region.any(axis=0)
+    limit = _band_below(region, text) if band else hs
+    for c in np.flatnonzero(soft):
         r = last[c]
         below = np.flatnonzero(text[r + 1 :, c])
-        stop = r + 1 + (below[0] - 2 if below.size else hs - r - 1)
+        stop = min(limit, r + 1 + (below[0] - 2 if below.size else hs - r - 1))
         ext[r + 1 : max(r + 1, stop), c] = True
     return ext
 
@@ -214,7 +317,7 @@ def _side_lines(region: np.ndarray, rows: np.ndarray) -> tuple[float, float, flo
     return float(kl), float(bl), float(kr), float(br)
 
 
-def _follow_fan_sides(region: np.ndarray, ext: np.ndarray, text: np.ndarray) -> np.ndarray:
+def _follow_fan_sides(region: np.ndarray, ext: np.ndarray, text: np.ndarray, band: bool = True) -> np.ndarray:
     """Below a faded fan, the field keeps widening along the fan's sides, not straight down.
 
     The side lines are fitted where the fan is still bright (above the fade); between them, from
@@ -239,6 +342,8 @@ def _follow_fan_sides(region: np.ndarray, ext: np.ndarray, text: np.ndarray) -> 
     inside = (xs[None, :] >= (kl * ys + bl)[:, None]) & (xs[None, :] <= (kr * ys + br)[:, None])
     blocked = np.maximum.accumulate(text[start:], axis=0)  # stop at the first mark below
     out[start:] = inside & ~blocked
+    if band:
+        out[max(start, _band_below(region, text)) :] = False
     return out
 
 
@@ -327,6 +432,82 @@ def _rect_edges(
     )
 
 
+def _split_views(pts: np.ndarray, signal: np.ndarray) -> list[np.ndarray]:
+    """Side-by-side views of a dual-view screen as separate low-res masks (else ``[pts]``).
+
+    Two parts of similar size whose column ranges do not overlap, each nearly as tall as both,
+    with background (almost no ``signal``) between them from top to bottom, are two images: one
+    hull over both would keep the black gap and the labels between them. A single field split
+    by a dark band (a vessel, a shadow) has parts stacked or overlapping in columns, or signal in
+    the gap, and stays whole.
+    """
+    lab, n = ndi.label(pts, structure=np.ones((3, 3), bool))
+    if n < 2:
+        return [pts]
+    total = float(pts.sum())
+    spans = []
+    for j, sl in enumerate(ndi.find_objects(lab), start=1):
+        spans.append([sl[1].start, sl[1].stop, [j]])
+    spans.sort(key=lambda v: v[0])
+    groups = [spans[0]]
+    for a0, a1, ids in spans[1:]:  # parts whose columns overlap belong to one view
+        if a0 < groups[-1][1]:
+            groups[-1][1] = max(groups[-1][1], a1)
+            groups[-1][2] += ids
+        else:
+            groups.append([a0, a1, ids])
+    if len(groups) < 2:
+        return [pts]
+    views = [np.isin(lab, ids) for _, _, ids in groups]
+    rows = np.flatnonzero(pts.any(axis=1))
+    height = rows[-1] - rows[0] + 1
+    sizes = [float(v.sum()) for v in views]
+    if len(views) != 2 or min(sizes) < 0.3 * total or min(sizes) < 0.4 * max(sizes):
+        return [pts]  # scanners show two views of about the same size, not a beam and a sliver
+    for v in views:
+        r = np.flatnonzero(v.any(axis=1))
+        if r[-1] - r[0] + 1 < 0.7 * height:
+            return [pts]
+    # Between two views lies screen background from top to bottom, not a shadow under tissue.
+    gap = signal[rows[0] : rows[-1] + 1, groups[0][1] : groups[1][0]]
+    if gap.size and float(gap.mean()) > 0.02:
+        return [pts]
+    return views
+
+def _view_field(
+    pts: np.ndarray, sy: float, sx: float, shape: tuple[int, int], boxes: list[tuple[int, int, int, int]]
+) -> tuple[str, tuple[int, int, int, int], np.ndarray] | None:
+    """Kind, bbox and full-resolution mask of one view from its low-res points (None if degenerate)."""
+    h, w = shape
+    # Hull of pixel corners, in original-image pixel-edge coordinates.
+    edge = pts & ~ndi.binary_erosion(pts)
+    yy, xx = np.nonzero(edge)
+    corners = np.concatenate(
+        [np.stack([xx + dx, yy + dy], axis=1) for dx in (0, 1) for dy in (0, 1)]
+    ).astype(np.float64)
+    corners[:, 0] /= sx
+    corners[:, 1] /= sy
+    eq = _hull_equations(corners)
+    if eq is None:
+        return None
+    mask = _rasterise(eq, h, w, grow=1.0)
+    if not mask.any():
+        return None
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    bbox = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+    t, left, b, r = bbox
+    fill = float(mask[t:b, left:r].mean())
+    # Marks inside the bbox but outside the hull (a label in the black corner of a trapezoid) keep
+    # the exact hull as the field: a rectangle would take them back in.
+    corner_marks = any(
+        t <= (bx[0] + bx[2]) // 2 < b and left <= (bx[1] + bx[3]) // 2 < r and not mask[(bx[0] + bx[2]) // 2, (bx[1] + bx[3]) // 2]
+        for bx in boxes
+    )
+    if fill >= RECT_FILL and not corner_marks:
+        return "rect", bbox, mask
+    return "fan", bbox, mask
+
+
 def detect_field(gray: np.ndarray) -> Field:
     """Find the acoustic field of an 8-bit grayscale image.
 
@@ -335,15 +516,35 @@ def detect_field(gray: np.ndarray) -> Field:
     """
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"detect_field needs a uint8 (H, W) image, got {gray.dtype} {gray.shape}")
+    return _detect(gray, None)
+
+
+def _detect(gray: np.ndarray, static: np.ndarray | None) -> Field:
+    """The detector; ``static`` (clips) marks full-resolution pixels known to be UI."""
     h, w = gray.shape
     full = Field("full", (0, 0, h, w), np.ones((h, w), bool))
     if min(h, w) < 16:
         return full
     small, sy, sx = _downscale(gray, DETECT_SIDE)
     hs, ws = small.shape
-    smooth = ndi.uniform_filter(small, 3)
     bg, thr = _signal_level(small)
+    smooth = ndi.uniform_filter(small, 3)
     region = _field_components(smooth > thr)
+    # A field that spans the image from side to side is an image already cropped to its field
+    # (BUSI, CCA): whatever is burnt in lies on the tissue and is left to the rules below. On a
+    # screen, UI marks are taken out of the image the field is found in (they stay in ``small``,
+    # where the text boxes are looked for, so the build report still counts them).
+    cols0 = np.flatnonzero(region.any(axis=0))
+    screen = static is not None or cols0.size == 0 or cols0[0] > 1 or cols0[-1] < ws - 2
+    text_marks = np.zeros((h, w), bool)
+    if screen:
+        marks, text_marks = _ui_marks(gray, bg, thr)
+        if static is not None:
+            marks |= static
+        if marks.any():
+            clean = _downscale(np.where(marks, np.uint8(min(255, round(bg))), gray), DETECT_SIDE)[0]
+            smooth = ndi.uniform_filter(clean, 3)
+            region = _field_components(smooth > thr)
     if region.sum() < MIN_FIELD_SHARE * region.size:
         full.fallback = True
         return full
@@ -353,43 +554,89 @@ def detect_field(gray: np.ndarray) -> Field:
     if outside.any() and float((smooth > thr)[outside].mean()) >= TISSUE_OUTSIDE:
         return full
     boxes, text = _text_boxes(small, region, bg, sy, sx, (h, w))
-    ext = _extend_soft_bottom(smooth, region, text)
+    # The extension below a faded bottom stops at text marks only: bright tissue in the dark
+    # depth (a vessel wall) and a Doppler box outline are no screen border.
+    stop = text & _pool_any(text_marks, (hs, ws), sy, sx) if screen else text
+    ext = _extend_soft_bottom(smooth, region, stop, band=screen)
     extended = bool(ext.sum() > 0.01 * ext.size)
-    pts_region = region | ext | _follow_fan_sides(region, ext, text) if extended else region
-    # Hull of pixel corners, in original-image pixel-edge coordinates.
-    edge = pts_region & ~ndi.binary_erosion(pts_region)
-    yy, xx = np.nonzero(edge)
-    corners = np.concatenate(
-        [np.stack([xx + dx, yy + dy], axis=1) for dx in (0, 1) for dy in (0, 1)]
-    ).astype(np.float64)
-    corners[:, 0] /= sx
-    corners[:, 1] /= sy
-    eq = _hull_equations(corners)
-    if eq is None:
+    pts_region = region | ext | _follow_fan_sides(region, ext, stop, band=screen) if extended else region
+    split = _split_views(pts_region, smooth > thr) if screen else [pts_region]
+    parts = [_view_field(v, sy, sx, (h, w), boxes) for v in split]
+    if any(p is None for p in parts):
         full.fallback = True
         return full
-    mask = _rasterise(eq, h, w, grow=1.0)
+    mask = np.logical_or.reduce([p[2] for p in parts])
     if mask.mean() < MIN_FIELD_SHARE:
         full.fallback = True
         return full
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     bbox = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
     t, left, b, r = bbox
-    fill = float(mask[t:b, left:r].mean())
     margin_y, margin_x = FULL_MARGIN * h, FULL_MARGIN * w
     covers = t <= margin_y and left <= margin_x and b >= h - margin_y and r >= w - margin_x
-    # Marks inside the bbox but outside the hull (a label in the black corner of a trapezoid) keep
-    # the exact hull as the field: a rectangle would take them back in.
     boxes = [bx for bx in boxes if not mask[(bx[0] + bx[2]) // 2, (bx[1] + bx[3]) // 2]]
-    corner_marks = any(t <= (bx[0] + bx[2]) // 2 < b and left <= (bx[1] + bx[3]) // 2 < r for bx in boxes)
-    if covers and fill >= RECT_FILL and not corner_marks:
+    if len(parts) == 1 and covers and parts[0][0] == "rect":
         return Field("full", (0, 0, h, w), np.ones((h, w), bool), extended_bottom=extended)
-    if fill >= RECT_FILL and not corner_marks:
-        t, left, b, r = bbox = _rect_edges(pts_region, sy, sx, bbox)
+    views: list[tuple[int, int, int, int]] = []
+    if all(p[0] == "rect" for p in parts):
         mask = np.zeros((h, w), bool)
-        mask[t:b, left:r] = True
+        for p, v in zip(parts, split):
+            vt, vl, vb, vr = _rect_edges(v, sy, sx, p[1])
+            mask[vt:vb, vl:vr] = True
+            views.append((vt, vl, vb, vr))
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        bbox = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
         kind, geom = "rect", None
     else:
-        kind, geom = "fan", _fan_geometry(mask)
+        views = [p[1] for p in parts]
+        kind, geom = "fan", _fan_geometry(parts[0][2]) if len(parts) == 1 else None
     apex, radii, angles = geom if geom is not None else (None, None, None)
-    return Field(kind, bbox, mask, apex, radii, angles, text_boxes=boxes, extended_bottom=extended)
+    return Field(
+        kind, bbox, mask, apex, radii, angles, text_boxes=boxes, extended_bottom=extended,
+        views=views if len(views) > 1 else [],
+    )
+
+
+#: Frames of a clip the clip detector looks at (evenly spread): enough to see the tissue move.
+CLIP_FRAMES = 8
+#: Share of the field that must change across a clip before its static pixels are taken as UI.
+MIN_MOVING_SHARE = 0.5
+
+
+def detect_clip_field(frames: list[np.ndarray]) -> Field:
+    """One acoustic field for all frames of a clip (cine loop, multi-frame DICOM).
+
+    A still image cannot always tell a label touching the field, or a probe half off the skin,
+    from tissue; a clip can: burnt-in text, rulers and bars stay put while the speckle changes
+    from frame to frame. The field is detected on the per-pixel maximum over the frames (a part
+    that is dark in one frame is bright in another) with the pixels that never change taken out
+    as UI, provided most of the field does change (a frozen or duplicated clip gives no such cue
+    and is detected as a still). Fewer than two frames: :func:`detect_field` of the first.
+    """
+    if not frames:
+        raise ValueError("detect_clip_field needs at least one frame")
+    for f in frames:
+        if f.ndim != 2 or f.dtype != np.uint8:
+            raise ValueError(f"detect_clip_field needs uint8 (H, W) frames, got {f.dtype} {f.shape}")
+        if f.shape != frames[0].shape:
+            raise ValueError(f"detect_clip_field: frame sizes differ ({f.shape} vs {frames[0].shape})")
+    if len(frames) < 2:
+        return detect_field(frames[0])
+    pick = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), CLIP_FRAMES)).round().astype(int))
+    lo = frames[int(pick[0])].copy()
+    hi = lo.copy()
+    for i in pick[1:]:
+        np.minimum(lo, frames[int(i)], out=lo)
+        np.maximum(hi, frames[int(i)], out=hi)
+    h, w = hi.shape
+    if min(h, w) < 16:
+        return detect_field(hi)
+    small, _, _ = _downscale(hi, DETECT_SIDE)
+    _, thr = _signal_level(small)
+    # Compression flicker at the edges of static text stays within a few grey levels.
+    static = (hi.astype(np.int16) - lo <= STATIC_RANGE) & (hi > thr)
+    still = _detect(hi, None)
+    inside = still.mask & (hi > thr)
+    if still.fallback or not inside.any() or float((~static[inside]).mean()) < MIN_MOVING_SHARE:
+        return still
+    return _detect(hi, static)
