@@ -187,7 +187,11 @@ def _ui_marks(gray: np.ndarray, bg: float, thr: float) -> tuple[np.ndarray, np.n
     hh = np.array([o[0].stop - o[0].start for o in objs])
     ww = np.array([o[1].stop - o[1].start for o in objs])
     hf, wf = fine.shape
-    narrow = ww < UI_MAX_THIN * wf
+    # Rulers and scale bars stand apart from the image border; a narrow bright strip on the border
+    # is tissue at the edge of an image cropped to its field.
+    x0 = np.array([o[1].start for o in objs])
+    x1 = np.array([o[1].stop for o in objs])
+    narrow = (ww < UI_MAX_THIN * wf) & (x0 > 0) & (x1 < wf)
     small = (area < UI_MAX_AREA * fine.size) & ~narrow & bright[1:]
     small[int(np.argmax(area))] = False
     if small.any():
