@@ -250,6 +250,14 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def _place(entry: dict[str, Any] | None) -> str:
+    """``region / organ`` of a source as its shard index stores it (older indexes store none)."""
+    if not entry:
+        return "not recorded"
+    declared = "" if entry.get("declared", True) else " (self-described)"
+    return f"{display(entry.get('region'))} / {display(entry.get('organ'))}{declared}"
+
+
 def _data_section(data: DataSummary, split: str) -> list[str]:
     out = ["## Training data", ""]
     if data.sources:
@@ -258,15 +266,16 @@ def _data_section(data: DataSummary, split: str) -> list[str]:
         out += [
             f"Sample counts from the shard indexes of the run (pretraining streamed the `{split}` split).",
             "",
-            "| source | images | " + " | ".join(splits) + " | organs | labels |",
-            "|---|---|" + "---|" * len(splits) + "---|---|",
+            "| source | place in the taxonomy | images | " + " | ".join(splits) + " | organs | labels |",
+            "|---|---|---|" + "---|" * len(splits) + "---|---|",
         ]
         for src in data.sources:
             cells = [str(src["split"].get(s, 0)) for s in splits]
-            out.append(f"| {src['source']} | {src['total']} | " + " | ".join(cells)
+            out.append(f"| {src['source']} | {_place(src.get('taxonomy'))} | {src['total']} | " + " | ".join(cells)
                        + f" | {_counts_text(src['organ'])} | {_counts_text(src['label'])} |")
         totals = [str(sum(src["split"].get(s, 0) for src in data.sources)) for s in splits]
-        out.append(f"| **total** | {sum(src['total'] for src in data.sources)} | " + " | ".join(totals) + " | | |")
+        out.append(f"| **total** | | {sum(src['total'] for src in data.sources)} | " + " | ".join(totals)
+                   + " | | |")
         out.append("")
     else:
         out += ["No shard index could be read, so the sources and their counts are unknown.", ""]

@@ -176,3 +176,33 @@ def test_param_groups_no_decay_on_norms_biases_tokens() -> None:
     assert "encoder.stem.0.weight" in d and "encoder.stages.0.blocks.0.mlp.fc1.weight" in d
     assert all(not n.startswith("encoder.head.norm") for n in nd | d)  # frozen without hierarchical heads
     assert len(nd) + len(d) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_pixels_outside_the_field_take_no_part_in_target_or_loss() -> None:
+    """Blanked colour flow and screen background (field 0) may hold anything: neither the per-patch
+    statistics nor the loss change, while a change inside the field does change the loss."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 1, 64, 64, generator=g)
+    field = torch.ones(2, 1, 64, 64)
+    field[:, :, 10:40, 5:30] = 0  # a blanked colour box straddling patches
+    pred = torch.randn(2, 4, 32 * 32, generator=g)
+    weight = torch.ones(2, 4)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        t = make_target(x, "norm_pix", 32, field=field)
+        return masked_patch_loss(pred, t.target, weight, t.pixel_weight)
+
+    outside = images.clone()
+    outside[field == 0] = torch.rand(int((field == 0).sum()), generator=g) * 7
+    assert torch.allclose(loss(images), loss(outside))
+    inside = images.clone()
+    inside[:, :, 50:60, 50:60] += 0.3
+    assert not torch.allclose(loss(images), loss(inside))
+    # a patch with no field pixel drops out instead of counting as a perfect reconstruction
+    empty = torch.ones(1, 1, 32, 64)
+    empty[:, :, :, :32] = 0
+    t = make_target(torch.rand(1, 1, 32, 64, generator=g), "norm_pix", 32, field=empty)
+    zero_pred = torch.zeros(1, 2, 32 * 32)
+    full = masked_patch_loss(zero_pred, t.target, torch.ones(1, 2), t.pixel_weight)
+    right = masked_patch_loss(zero_pred, t.target, torch.tensor([[0.0, 1.0]]), t.pixel_weight)
+    assert torch.allclose(full, right)

@@ -47,8 +47,10 @@ INDEXES = {
 def _write_index(shard_dir: Path, source: str, counts: dict) -> None:
     shard_dir.mkdir(parents=True, exist_ok=True)
     shards = [{"file": f"{source}-{s}-000000.tar", "split": s, "count": n} for s, n in counts["split"].items()]
-    (shard_dir / f"{source}.index.json").write_text(json.dumps({"source": source, "shards": shards,
-                                                                "counts": counts, "report": {}}))
+    index = {"source": source, "shards": shards, "counts": counts, "report": {}}
+    if source == "busi":  # indexes store their source's taxonomy entry (pocus's here is an older one without)
+        index["taxonomy"] = {"source": {"name": "busi", "organ": "breast", "region": "thorax", "declared": True}}
+    (shard_dir / f"{source}.index.json").write_text(json.dumps(index))
 
 
 def _perturb(model: torch.nn.Module, seed: int, scale: float = 0.05) -> None:
@@ -175,9 +177,10 @@ def test_card_lists_data_counts_licences_and_usage(exported):
     _, out, _ = exported
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: timm\nlicense: cc-by-nc-4.0\n")
-    assert "| busi | 780 | 620 | 81 | 79 | breast: 780 | benign: 437, malignant: 210, normal: 133 |" in card
-    assert "| pocus | 1900 | 1500 | 210 | 190 | lung: 1900 |" in card
-    assert "| **total** | 2680 | 2120 | 291 | 269 |" in card
+    assert ("| busi | thorax / breast | 780 | 620 | 81 | 79 | breast: 780 | benign: 437, malignant: 210, "
+            "normal: 133 |") in card
+    assert "| pocus | not recorded | 1900 | 1500 | 210 | 190 | lung: 1900 |" in card
+    assert "| **total** | | 2680 | 2120 | 291 | 269 |" in card
     assert "Non-commercial" in card and "CC0" in card
     assert "**7 steps**" in card and "**28 images seen**" in card
     assert f'timm.create_model("hf-hub:<namespace>/<repo>", pretrained=True)  # or "local-dir:{out}"' in card

@@ -111,7 +111,9 @@ def test_trains_saves_and_loss_decreases(synth_shards: Path, tmp_path: Path, mon
     assert sorted(losses) == list(range(1, 61))
     before, before_rec = _fixed_batch_loss(cfg, None)
     after, after_rec = _fixed_batch_loss(cfg, load_checkpoint(latest_checkpoint(run))["model"])
-    assert after < 0.9 * before, f"loss on a fixed batch did not decrease: {before:.4f} -> {after:.4f}"
+    # 0.95: the classifier's tree holds only the shards' six synthetic sources (log 24 leaves at the
+    # start, not the whole built-in taxonomy), so the total starts lower and falls less in 60 steps
+    assert after < 0.95 * before, f"loss on a fixed batch did not decrease: {before:.4f} -> {after:.4f}"
     assert after_rec < before_rec, f"reconstruction loss did not decrease: {before_rec:.4f} -> {after_rec:.4f}"
     rows = read_metrics(run / "metrics.jsonl")
     assert any(k.startswith("acc/") for k in rows[-1]), "per-level accuracy is logged"

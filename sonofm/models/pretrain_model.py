@@ -116,9 +116,10 @@ class PretrainModel(nn.Module):
         x = (images - self.input_mean) / self.input_std
         feats = masked_forward_features(self.encoder, x, mask)
         pred = self.decoder(feats.stages, mask)
-        tgt = make_target(images, self.target_kind, PATCH, **self.target_kwargs)
+        # pixels outside the field (background, blanked colour flow) are neither target nor loss
+        tgt = make_target(images, self.target_kind, PATCH, field=field, **self.target_kwargs)
         weight = ((1.0 - mask) * in_field).flatten(1) * tgt.weight
-        loss_rec = masked_patch_loss(pred, tgt.target, weight)
+        loss_rec = masked_patch_loss(pred, tgt.target, weight, tgt.pixel_weight)
         out: dict[str, Tensor] = {"loss_rec": loss_rec, "pred": pred, "target": tgt.target, "mask": mask,
                                   "in_field": in_field}
         if self.hier is None:
@@ -142,12 +143,13 @@ class PretrainModel(nn.Module):
         return unpatchify(patches, PATCH, (h // PATCH, w // PATCH), self.in_chans)
 
     @torch.no_grad()
-    def reconstruction(self, images: Tensor, out: dict[str, Tensor]) -> dict[str, Tensor]:
+    def reconstruction(self, images: Tensor, out: dict[str, Tensor], field: Tensor | None = None) -> dict[str, Tensor]:
         """Images ``[B, C, H, W]`` in [0, 1] for a reconstruction grid: ``masked`` input (masked patches
         black), ``target`` and ``pred`` mapped back to pixels with each patch's own mean/std (for
-        ``norm_pix``/``lowpass``), and ``pasted`` (visible input, predicted masked patches)."""
+        ``norm_pix``/``lowpass``; over the ``field`` pixels, as in training), and ``pasted`` (visible
+        input, predicted masked patches)."""
         size = images.shape[-2:]
-        tgt = make_target(images, self.target_kind, PATCH, **self.target_kwargs)
+        tgt = make_target(images, self.target_kind, PATCH, field=field, **self.target_kwargs)
         pred = self.unpatchify(out["pred"].float() * tgt.std + tgt.mean, size).clamp(0, 1)
         target = self.unpatchify(tgt.target * tgt.std + tgt.mean, size).clamp(0, 1)
         m = expand_mask(out["mask"], size, images.dtype)

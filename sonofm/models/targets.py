@@ -65,12 +65,14 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 
 class Target(NamedTuple):
     """Patch targets ``[B, L, D]``, the per-patch ``mean`` and ``std`` ``[B, L, 1]`` that map a
-    prediction back to pixels (``pred * std + mean``), and a per-patch loss ``weight`` ``[B, L]``."""
+    prediction back to pixels (``pred * std + mean``), a per-patch loss ``weight`` ``[B, L]`` and,
+    when the field is known, the per-pixel ``pixel_weight`` ``[B, L, D]`` (1 inside the field)."""
 
     target: Tensor
     mean: Tensor
     std: Tensor
     weight: Tensor
+    pixel_weight: Tensor | None = None
 
 
 def make_target(
@@ -82,11 +84,14 @@ def make_target(
     var_floor: float = 1e-4,
     low_var_weight: float = 1.0,
     sigma: float = 2.0,
+    field: Tensor | None = None,
 ) -> Target:
     """Build the reconstruction target of ``images`` ``[B, C, H, W]`` in [0, 1] (see module doc).
 
     ``kind``: ``"norm_pix"`` per-patch normalised pixels, ``"lowpass"`` the same after a Gaussian blur
-    of ``sigma`` pixels, ``"pix"`` raw pixels.
+    of ``sigma`` pixels, ``"pix"`` raw pixels. ``field`` ``[B, 1, H, W]`` (> 0.5 inside): pixels
+    outside it (screen background, blanked colour flow) take no part in a patch's mean and std and
+    get ``pixel_weight`` 0, so the loss never asks the model to reconstruct them.
     """
     if kind not in TARGET_KINDS:
         raise ValueError(f"unknown target kind {kind!r}; choose one of {', '.join(TARGET_KINDS)}")
@@ -95,18 +100,36 @@ def make_target(
         images = gaussian_blur(images, sigma)
     x = patchify(images, patch)
     b, n, _ = x.shape
+    pw = None
+    if field is not None:
+        if field.ndim != 4 or field.shape[1] != 1 or field.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"field must be [B, 1, H, W] like the images {tuple(images.shape)}, got {tuple(field.shape)}")
+        pw = patchify((field > 0.5).float().expand(-1, images.shape[1], -1, -1), patch)
     if kind == "pix":
         zeros = x.new_zeros(b, n, 1)
-        return Target(x, zeros, zeros + 1.0, x.new_ones(b, n))
-    mean = x.mean(-1, keepdim=True)
-    var = x.var(-1, unbiased=False, keepdim=True)
+        return Target(x, zeros, zeros + 1.0, x.new_ones(b, n), pw)
+    if pw is None:
+        mean = x.mean(-1, keepdim=True)
+        var = x.var(-1, unbiased=False, keepdim=True)
+    else:
+        count = pw.sum(-1, keepdim=True).clamp(min=1.0)
+        mean = (x * pw).sum(-1, keepdim=True) / count
+        var = ((x - mean).pow(2) * pw).sum(-1, keepdim=True) / count
     std = (var.clamp(min=var_floor) + eps).sqrt()
     weight = torch.where(var[..., 0] < var_floor, torch.full_like(var[..., 0], low_var_weight), 1.0)
-    return Target((x - mean) / std, mean, std, weight)
+    return Target((x - mean) / std, mean, std, weight, pw)
 
 
-def masked_patch_loss(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+def masked_patch_loss(pred: Tensor, target: Tensor, weight: Tensor, pixel_weight: Tensor | None = None) -> Tensor:
     """Weighted mean over patches of the per-patch MSE; ``weight`` ``[B, L]`` is typically
-    ``masked * in_field * target.weight``. Returns 0 (still in the graph) when every weight is 0."""
-    per_patch = (pred.float() - target).pow(2).mean(-1)
+    ``masked * in_field * target.weight``; ``pixel_weight`` ``[B, L, D]`` (e.g. the field) restricts
+    each patch's MSE to its weighted pixels (a patch with none drops out). Returns 0 (still in the
+    graph) when every weight is 0."""
+    sq = (pred.float() - target).pow(2)
+    if pixel_weight is None:
+        per_patch = sq.mean(-1)
+    else:
+        count = pixel_weight.sum(-1)
+        per_patch = (sq * pixel_weight).sum(-1) / count.clamp(min=1.0)
+        weight = weight * (count > 0)
     return (per_patch * weight).sum() / weight.sum().clamp(min=1e-8)

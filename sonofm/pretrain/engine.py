@@ -288,7 +288,7 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
                 model.eval()
                 with torch.no_grad():
                     rec = unwrapped.reconstruction(images.float(), {k: v.float() for k, v in out.items()
-                                                                   if k in ("pred", "mask")})
+                                                                   if k in ("pred", "mask")}, batch.get("field"))
                 save_reconstruction_grid({"input": images, "masked": rec["masked"], "reconstruction": rec["pasted"],
                                           "target": rec["target"]}, run_dir / "samples" / f"step-{done:08d}.png")
                 model.train()
