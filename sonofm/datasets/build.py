@@ -264,11 +264,15 @@ class _Worker:
         before = dict(getattr(self.adapter, "stats", {}) or {})
         outs: list[_Out] = []
         try:
-            for i, record in enumerate(self.adapter.load(item)):
+            records = list(self.adapter.load(item))
+            for record in records:
                 # organ / region / label checked and filled before the costly part; preprocess keeps them
                 record.meta = self.taxonomy.annotate({**record.meta, "source": job.source}, job.info)
+            fields = clip_fields(records)
+            for i, (record, fld) in enumerate(zip(records, fields)):
                 try:
-                    processed = self.preprocess(record, max_side=job.max_side, colour_limit=job.colour_limit)
+                    processed = self.preprocess(record, max_side=job.max_side, colour_limit=job.colour_limit,
+                                                field=fld)
                 except self.colour_limit_exceeded:
                     self.adapter.count("dropped_colour_limit")  # counted in the report, the item goes on
                     continue
@@ -308,6 +312,30 @@ class _Worker:
                 reason = f"{path}: {reason}"
             return _ItemResult(path, [], f"{type(e).__name__}: {reason}", _delta(before, self.adapter))
         return _ItemResult(path, outs, None, _delta(before, self.adapter))
+
+
+def clip_fields(records: Sequence[Any]) -> list[Any]:
+    """One acoustic field per clip for the frames of a video or multi-frame DICOM (``None`` for stills).
+
+    The frames of one clip (same file, same ultrasound region, same size) share their field: it is
+    detected once from all of them, where pixels that never change are UI, not tissue
+    (:func:`~sonofm.datasets.field.detect_clip_field`), instead of frame by frame.
+    """
+    from sonofm.datasets.field import detect_clip_field
+    from sonofm.datasets.preprocess import to_grayscale
+
+    clips: dict[tuple[Any, ...], list[int]] = {}
+    for i, r in enumerate(records):
+        if r.meta.get("frame") is not None:
+            clips.setdefault((r.meta.get("us_region"), r.image.shape[:2]), []).append(i)
+    out: list[Any] = [None] * len(records)
+    for members in clips.values():
+        if len(members) < 2:
+            continue
+        fld = detect_clip_field([to_grayscale(records[i].image)[0] for i in members])
+        for i in members:
+            out[i] = fld
+    return out
 
 
 def _where(meta: dict[str, Any]) -> str:
