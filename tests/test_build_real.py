@@ -173,7 +173,7 @@ def test_pocus_files_in_one_split_and_every_video_format_decoded(pocus, shared_d
     assert len(pocus["samples"]) == rep["samples_written"]
     assert rep["samples_written"] + rep["duplicates_exact"] + rep["duplicates_near"] == rep["records_read"]
     labels = pocus["indexes"]["pocus"]["counts"]["label"]
-    assert {"covid", "pneumonia", "healthy"} <= set(labels) and "None" in labels  # label_uncertain
+    assert {"covid", "pneumonia", "healthy"} <= set(labels) and "unlabelled" in labels  # label_uncertain
 
 
 def test_inspect_prints_counts_and_saves_contact_sheet(busi, tmp_path):

@@ -322,7 +322,7 @@ def clip_fields(records: Sequence[Any]) -> list[Any]:
     (:func:`~sonofm.datasets.field.detect_clip_field`), instead of frame by frame.
     """
     from sonofm.datasets.field import detect_clip_field
-    from sonofm.datasets.preprocess import to_grayscale
+    from sonofm.datasets.preprocess import detection_gray
 
     clips: dict[tuple[Any, ...], list[int]] = {}
     for i, r in enumerate(records):
@@ -332,7 +332,7 @@ def clip_fields(records: Sequence[Any]) -> list[Any]:
     for members in clips.values():
         if len(members) < 2:
             continue
-        fld = detect_clip_field([to_grayscale(records[i].image)[0] for i in members])
+        fld = detect_clip_field([detection_gray(records[i].image) for i in members])
         for i in members:
             out[i] = fld
     return out
