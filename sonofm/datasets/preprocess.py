@@ -103,6 +103,20 @@ def to_grayscale(image: np.ndarray, blank_colour: bool = True) -> tuple[np.ndarr
     return gray, info
 
 
+def region_field(detected: Field, shape: tuple[int, int], probe: str | None = None) -> Field:
+    """The field of an image already cropped to a DICOM ultrasound region's box.
+
+    The scanner says the box bounds the image data. A sector (convex or phased probe) inside it has
+    black corners, which detection finds; a linear probe's rectangle fills the box, so there the box
+    is the field: detection could only lose a dark edge (deep tissue with no echo, a probe half off
+    the skin) and take it for a fan, never find a better field.
+    """
+    if detected.kind == "fan" and probe != "linear":
+        return detected
+    h, w = shape
+    return Field("full", (0, 0, h, w), np.ones((h, w), bool), text_boxes=detected.text_boxes)
+
+
 def detection_gray(image: np.ndarray) -> np.ndarray:
     """The 8-bit luminance field detection looks at (colour not blanked; see :func:`preprocess`)."""
     if image.ndim == 2:
@@ -176,6 +190,8 @@ def preprocess(
     # power Doppler 0.667 -> 0.802, screens keeping UI 3 -> 2. Coloured pixels then leave the mask.
     det = detection_gray(record.image) if field is None and colour.blanked else gray
     fld = field if field is not None else detect_field(det)
+    if field is None and record.meta.get("us_region") is not None:
+        fld = region_field(fld, (h, w), record.meta.get("probe"))
     if fld.mask.shape != (h, w):
         raise ValueError(f"{where}: field mask {fld.mask.shape} does not match image {(h, w)}")
     field_mask = fld.mask.copy()
