@@ -1,7 +1,13 @@
 """The ``sonofm`` command line: one sub-command per pipeline stage.
 
 Each handler imports its stage lazily so that ``sonofm --help`` stays fast and a stage that is
-not installed yet cannot break the others.
+not installed yet cannot break the others. Its config is loaded and checked (ranges included)
+before the stage is imported, so a bad value fails in a fraction of a second, without torch.
+
+Errors: every failure the user can fix (a :class:`~sonofm.errors.UserError`, a missing file, a
+full disk; see :func:`sonofm.errors.is_user_error`) becomes one line on stderr,
+``sonofm <command>: error: ...``, and exit status 2; anything else is a bug and keeps its
+traceback. ``--debug`` (or ``SONOFM_DEBUG=1``) prints the traceback of user errors too.
 """
 
 from __future__ import annotations
@@ -9,20 +15,44 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from sonofm import __version__
+from sonofm.errors import UserError, is_user_error, one_line
 
-EPILOG = "Run 'sonofm <command> --help' for the options of one stage."
+EPILOG = "Run 'sonofm <command> --help' for the options of one stage. --debug (or SONOFM_DEBUG=1) shows tracebacks."
+DEBUG_ENV = "SONOFM_DEBUG"
 
 
-class CLIError(RuntimeError):
+class CLIError(UserError, RuntimeError):
     """A user-facing error: printed without a traceback, exit code 2."""
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (a bad one is a usage error, not a traceback)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
+        return value
+
+    return parse
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("--config", default=default, help=f"YAML recipe (default: {default})")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
+
+
+def _need(values: Sequence[str], key: str, example: str) -> None:
+    """Refuse an empty list of inputs before the stage (and torch) is imported."""
+    if not values:
+        raise CLIError(f"{key} is empty: nothing to read; give it on the command line, e.g. {example}, or in the --config")
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
@@ -42,7 +72,13 @@ def _cmd_shards_build(args: argparse.Namespace) -> int:
     sources = [*cfg.sources, *(args.source or [])]
     if not sources:
         raise CLIError("no sources: pass --source ADAPTER:PATH (e.g. --source busi:../shared/data/busi) or a --config")
-    specs = [parse_source_arg(s) for s in sources]
+    specs = []
+    for source in sources:
+        try:  # parsing only reads the user's text (or source-list file): a ValueError is about that input
+            specs.append(parse_source_arg(source))
+        except ValueError as exc:
+            message = one_line(exc)
+            raise CLIError(message if str(source) in message else f"--source {source}: {message}") from exc
     out = args.out or cfg.out
     report = build_shards(
         specs,
@@ -70,6 +106,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     from sonofm.config import PretrainConfig, load_config
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
+    _need(cfg.data.shards, "data.shards", "data.shards=[shards/shared]")
     from sonofm.pretrain.engine import run_pretraining
 
     run_pretraining(cfg, resume=args.resume)
@@ -80,6 +117,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     from sonofm.config import ProbeConfig, load_config
 
     cfg = load_config(ProbeConfig, args.config, args.overrides)
+    _need(cfg.data.shards, "data.shards", "data.shards=[shards/shared]")
     from sonofm.evaluation.cli_entry import probe_from_config
 
     probe_from_config(cfg)
@@ -91,6 +129,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
     overrides = [f"task={args.task}", *args.overrides]
     cfg = load_config(FinetuneConfig, args.config, overrides)
+    if cfg.task == "universal":
+        _need(cfg.datasets, "datasets", "datasets=[shards/busi,shards/cca]  (one shard folder per dataset)")
+    else:
+        _need(cfg.data.shards, "data.shards", "data.shards=[shards/shared]")
     from sonofm.finetune.cli_entry import finetune_from_config
 
     finetune_from_config(cfg)
@@ -126,22 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"sonofm {__version__}")
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help=f"show the traceback of every error (also: {DEBUG_ENV}=1)")
+    common = argparse.ArgumentParser(add_help=False)  # lets --debug also follow the sub-command
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
-    p = sub.add_parser("demo-data", help="generate the built-in synthetic B-mode corpus",
+    p = sub.add_parser("demo-data", parents=[common], help="generate the built-in synthetic B-mode corpus",
                        description="Generate a synthetic B-mode ultrasound corpus (speckle, fan or linear field, "
                        "lesions with masks and labels) as image + mask folders and a CSV manifest.")
     p.add_argument("out", help="output folder")
-    p.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    p.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    p.add_argument("--n", type=_count(1), default=2000, help="number of images (default 2000)")
+    p.add_argument("--seed", type=_count(0), default=0)
+    p.add_argument("--size", type=_count(32), default=256, help="image side in pixels (default 256)")
+    p.add_argument("--workers", type=_count(1), default=1, help="processes (default 1)")
     p.set_defaults(func=_cmd_demo_data)
 
-    p = sub.add_parser("shards", help="build or inspect WebDataset shards",
+    p = sub.add_parser("shards", parents=[common], help="build or inspect WebDataset shards",
                        description="Turn ultrasound collections into sharded WebDataset tar files.")
     shards = p.add_subparsers(dest="shards_command", metavar="<action>", required=True)
-    b = shards.add_parser("build", help="build shards from sources",
+    b = shards.add_parser("build", parents=[common], help="build shards from sources",
                           description="Read sources through their adapters, preprocess (grayscale, field crop, "
                           "resize, dedup), split by group and write {source}-{split}-NNNNNN.tar + index.")
     b.add_argument("--source", action="append", metavar="ADAPTER:PATH",
@@ -151,33 +197,33 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--taxonomy", default=None, metavar="FILE",
                    help="a taxonomy YAML extending the built-in one (new regions, organs, sources, labels)")
     b.add_argument("--out", help="output folder (default from config: shards)")
-    b.add_argument("--workers", type=int, default=None, help="processes")
+    b.add_argument("--workers", type=_count(1), default=None, help="processes")
     _add_config_args(b, None)
     b.set_defaults(func=_cmd_shards_build)
-    i = shards.add_parser("inspect", help="print a shard folder's index and save contact sheets")
+    i = shards.add_parser("inspect", parents=[common], help="print a shard folder's index and save contact sheets")
     i.add_argument("dir", help="shard folder")
     i.add_argument("--sheets", default=None, help="folder for one contact sheet PNG per source")
     i.set_defaults(func=_cmd_shards_inspect)
 
-    p = sub.add_parser("pretrain", help="masked-image-modelling pretraining of a ConvNeXt encoder",
+    p = sub.add_parser("pretrain", parents=[common], help="masked-image-modelling pretraining of a ConvNeXt encoder",
                        description="Pretrain a ConvNeXt encoder with masked image modelling plus a hierarchical "
                        "classifier under Accelerate. Launch on several GPUs with 'accelerate launch -m sonofm pretrain ...'.")
     _add_config_args(p, "configs/pretrain/quickstart.yaml")
     p.add_argument("--resume", default=None, help="'auto' (continue the last checkpoint of run_dir) or a checkpoint dir")
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("probe", help="linear probe and kNN on frozen features",
+    p = sub.add_parser("probe", parents=[common], help="linear probe and kNN on frozen features",
                        description="Evaluate a frozen encoder with a linear probe and kNN under group-aware k-fold CV.")
     _add_config_args(p, "configs/finetune/probe.yaml")
     p.set_defaults(func=_cmd_probe)
 
-    p = sub.add_parser("finetune", help="UPerNet segmentation or universal prompt finetuning",
+    p = sub.add_parser("finetune", parents=[common], help="UPerNet segmentation or universal prompt finetuning",
                        description="Finetune an encoder: 'seg' (UPerNet) or 'universal' (prompt-conditioned, several datasets).")
     p.add_argument("task", choices=["seg", "universal"])
     _add_config_args(p, None)
     p.set_defaults(func=_cmd_finetune)
 
-    p = sub.add_parser("export", help="export a pretrained backbone in timm's format",
+    p = sub.add_parser("export", parents=[common], help="export a pretrained backbone in timm's format",
                        description="Write config.json + model.safetensors + README.md loadable with "
                        "timm.create_model('local-dir:OUT_DIR', pretrained=True).")
     p.add_argument("run_dir")
@@ -188,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: print what would be uploaded")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("quickstart", help="the whole pipeline on built-in synthetic data (or --data)",
+    p = sub.add_parser("quickstart", parents=[common], help="the whole pipeline on built-in synthetic data (or --data)",
                        description="Generate data, build shards, pretrain, probe, segment, export, and print a "
                        "table comparing the pretrained encoder with a random one.")
     p.add_argument("--data", default=None, help="folder of real datasets in known layouts (e.g. ../shared/data)")
@@ -198,45 +244,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that describe a user's mistake or bad input: printed as one line, no traceback."""
-    from sonofm.config import ConfigError
+def _command_name(args: argparse.Namespace) -> str:
+    sub = getattr(args, "shards_command", None)
+    return f"{args.command} {sub}" if sub else str(args.command)
 
-    errors: list[type[BaseException]] = [ConfigError, CLIError, FileNotFoundError]
-    for module, name in (
-        ("sonofm.datasets.taxonomy", "TaxonomyError"),
-        ("sonofm.datasets.adapters", "AdapterError"),
-        ("sonofm.datasets.stream", "StreamError"),
-        ("sonofm.pretrain.engine", "NonFiniteLossError"),
-        ("sonofm.export", "ExportError"),
-        ("sonofm.models.loading", "IncompatibleCheckpointError"),
-    ):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)
+
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "").strip().lower() not in (
+        "", "0", "false", "no", "off")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``sonofm`` command; returns the exit status (0 done, 2 a user error, 3 a missing stage)."""
     os.environ.setdefault("WANDB_MODE", "offline")
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    name = _command_name(args)
     try:
         return func(args)
-    except _user_errors() as exc:
-        print(f"sonofm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("sonofm."):
-            print(f"sonofm {args.command}: this stage is not available in this version ({exc.name} missing)",
-                  file=sys.stderr)
-            return 3
-        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("sonofm."):
+            print(f"sonofm {name}: this stage is not available in this version ({exc.name} missing)",
+                  file=sys.stderr)
+            return 3
+        raise
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise  # a bug: the traceback is what a report needs
+        if _debug(args):
+            traceback.print_exc()
+        print(f"sonofm {name}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
 
 
 def entry() -> None:

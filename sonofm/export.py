@@ -32,6 +32,7 @@ from torch import nn
 from sonofm import __version__
 from sonofm.atomic_io import save_safetensors
 from sonofm.config import PretrainConfig, load_config
+from sonofm.errors import UserError
 from sonofm.model_card import CardInfo, load_results, model_licence, read_data_summary, render_card
 from sonofm.models.input_norm import INPUT_MEAN, INPUT_STD
 from sonofm.models.loading import (
@@ -49,7 +50,7 @@ CARD_NAME = "README.md"
 EXPORT_FILES: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that cannot be done as asked (bad results file or repo id, unknown model, failed
     upload); the message says what to fix. Weights that do not fit raise
     :class:`~sonofm.models.loading.IncompatibleCheckpointError` instead, listing the keys."""

@@ -1,6 +1,6 @@
 """Typed recipes: schemas, YAML loading with overrides, saving into run directories."""
 
-from sonofm.config.loader import ConfigError, load_config, save_config, to_yaml, valid_keys
+from sonofm.config.loader import ConfigError, check_config, load_config, save_config, to_yaml, valid_keys
 from sonofm.config.schema import (
     SCHEMAS,
     DataConfig,
@@ -13,6 +13,7 @@ from sonofm.config.schema import (
 
 __all__ = [
     "ConfigError",
+    "check_config",
     "load_config",
     "save_config",
     "to_yaml",

@@ -1,14 +1,18 @@
 """Load a YAML recipe into a typed schema, apply ``key=value`` overrides, save the result.
 
-Unknown keys and wrong types are caught here with a message that names the key and lists the
-valid ones, because a silently ignored typo in a recipe can cost a whole training run.
+Unknown keys, wrong types, values out of range and keys that contradict each other are caught here
+with a message that names the key, the value, the valid range and where the value came from (which
+recipe file, or which override), because a silently ignored typo in a recipe can cost a whole
+training run, and a bad value found only after the model is built costs seconds on every try.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,14 +21,17 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sonofm.atomic_io import temp_file
-from sonofm.config.schema import CHOICES
+from sonofm.config.schema import CHECK, CHOICES, Check
+from sonofm.errors import UserError
 from sonofm.paths import config_path
 
 T = TypeVar("T")
 BASE_KEY = "_base_"
+#: Where a key's value came from when no recipe or override set it.
+DEFAULT = "the default"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe or override that does not fit the schema."""
 
 
@@ -70,22 +77,38 @@ def _unknown_key_error(schema: type, key: str, where: str) -> ConfigError:
     )
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """Read a recipe, merging any ``_base_`` recipe it names (paths relative to the file)."""
+def _recipe_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """``(where, data)`` for a recipe and the ``_base_`` chain it names, the farthest base first, so
+    that every value is reported with the file that really set it (paths relative to the file)."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: '_base_' chain loops back to itself")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        via = f" (the '_base_' of {seen[-1]})" if seen else ""
+        raise ConfigError(f"recipe file not found: {path}{via}") from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable YAML recipe ({exc})") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
     base = data.pop(BASE_KEY, None)
+    own = [(f"recipe {path}", data)]
     if base is None:
-        return data
-    merged = _read_yaml((path.parent / base), seen + (path,))
-    return OmegaConf.to_container(OmegaConf.merge(merged, data))  # type: ignore[return-value]
+        return own
+    return _recipe_layers(path.parent / str(base), seen + (path,)) + own
+
+
+def _read_yaml(path: Path) -> dict:
+    """A recipe with its ``_base_`` chain merged into one mapping."""
+    merged: Any = {}
+    for _, data in _recipe_layers(path):
+        merged = OmegaConf.merge(merged, data)
+    return OmegaConf.to_container(merged)  # type: ignore[return-value]
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -95,7 +118,12 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{item}' has an empty key")
-    return key, yaml.safe_load(raw) if raw != "" else ""
+    try:
+        return key, yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not a YAML value"
+        raise ConfigError(f"override '{item}': the value {raw!r} does not parse ({problem}); quote it or fix "
+                          "the brackets, e.g. data.shards=[a,b]") from None
 
 
 def _nest(key: str, value: Any) -> dict:
@@ -127,21 +155,34 @@ def _check_with_root(schema: type, data: dict, where: str) -> None:
     walk(schema, data, "")
 
 
+def _record_origins(schema: type, data: dict, where: str, origins: dict[str, str], prefix: str = "") -> None:
+    """Remember ``where`` as the origin of every leaf key that ``data`` sets (a section's leaves too)."""
+    fields = _fields(schema)
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        sub = _nested_schema(fields[key]) if key in fields else None
+        if sub is not None and isinstance(value, dict):
+            _record_origins(sub, value, where, origins, full + ".")
+        else:
+            origins[full] = where
+
+
 def load_config(schema: type[T], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> T:
     """Build a typed config: schema defaults ← YAML recipe ← ``key=value`` overrides.
 
-    Raises :class:`ConfigError` naming the offending key (with the valid ones) for unknown keys and
-    values of the wrong type.
+    Raises :class:`ConfigError` naming the offending key, the value, the valid keys or range and the
+    recipe file or override it came from, for unknown keys, wrong types, values out of range and
+    keys that contradict each other; nothing else (no model, data or process) is touched first.
     """
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
     layers: list[tuple[str, dict]] = []
     if path is not None:
-        p = config_path(path)
-        layers.append((str(p), _read_yaml(p)))
+        layers.extend(_recipe_layers(config_path(path)))
     for item in overrides or []:
         key, value = _parse_override(item)
         layers.append((f"override '{item}'", _nest(key, value)))
+    origins: dict[str, str] = {}
     for where, data in layers:
         _check_with_root(schema, data, where)
         try:
@@ -150,15 +191,79 @@ def load_config(schema: type[T], path: str | os.PathLike | None = None, override
             key = getattr(exc, "full_key", None) or "?"
             msg = str(getattr(exc, "msg", exc)).splitlines()[0]
             raise ConfigError(f"bad value for config key '{key}' ({where}): {msg}") from None
+        _record_origins(schema, data, where, origins)
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"incomplete config: {exc}") from None
-    _check_choices(obj)
+    _check_choices(obj, origins)
+    check_config(obj, origins)
     return obj  # type: ignore[return-value]
 
 
-def _check_choices(obj: Any) -> None:
+def _origin(origins: dict[str, str], key: str) -> str:
+    """Where ``key`` was set: the override or recipe of the key itself or of a section above it."""
+    parts = key.split(".")
+    for i in range(len(parts), 0, -1):
+        found = origins.get(".".join(parts[:i]))
+        if found is not None:
+            return found
+    return DEFAULT
+
+
+def _lookup(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@functools.cache
+def _hints(section: type) -> dict[str, Any]:
+    return typing.get_type_hints(section)
+
+
+def _kind(section: type, name: str) -> str:
+    """What one value of a key is, for the range text: ``integer``, ``name`` or ``number``."""
+    hint = _hints(section).get(name)
+    args = set(typing.get_args(hint)) - {type(None)} or {hint}
+    for arg in list(args):
+        args |= set(typing.get_args(arg))
+    if int in args and float not in args:
+        return "integer"
+    return "name" if str in args else "number"
+
+
+def check_config(obj: Any, origins: dict[str, str] | None = None) -> None:
+    """Check every key's range (its :class:`~sonofm.config.schema.Check`) and each section's
+    ``cross_checks``; raise :class:`ConfigError` for the first problem. ``origins`` maps keys to the
+    recipe or override that set them (from :func:`load_config`); without it values count as defaults.
+    """
+    origins = origins or {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, key + ".")
+                continue
+            check: Check | None = f.metadata.get(CHECK)
+            if check is not None and not check.ok(value):
+                raise ConfigError(
+                    f"bad value {value!r} for config key '{key}' ({_origin(origins, key)}): must be "
+                    f"{check.describe(_kind(type(node), f.name))}"
+                )
+        cross = getattr(node, "cross_checks", None)
+        if cross is not None:
+            for keys, requirement in cross(prefix):
+                given = ", ".join(f"'{k}' = {_lookup(obj, k)!r} ({_origin(origins, k)})" for k in keys)
+                noun = "config key" if len(keys) == 1 else "config keys"
+                raise ConfigError(f"bad {noun} {given}: {requirement}")
+
+    walk(obj, "")
+
+
+def _check_choices(obj: Any, origins: dict[str, str] | None = None) -> None:
     """Reject values outside a key's allowed set (see ``CHOICES`` in the schema)."""
     for key, allowed in CHOICES.items():
         node = obj
@@ -172,7 +277,8 @@ def _check_choices(obj: Any) -> None:
         values = node if isinstance(node, list) else [node]
         for value in values:
             if value not in allowed:
-                raise ConfigError(f"bad value {value!r} for config key '{key}': choose from {', '.join(map(str, allowed))}")
+                raise ConfigError(f"bad value {value!r} for config key '{key}': choose from {', '.join(map(str, allowed))} "
+                                  f"({_origin(origins or {}, key)})")
 
 
 def to_yaml(cfg: Any) -> str:

@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sonofm.errors import UserError
+
 #: Largest image accepted (pixels). PIL only warns below twice its own limit; we refuse instead.
 MAX_PIXELS = 100_000_000
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError, ValueError):
     """A source file that cannot be read or decoded; the message names the file and the problem.
 
     Defined here (not in ``adapters``) so that low-level readers can raise it without importing the

@@ -69,6 +69,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sonofm.datasets.augment import AugmentConfig, augment_sample, eval_sample
 from sonofm.datasets.imageio import MAX_PIXELS
+from sonofm.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ CORRUPT_KINDS: tuple[str, ...] = ("image", "json", "mask", "field", "tar")
 _PLAN, _ROUND, _AUG = 1, 2, 3  # seed-sequence tags: independent streams for planning, mixing, augmentation
 
 
-class StreamError(RuntimeError):
+class StreamError(UserError, RuntimeError):
     """The stream cannot produce data: empty split, unreadable shard, or nothing but corrupt samples."""
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from sonofm.errors import UserError
+
 LEVELS: tuple[str, ...] = ("region", "organ", "source", "leaf")
 BUILTIN_FILE = "taxonomy.yaml"
 #: How an unknown organ, region or label is shown (counts, reports, model cards): never ``None``.
@@ -33,7 +35,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _SOURCE_KEYS = {"organ", "region", "labels", "probe", "description"}
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(UserError, ValueError):
     """A source, organ, region or label that does not fit the taxonomy (the message says how to fix it)."""
 
 

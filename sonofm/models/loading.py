@@ -34,6 +34,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
+from sonofm.errors import UserError
 from sonofm.models.input_norm import INPUT_MEAN, INPUT_STD, set_input_stats
 
 __all__ = [
@@ -51,7 +52,7 @@ _CLASSIFIER_KEYS = ("head.fc.weight", "head.fc.bias")
 _ENCODER_PREFIXES = ("encoder.", "encoder.model.")
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(UserError, ValueError):
     """Weights that do not fit the model exactly."""
 
 

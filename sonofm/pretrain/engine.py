@@ -24,9 +24,12 @@ from tqdm.auto import tqdm
 
 from sonofm.config import PretrainConfig, save_config
 from sonofm.datasets.shards import write_json_atomic
+from sonofm.errors import UnreadableFileError, UserError
 from sonofm.faults import maybe_kill
+from sonofm.models.loading import IncompatibleCheckpointError
 from sonofm.models.pretrain_model import PretrainModel, count_params, param_groups
 from sonofm.pretrain.checkpoint import (
+    STATE_FILE,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
@@ -42,7 +45,7 @@ from sonofm.pretrain.visualize import plot_loss_curve, save_reconstruction_grid
 TREE_FILE = "taxonomy_tree.json"
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The loss became NaN or infinite: training stops instead of corrupting the weights."""
 
 
@@ -163,6 +166,45 @@ def _make_loader(cfg: PretrainConfig, rank: int, world: int, resume_samples: int
     )
 
 
+def _load_for_resume(ckpt: Path, cfg: PretrainConfig, rank: int, accelerator: Accelerator) -> dict[str, Any]:
+    """Read the checkpoint to resume, refusing (before any weights are read) one made for another
+    encoder, and naming the file of a truncated or corrupt one with the checkpoint to fall back to.
+
+    A corrupt checkpoint is reported rather than skipped: checkpoints are written atomically, so a
+    bad file means a damaged disk or copy, which the user should see before steps are trained again.
+    """
+    state_file = ckpt / STATE_FILE
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UnreadableFileError(f"{state_file}: unreadable checkpoint state ({e}); "
+                                  f"{_fallback_hint(ckpt)}") from e
+    for key, mine in (("model", cfg.model.name), ("in_chans", cfg.model.in_chans)):
+        theirs = state.get(key)
+        if theirs is not None and theirs != mine:
+            name = "model.name" if key == "model" else "model.in_chans"
+            raise IncompatibleCheckpointError(
+                f"--resume: checkpoint {ckpt} was trained with {name}={theirs}, this config has {name}={mine}; "
+                f"resume with {name}={theirs} or start a new run_dir"
+            )
+    if state.get("img_size") not in (None, cfg.data.img_size):
+        accelerator.print(f"note: resuming at data.img_size={cfg.data.img_size}; {ckpt} was trained at "
+                          f"{state['img_size']} (the weights do not depend on it)")
+    try:
+        return load_checkpoint(ckpt, rank=rank)
+    except ValueError as e:  # load_checkpoint names the file that is truncated, corrupt or refused
+        raise UnreadableFileError(f"{e}; {_fallback_hint(ckpt)}") from e
+
+
+def _fallback_hint(ckpt: Path) -> str:
+    """What to do about a damaged checkpoint: the previous complete one, if there is one."""
+    older = sorted(p for p in ckpt.parent.glob("step-*") if p.name < ckpt.name and (p / STATE_FILE).is_file())
+    if older:
+        return (f"delete {ckpt} to resume from the previous complete checkpoint {older[-1]} with --resume auto "
+                f"(or pass --resume {older[-1]})")
+    return f"delete {ckpt} and start again (there is no earlier complete checkpoint)"
+
+
 def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
     """Train (or continue training) the run described by ``cfg``; returns the run directory."""
     # cpu=True on machines without CUDA lets torchrun/accelerate processes form a gloo group (MULTI_CPU)
@@ -188,8 +230,16 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
     start_step, samples_per_rank = 0, 0
     loaded: dict[str, Any] | None = None
     if ckpt is not None:
-        loaded = load_checkpoint(ckpt, rank=rank)
-        model.load_state_dict(loaded["model"], strict=True)
+        loaded = _load_for_resume(ckpt, cfg, rank, accelerator)
+        try:
+            model.load_state_dict(loaded["model"], strict=True)
+        except RuntimeError as e:  # torch's key / size mismatch report
+            detail = " ".join(str(e).split())
+            raise IncompatibleCheckpointError(
+                f"{ckpt / 'model.safetensors'}: the checkpoint's weights do not fit the model this config builds "
+                f"({detail[:300]}{'...' if len(detail) > 300 else ''}); resume with the config the run was started with ({run_dir / 'config.yaml'}), "
+                "or start a new run_dir"
+            ) from e
         optimizer.load_state_dict(loaded["optimizer"])
         start_step = int(loaded["state"]["step"])
         samples_per_rank = int(loaded["state"]["samples_per_rank"])

@@ -21,6 +21,7 @@ from sonofm.datasets.adapters.hc18 import Hc18Adapter
 from sonofm.datasets.adapters.pocus import PocusAdapter
 from sonofm.datasets.adapters.synthetic import SyntheticAdapter
 from sonofm.datasets.imageio import AdapterError
+from sonofm.errors import UnknownNameError
 
 ADAPTERS: dict[str, type[Adapter]] = {
     "busi": BusiAdapter,
@@ -40,7 +41,7 @@ def get_adapter(name: str, root: str | os.PathLike, **options: Any) -> Adapter:
     if cls is None:
         close = difflib.get_close_matches(name, ADAPTERS, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise KeyError(f"unknown adapter {name!r}{hint}; known adapters: {', '.join(sorted(ADAPTERS))}")
+        raise UnknownNameError(f"unknown adapter {name!r}{hint}; known adapters: {', '.join(sorted(ADAPTERS))}")
     return cls(root, **options)
 
 

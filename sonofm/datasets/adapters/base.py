@@ -19,6 +19,7 @@ import numpy as np
 from sonofm.datasets.imageio import IMAGE_EXTENSIONS, AdapterError, binarize, read_image, read_mask
 from sonofm.datasets.records import Record
 from sonofm.datasets.video import DEDUP_THRESHOLD, VIDEO_EXTENSIONS, sample_video
+from sonofm.errors import BadOptionError
 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
@@ -60,7 +61,7 @@ class Adapter(abc.ABC):
         valid = {**self.common_options, **self.options}
         unknown = sorted(set(options) - set(valid))
         if unknown:
-            raise TypeError(
+            raise BadOptionError(
                 f"{type(self).__name__}: unknown option(s) {unknown}; valid options: {sorted(valid)}"
             )
         self.opts: dict[str, Any] = {**valid, **options}
