@@ -287,3 +287,24 @@ def test_writer_rejects_what_it_cannot_write(tmp_path: Path) -> None:
     ds = pydicom.dcmread(p)
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.3.1" and int(ds.NumberOfFrames) == 2
     assert ds.BitsStored == 16 and ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+
+
+def test_a_linear_region_is_its_box_even_with_dark_deep_tissue(tmp_path: Path) -> None:
+    """Power Doppler screen, linear probe, deep tissue black down to the box's bottom: detection alone
+    loses the deep field (and calls it a fan); the scanner's region says the box is the image."""
+    from sonofm.datasets.field import detect_field
+    from sonofm.datasets.preprocess import preprocess
+    from sonofm.datasets.synthetic.screens import render_screen, score_field, screen_gray
+
+    sc = render_screen("power_doppler", 4)
+    (region,) = sc.regions
+    x0, y0, x1, y1 = region["box"]
+    alone = detect_field(screen_gray(sc.image)[y0:y1 + 1, x0:x1 + 1])
+    assert alone.mask.mean() < 0.95  # the case this guards against
+    write_us_dicom(tmp_path / "pd.dcm", sc.image[None], photometric="RGB", regions=sc.regions)
+    (rec,) = list(get_adapter("dicom", tmp_path))
+    out = preprocess(rec, max_side=4096)
+    kept = np.zeros(sc.field.shape, bool)
+    t, left, b, r = out.meta["crop"]
+    kept[y0 + t:y0 + b, x0 + left:x0 + r] = out.field_mask
+    assert score_field(sc, kept)["iou"] > 0.98
