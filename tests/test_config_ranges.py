@@ -225,7 +225,7 @@ def test_a_bad_value_in_a_base_recipe_names_the_base_file(tmp_path: Path) -> Non
         load_config(PretrainConfig, child)
     missing = tmp_path / "orphan.yaml"
     missing.write_text(yaml.safe_dump({"_base_": "gone.yaml"}))
-    with pytest.raises(ConfigError, match=rf"recipe file not found: .*gone.yaml \(the '_base_' of {missing}\)"):
+    with pytest.raises(ConfigError, match=rf"config file not found: .*gone.yaml \(the '_base_' of {missing}\)"):
         load_config(PretrainConfig, missing)
 
 

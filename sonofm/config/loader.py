@@ -87,7 +87,7 @@ def _recipe_layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, d
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         via = f" (the '_base_' of {seen[-1]})" if seen else ""
-        raise ConfigError(f"recipe file not found: {path}{via}") from None
+        raise ConfigError(f"config file not found: {path}{via}") from None
     except (IsADirectoryError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable YAML recipe ({exc})") from None
     try:
