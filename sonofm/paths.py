@@ -33,7 +33,7 @@ def config_path(path: str | os.PathLike) -> Path:
     candidate = shipped / rel
     if candidate.exists():
         return candidate
-    shipped_list = ", ".join(sorted(str(q.relative_to(shipped)) for q in shipped.rglob("*.yaml")))
+    shipped_list = ", ".join(sorted(str(q.relative_to(shipped)) for q in shipped.glob("*/*.yaml")))
     raise FileNotFoundError(
         f"config file not found: {path} (not in the working directory {Path.cwd()}, nor shipped with "
         f"sonofm; shipped recipes: {shipped_list})"

@@ -135,7 +135,9 @@ def _check_tree(run_dir: Path, tree: dict[str, Any], main: bool, resuming: bool)
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved != tree:
             changed = sorted(lv for lv in tree["names"] if saved.get("names", {}).get(lv) != tree["names"][lv])
-            raise ValueError(
+            from sonofm.datasets.taxonomy import TaxonomyError
+
+            raise TaxonomyError(
                 f"{run_dir}: the shards' taxonomy differs from the one this run was started with (levels "
                 f"{changed} changed, see {path}); resume with the same data.shards or start a new run_dir"
             )
