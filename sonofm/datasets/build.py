@@ -41,8 +41,10 @@ import yaml
 
 from sonofm import __version__
 from sonofm.datasets.dedup import image_digests
+from sonofm.datasets.imageio import MAX_ASPECT, MIN_SIDE, degenerate_reason
 from sonofm.datasets.shards import (
     INDEX_VERSION,
+    OutputError,
     ResumeMismatch,
     Sample,
     ShardSetWriter,
@@ -51,6 +53,7 @@ from sonofm.datasets.shards import (
     encode_png,
     index_path,
     keys_sha256,
+    output_error,
     progress_path,
     read_index,
     sample_key,
@@ -60,8 +63,36 @@ from sonofm.datasets.shards import (
 )
 from sonofm.datasets.splits import assign_split, normalise_fractions
 from sonofm.datasets.taxonomy import SourceInfo, Taxonomy, display, regions_of
+from sonofm.errors import UserError
 
 MAX_ERRORS_LISTED = 200
+
+#: Counters of things left out, with how the console line names them (``report["skipped"]``).
+SKIP_LABELS = {
+    "skipped_tiny": "tiny",
+    "skipped_extreme_aspect": "extreme aspect ratio",
+    "skipped_all_black": "all black",
+    "skipped_constant": "constant",
+    "duplicate_keys": "duplicate keys",
+    "ragged_csv_rows": "ragged CSV rows",
+    "symlinks_dangling": "dangling links",
+    "symlinks_outside_root": "links leaving the source folder",
+    "symlink_loops": "link loops",
+    "files_linked_twice": "files reached twice through links",
+    "special_files": "FIFOs/sockets",
+    "unreadable_folders": "unreadable folders",
+    "unreadable_files": "unreadable files",
+    "other_files_ignored": "non-media files",
+}
+#: Counters of samples written changed (``report["altered"]``).
+ALTERED_LABELS = {"masks_thresholded": "soft masks cut at half range"}
+#: Counters the console line already shows in its own words.
+_SHOWN = {"dropped_colour_limit"}
+
+
+class EmptySourceError(UserError, RuntimeError):
+    """A source that gave no sample at all (every file unreadable, or every image skipped): the
+    message names the source, its file count and the first reasons. Still a ``RuntimeError``."""
 
 
 # ------------------------------------------------------------------------------------- source specs
@@ -219,6 +250,8 @@ class _Job:
     dedup: bool
     colour_limit: float | None = None
     skip_keys: frozenset[str] = frozenset()
+    min_side: int = MIN_SIDE
+    max_aspect: float = MAX_ASPECT
 
 
 @dataclass
@@ -241,6 +274,7 @@ class _ItemResult:
     outs: list[_Out]
     error: str | None
     stats: dict[str, int]
+    notes: list[dict[str, str]] = field(default_factory=list)  # what this item left out, named
 
 
 class _Worker:
@@ -262,14 +296,22 @@ class _Worker:
         job = self.job
         path = str(getattr(item, "path", item))
         before = dict(getattr(self.adapter, "stats", {}) or {})
+        self.adapter.notes = []
         outs: list[_Out] = []
         try:
             records = list(self.adapter.load(item))
-            for record in records:
+            kept: list[tuple[int, Any]] = []
+            for i, record in enumerate(records):
+                # a thumbnail, a strip, a blank export: counted and named, never stored as a sample
+                bad = degenerate_reason(record.image, job.min_side, job.max_aspect)
+                if bad is not None:
+                    self.adapter.skip(bad[0], _where(record.meta), bad[1])
+                    continue
                 # organ / region / label checked and filled before the costly part; preprocess keeps them
                 record.meta = self.taxonomy.annotate({**record.meta, "source": job.source}, job.info)
-            fields = clip_fields(records)
-            for i, (record, fld) in enumerate(zip(records, fields)):
+                kept.append((i, record))  # ``i`` stays the record's own index: keys do not move
+            fields = clip_fields([r for _, r in kept])
+            for (i, record), fld in zip(kept, fields):
                 try:
                     processed = self.preprocess(record, max_side=job.max_side, colour_limit=job.colour_limit,
                                                 field=fld)
@@ -310,8 +352,9 @@ class _Worker:
             reason = str(e) or type(e).__name__
             if path not in reason:
                 reason = f"{path}: {reason}"
-            return _ItemResult(path, [], f"{type(e).__name__}: {reason}", _delta(before, self.adapter))
-        return _ItemResult(path, outs, None, _delta(before, self.adapter))
+            return _ItemResult(path, [], f"{type(e).__name__}: {reason}", _delta(before, self.adapter),
+                               self.adapter.notes)
+        return _ItemResult(path, outs, None, _delta(before, self.adapter), self.adapter.notes)
 
 
 def clip_fields(records: Sequence[Any]) -> list[Any]:
@@ -503,7 +546,10 @@ def _build_source(
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     spec, source = plan.spec, plan.source
-    items = list(plan.adapter.items())
+    # listed here, in the main process: what the listing counts (images without mask, refused links,
+    # ragged rows) is kept for the report, beside what the workers count while decoding
+    items = plan.adapter.list_items()
+    listing = (dict(plan.adapter.stats), list(plan.adapter.notes))
     if plan.only_rows:
         items = [it for it in items if getattr(it, "meta", {}).get("source") == source]
     if not items:
@@ -522,16 +568,19 @@ def _build_source(
     def job(done: dict[str, dict[str, Any]]) -> _Job:
         return _Job(spec, source, plan.info, taxonomy_files, settings["max_side"], settings["split_fractions"],
                     settings["salt"], settings["dedup"], settings["colour_limit"],
-                    frozenset(k for e in done.values() for k in e.get("keys", ())))
+                    frozenset(k for e in done.values() for k in e.get("keys", ())),
+                    settings["min_side"], settings["max_aspect"])
 
     try:
-        return _write_source(job(done), items, out_dir, settings, fingerprint, done, ppath, workers, progress, t0)
+        return _write_source(job(done), items, out_dir, settings, fingerprint, done, ppath, workers, progress, t0,
+                             listing)
     except ResumeMismatch as e:
         if not done:
             raise
         print(f"[sonofm] {source}: recorded shards do not match this build ({e}); rebuilding the source")
         ppath.unlink(missing_ok=True)
-        return _write_source(job({}), items, out_dir, settings, fingerprint, {}, ppath, workers, progress, t0)
+        return _write_source(job({}), items, out_dir, settings, fingerprint, {}, ppath, workers, progress, t0,
+                             listing)
 
 
 def _final_entry(info: SourceInfo, organs: Counter, labels: Counter) -> SourceInfo:
@@ -557,11 +606,15 @@ def _write_source(
     workers: int,
     progress: bool,
     t0: float,
+    listing: tuple[dict[str, int], list[dict[str, str]]] = ({}, []),
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
     spec, source, dedup = job.spec, job.source, job.dedup
-    log = _Progress(ppath, fingerprint, done)
+    try:
+        log = _Progress(ppath, fingerprint, done)
+    except OSError as e:
+        raise output_error(f"cannot write {ppath}", e) from e
     writer = ShardSetWriter(out_dir, source, settings["samples_per_shard"], done=done, on_commit=log.append)
     dup_filter = None
     if dedup:
@@ -574,7 +627,9 @@ def _write_source(
     split_label: dict[str, Counter] = {}
     groups: dict[str, set[str]] = {}
     formats: dict[str, Counter] = {}
-    adapter_stats: Counter = Counter()
+    adapter_stats: Counter = Counter(listing[0])
+    notes: list[dict[str, str]] = list(listing[1])
+    keys_seen: dict[str, str] = {}  # sample key -> where it came from: keys are unique within a source
     errors: list[dict[str, str]] = []
     duplicates: list[dict[str, Any]] = []
     n_records = n_colour = n_blanked = n_text = n_text_inside = n_written = n_items_ok = 0
@@ -586,6 +641,7 @@ def _write_source(
             fmt = formats.setdefault(ext, Counter())
             fmt["files"] += 1
             adapter_stats.update(res.stats)
+            notes.extend(res.notes[: max(0, MAX_ERRORS_LISTED - len(notes))])
             if res.error is not None:
                 fmt["errors"] += 1
                 errors.append({"file": res.path, "reason": res.error})
@@ -598,13 +654,21 @@ def _write_source(
                 n_blanked += out.colour_blanked
                 n_text += out.text_outside
                 n_text_inside += out.text_inside
+                where = _where(out.meta)
+                if out.key in keys_seen:  # the same file listed twice (a CSV row repeated): written once
+                    adapter_stats["duplicate_keys"] += 1
+                    if len(notes) < MAX_ERRORS_LISTED:
+                        notes.append({"file": where, "counter": "duplicate_keys",
+                                      "reason": f"sample key {out.key} already written from {keys_seen[out.key]}"})
+                    continue
+                keys_seen[out.key] = where
                 if dup_filter is not None and not dup_filter.add_digests(out.key, *out.digests):
                     _, kept, kind, dist = dup_filter.duplicates[-1]
                     if len(duplicates) < MAX_ERRORS_LISTED:
                         duplicates.append({"dropped": _where(out.meta), "kept_key": kept, "kind": kind,
                                            "distance": int(dist)})
                     continue
-                writer.add(Sample(out.key, out.meta, out.png, out.mask_png, out.field_png))
+                _write(writer.add, out_dir, source, Sample(out.key, out.meta, out.png, out.mask_png, out.field_png))
                 n_written += 1
                 m = out.meta
                 counts["split"][m["split"]] += 1
@@ -615,18 +679,17 @@ def _write_source(
                 groups.setdefault(m["split"], set()).add(m["group"])
             elapsed = time.perf_counter() - t0
             bar.set_postfix_str(f"{n_records} img, {n_records / max(elapsed, 1e-9):.1f} img/s", refresh=False)
-        entries = writer.close()
+        entries = _write(writer.close, out_dir, source)
     except BaseException:
         writer.abort()
         raise
     finally:
         bar.close()
 
-    if n_items_ok == 0:
-        raise RuntimeError(
-            f"source {source}: every one of {len(items)} files failed to decode; first error: "
-            f"{errors[0]['reason'] if errors else '?'}"
-        )
+    skipped = {k: int(adapter_stats[k]) for k in SKIP_LABELS if adapter_stats.get(k)}
+    if n_written == 0:
+        ppath.unlink(missing_ok=True)
+        raise _empty_source(source, len(items), n_items_ok, errors, skipped, notes, adapter_stats)
     elapsed = time.perf_counter() - t0
     warnings = [
         f"split {s!r} (fraction {f:.2f}) received no group"
@@ -652,6 +715,10 @@ def _write_source(
         "text_inside_field": n_text_inside,
         "formats": {k: dict(v) for k, v in sorted(formats.items())},
         "adapter_stats": dict(adapter_stats),
+        # everything left out, per reason (listing and decoding, main process and workers), and named
+        "skipped": skipped,
+        "skipped_files": notes[:MAX_ERRORS_LISTED],
+        "altered": {k: int(adapter_stats.get(k, 0)) for k in ALTERED_LABELS},
         "shards_skipped": writer.skipped,
         "seconds": round(elapsed, 3),
         "images_per_s": round(n_records / elapsed, 2) if elapsed > 0 else None,
@@ -692,6 +759,72 @@ def _write_source(
     return report
 
 
+def _write(call: Any, out_dir: Path, source: str, *args: Any) -> Any:
+    """``call(*args)`` on the shard writer, an ``OSError`` (full disk, progress record) as :class:`OutputError`."""
+    try:
+        return call(*args)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise output_error(f"cannot write the shards of source {source} in {out_dir}", e) from e
+
+
+def _empty_source(
+    source: str,
+    n_files: int,
+    n_items_ok: int,
+    errors: list[dict[str, str]],
+    skipped: dict[str, int],
+    notes: list[dict[str, str]],
+    stats: Counter,
+) -> EmptySourceError:
+    """The error for a source that gave no sample, with its file count and the first reasons."""
+    if n_items_ok == 0 and errors:
+        first = "; ".join(e["reason"] for e in errors[:3])
+        return EmptySourceError(
+            f"source {source}: every one of {n_files} files failed to decode ({len(errors)} decode errors); "
+            f"first reasons: {first}"
+        )
+    why = [f"{len(errors)} decode errors"] if errors else []
+    why += [f"{n} {SKIP_LABELS[k]}" for k, n in skipped.items()]
+    if stats.get("dropped_colour_limit"):
+        why.append(f"{stats['dropped_colour_limit']} over colour_limit")
+    first = "; ".join(f"{n['file']}: {n['reason']}" for n in notes[:3]) or "; ".join(
+        e["reason"] for e in errors[:3]
+    )
+    return EmptySourceError(
+        f"source {source}: no sample written from {n_files} files ({', '.join(why) or 'nothing kept'}); "
+        f"first reasons: {first or '?'}"
+    )
+
+
+def check_output_dir(out: Path) -> None:
+    """Create ``out`` and prove it writable (a 4 KiB file, fsynced, removed) before any work, so an
+    output that is a file, read-only or full is one clear error naming it, not a traceback later."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output folder {out} is an existing file, not a folder: give a folder "
+                          "(it is created when missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(f"cannot create the output folder {out}", e) from e
+    probe = out / f".sonofm-write-test-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise output_error(f"output folder {out} is not writable", e) from e
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def build_shards(
     sources: Sequence[SourceSpec | str | dict | list],
     out_dir: str | os.PathLike,
@@ -705,18 +838,24 @@ def build_shards(
     progress: bool = True,
     taxonomy: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     colour_limit: float | None = None,
+    min_side: int = MIN_SIDE,
+    max_aspect: float = MAX_ASPECT,
 ) -> dict[str, Any]:
     """Build ``{source}-{split}-{000000}.tar`` shards and ``{source}.index.json`` for every source.
 
     ``taxonomy``: user taxonomy file(s) extending the built-in tree (new regions, organs, sources).
     ``colour_limit``: drop (and count) images whose coloured share of the field is above this share
     (colour flow is blanked either way; ``None`` keeps every image).
+    ``min_side``, ``max_aspect``: decoded images with a side under ``min_side`` px or more elongated
+    than ``max_aspect``:1, and all-black or constant ones, are skipped and counted (never written).
     A source needs no entry: undeclared sources are self-describing, and every index stores the
     entry its source was built with. Returns the build report: per source (files, records read,
     samples written, decode errors with file and reason, exact/near duplicates dropped, colour
-    images, images with text outside the field, formats decoded, images/s) and totals. Bad files
-    never stop the build; a record that contradicts a declared entry, or a source whose every
-    file fails, does.
+    images, images with text outside the field, formats decoded, images/s; ``skipped`` per reason
+    and ``skipped_files`` naming them, ``altered`` masks) and totals. Bad files never stop the
+    build; a record that contradicts a declared entry, a source that gives no sample
+    (:class:`EmptySourceError`) or an output folder that cannot take the shards
+    (:class:`~sonofm.datasets.shards.OutputError`, checked before any work) does.
     """
     specs = parse_sources(sources)
     if not specs:
@@ -729,12 +868,14 @@ def build_shards(
     for name in fractions:
         check_split_name(name)
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     if colour_limit is not None and not 0.0 <= float(colour_limit) <= 1.0:
         raise ValueError(f"colour_limit must be a share in [0, 1] (e.g. 0.2), got {colour_limit}")
+    if int(min_side) < 1 or float(max_aspect) < 1.0:
+        raise ValueError(f"min_side must be >= 1 and max_aspect >= 1, got {min_side} and {max_aspect}")
     settings = {"max_side": int(max_side), "samples_per_shard": int(samples_per_shard),
                 "split_fractions": fractions, "salt": str(salt), "dedup": bool(dedup),
-                "colour_limit": None if colour_limit is None else float(colour_limit)}
+                "colour_limit": None if colour_limit is None else float(colour_limit),
+                "min_side": int(min_side), "max_aspect": float(max_aspect)}
     taxonomy_files = _taxonomy_files(taxonomy)
     tax = Taxonomy.with_user_files(taxonomy_files)
 
@@ -757,6 +898,7 @@ def build_shards(
             info = tax.describe(name, spec.organ, spec.region, description=spec.description)
             plans.append(_Plan(spec, adapter, name, info, only_rows=len(names) > 1))
 
+    check_output_dir(out)  # before anything is decoded
     t0 = time.perf_counter()
     reports: dict[str, dict[str, Any]] = {}
     for plan in plans:
@@ -805,6 +947,16 @@ def _summary_line(rep: dict[str, Any]) -> str:
         f"{rep['colour_limit_dropped']} dropped over colour_limit), {rep['text_outside_field']} with text "
         f"outside the field (cropped away), {rep['text_inside_field']} with text or marks inside it (kept)"
     )
+    skipped = rep.get("skipped") or {}
+    if skipped:
+        line += "; skipped " + ", ".join(f"{n} {SKIP_LABELS.get(k, k)}" for k, n in skipped.items())
+    altered = {k: n for k, n in (rep.get("altered") or {}).items() if n}
+    if altered:
+        line += "; " + ", ".join(f"{n} {ALTERED_LABELS.get(k, k)}" for k, n in altered.items())
+    other = {k: n for k, n in (rep.get("adapter_stats") or {}).items()
+             if n and k not in SKIP_LABELS and k not in ALTERED_LABELS and k not in _SHOWN}
+    if other:
+        line += "; counted " + ", ".join(f"{k} {n}" for k, n in sorted(other.items()))
     if rep["shards_skipped"]:
         line += f"; {rep['shards_skipped']} complete shards kept"
     for w in rep["warnings"]:
@@ -813,8 +965,10 @@ def _summary_line(rep: dict[str, Any]) -> str:
 
 
 __all__ = [
+    "EmptySourceError",
     "SourceSpec",
     "build_shards",
+    "check_output_dir",
     "load_sources_file",
     "parse_source_arg",
     "parse_sources",

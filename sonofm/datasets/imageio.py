@@ -172,6 +172,58 @@ def read_mask(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarr
         im.close()
 
 
+#: Masks whose largest value is below this are class ids (0, 1, 2, ...): any non-zero is foreground.
+#: From here up, values strictly between 0 and the maximum are anti-aliasing or JPEG noise.
+SOFT_MASK_MIN_MAX = 16
+
+
+def is_soft_mask(mask: np.ndarray) -> bool:
+    """True for a mask with values between background and its maximum (an anti-aliased edge, a JPEG
+    or resampled 0/255 mask): taking every such value as foreground would grow the structure."""
+    hi = int(mask.max()) if mask.size else 0
+    if hi < SOFT_MASK_MIN_MAX:
+        return False
+    return bool(((mask > 0) & (mask < hi)).any())
+
+
 def binarize(mask: np.ndarray) -> np.ndarray:
-    """Foreground (any non-zero value) as class 1: the convention for single-structure masks."""
+    """Foreground as class 1: the convention for single-structure masks.
+
+    A mask of one foreground value (0/255, 0/1) or of small class ids takes any non-zero value; a soft
+    mask (:func:`is_soft_mask`) is cut at half its range (``> 127`` for 0..255), because ``> 0`` turns
+    every anti-aliased or JPEG-noisy edge pixel into foreground (+68 % on a smooth circle's edge).
+    """
+    if is_soft_mask(mask):
+        return (mask > int(mask.max()) // 2).astype(np.uint8)
     return (mask > 0).astype(np.uint8)
+
+
+#: Defaults of :func:`degenerate_reason`: smallest side and most elongated shape that can be an image.
+MIN_SIDE = 32
+MAX_ASPECT = 10.0
+
+
+def degenerate_reason(
+    image: np.ndarray, min_side: int = MIN_SIDE, max_aspect: float = MAX_ASPECT
+) -> tuple[str, str] | None:
+    """``(counter, reason)`` for a decoded image that holds no usable ultrasound, else ``None``.
+
+    Such files decode fine (thumbnails, 1x1 tracking pixels, separator strips, blank exports) and
+    would otherwise be stored as ordinary samples: pretraining on them teaches nothing and a
+    constant image breaks per-patch normalisation. Counters: ``skipped_extreme_aspect`` (longer
+    side over ``max_aspect`` times the shorter), ``skipped_tiny`` (a side under ``min_side``),
+    ``skipped_all_black`` (nothing above 4 of 255), ``skipped_constant`` (one value, give or take 1).
+    """
+    h, w = image.shape[:2]
+    short, long_ = min(h, w), max(h, w)
+    if short > 0 and long_ / short > max_aspect:
+        return "skipped_extreme_aspect", f"{w}x{h} is more elongated than {max_aspect:g}:1"
+    if short < min_side:
+        return "skipped_tiny", f"{w}x{h} has a side under {min_side} px"
+    hi = int(image.max())
+    if hi <= 4:
+        return "skipped_all_black", f"{w}x{h} all black (maximum {hi})"
+    flat = image.reshape(h * w, -1)
+    if int((flat.max(axis=0).astype(np.int16) - flat.min(axis=0)).max()) <= 1:
+        return "skipped_constant", f"{w}x{h} of one constant value ({int(image.min())}..{hi})"
+    return None

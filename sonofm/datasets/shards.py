@@ -9,6 +9,7 @@ samples give byte-identical shards (and the same sha256) on every run.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from sonofm.datasets.records import META_KEYS
+from sonofm.errors import UserError
 from sonofm.faults import maybe_kill
 
 INDEX_VERSION = 1
@@ -177,6 +179,28 @@ class Sample:
 # ----------------------------------------------------------------------------------- atomic writing
 
 
+class OutputError(UserError, OSError):
+    """The output folder cannot take the shards (not a folder, read-only, full): the message names
+    the folder (and the file being written) and what to do; ``errno`` is the operating system's."""
+
+
+_OUTPUT_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or give another output folder",
+    errno.EROFS: "the file system is read-only: give another output folder",
+    errno.EDQUOT: "disk quota exceeded: free some space or give another output folder",
+    errno.EACCES: "no permission to write there: give another output folder",
+    errno.EPERM: "no permission to write there: give another output folder",
+}
+
+
+def output_error(what: str, err: OSError) -> OutputError:
+    """:class:`OutputError` for ``what`` (a file or folder being written) from the ``OSError`` behind it."""
+    hint = _OUTPUT_HINTS.get(err.errno or 0)
+    out = OutputError(f"{what}: {err.strerror or err}" + (f" ({hint})" if hint else ""))
+    out.errno, out.strerror = err.errno, err.strerror
+    return out
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -194,12 +218,16 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to a hidden temporary file, fsync it, then ``os.replace`` it into place."""
     final = Path(path)
     tmp = tmp_path(final)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary behind
+        raise output_error(f"cannot write {final}", e) from e
     _fsync_dir(final.parent)
 
 
@@ -209,27 +237,44 @@ class TarShard:
     def __init__(self, final: Path):
         self.final = final
         self.tmp = tmp_path(final)
-        self._raw = open(self.tmp, "wb")
+        try:
+            self._raw = open(self.tmp, "wb")
+        except OSError as e:
+            raise self._error(e) from e
         self._tar = tarfile.open(fileobj=self._raw, mode="w", format=tarfile.PAX_FORMAT)
         self.keys: list[str] = []
 
+    def _error(self, err: OSError) -> OutputError:
+        return output_error(f"cannot write shard {self.final.name} in {self.final.parent}", err)
+
     def add(self, sample: Sample) -> None:
-        for name, data in sample.members():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = 0  # fixed, so a rebuild is byte-identical
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+        """Append the sample's members; an ``OSError`` (full disk) becomes :class:`OutputError`."""
+        try:
+            for name, data in sample.members():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mtime = 0  # fixed, so a rebuild is byte-identical
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                self._tar.addfile(info, io.BytesIO(data))
+        except OSError as e:
+            raise self._error(e) from e
         self.keys.append(sample.key)
 
     def commit(self) -> dict[str, Any]:
-        """Finish the tar, flush it to disk, rename it to its final name; returns its index entry."""
-        self._tar.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
+        """Finish the tar, flush it to disk, rename it to its final name; returns its index entry.
+
+        On failure (a full disk while flushing) the temporary file is removed: no shard is left
+        under its final name, nor a partial one under the hidden name."""
+        try:
+            self._tar.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+        except OSError as e:
+            self.abort()
+            raise self._error(e) from e
         sha, size = file_sha256(self.tmp), self.tmp.stat().st_size
         global _COMMITS
         _COMMITS += 1

@@ -8,20 +8,39 @@ count the :class:`AdapterError` of each bad file without losing the rest.
 from __future__ import annotations
 
 import abc
+import contextvars
 import os
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from sonofm.datasets.imageio import IMAGE_EXTENSIONS, AdapterError, binarize, read_image, read_mask
+from sonofm.datasets.imageio import (
+    IMAGE_EXTENSIONS,
+    AdapterError,
+    binarize,
+    is_soft_mask,
+    read_image,
+    read_mask,
+)
 from sonofm.datasets.records import Record
 from sonofm.datasets.video import DEDUP_THRESHOLD, VIDEO_EXTENSIONS, sample_video
 from sonofm.errors import BadOptionError
 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
+
+#: Most skipped files an adapter names in its notes (the counters count them all).
+MAX_NOTES = 200
+
+#: ``skip(counter, file, reason)``: how listing and decoding report a file they leave out.
+SkipFn = Callable[[str, str, str], None]
+
+# The adapter whose listing is running (see :meth:`Adapter.list_items`): :func:`list_files` reports
+# the links and special files it refuses to it, so adapters that call ``list_files`` plainly count too.
+_LISTING: contextvars.ContextVar[SkipFn | None] = contextvars.ContextVar("sonofm_listing", default=None)
 
 
 @dataclass
@@ -67,6 +86,8 @@ class Adapter(abc.ABC):
         self.opts: dict[str, Any] = {**valid, **options}
         #: Counters for the build report (files skipped, near-duplicate frames, ...).
         self.stats: dict[str, int] = {}
+        #: The first :data:`MAX_NOTES` files left out, ``{"file", "reason", "counter"}``, for the report.
+        self.notes: list[dict[str, str]] = []
 
     def find_layout(self, wrapper: str, required: Iterable[str]) -> Path:
         """``root`` or ``root/wrapper``, whichever holds every ``required`` sub-folder (publishers ship
@@ -85,9 +106,36 @@ class Adapter(abc.ABC):
     def items(self) -> list[Item]:
         """Every file of the source in a deterministic order, without decoding anything."""
 
+    def list_items(self) -> list[Item]:
+        """:meth:`items` with fresh counters, and with :func:`list_files` reporting the links it
+        refuses to this adapter: what the build calls, so listing-time counts reach the report."""
+        self.stats, self.notes = {}, []
+        token = _LISTING.set(self.skip)
+        try:
+            return list(self.items())
+        finally:
+            _LISTING.reset(token)
+
+    def allowed_roots(self) -> list[Path]:
+        """Folders the files of this source may really live in (after following symbolic links)."""
+        return [self.data_dir] if self.root.is_file() else [self.root, self.data_dir]
+
+    def check_inside(self, path: Path) -> None:
+        """Refuse a file that is a symbolic link (or lies under one) leading out of the source's
+        folders: the same rule for every adapter as the CSV manifest's rule for ``..`` paths."""
+        real = os.path.realpath(path)
+        roots = [os.path.realpath(r) for r in self.allowed_roots()]
+        if not any(_within(real, r) for r in roots):
+            raise AdapterError(
+                f"{path}: symbolic link to {real}, outside the source folder {roots[0]}: refused"
+            )
+
     def load(self, item: Item) -> Iterator[Record]:
         """Decode ``item`` into one record (image) or several (video frames, multi-frame files, the
         tissue regions of a DICOM screen: a mask drawn on the whole screen is cropped with each)."""
+        for rel in (item.path, *item.masks):
+            p = Path(rel)
+            self.check_inside(p if p.is_absolute() else self.data_dir / p)
         full_mask = self.read_masks(item) if item.masks else None
         for frame_index, image, extra in self.decode(item.path):
             mask = full_mask
@@ -117,6 +165,12 @@ class Adapter(abc.ABC):
     # -- helpers -----------------------------------------------------------------------------
     def count(self, key: str, n: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + n
+
+    def skip(self, counter: str, file: str, reason: str) -> None:
+        """Count a file (or row, or record) left out under ``counter`` and keep its name for the report."""
+        self.count(counter)
+        if len(self.notes) < MAX_NOTES:
+            self.notes.append({"file": str(file), "reason": reason, "counter": counter})
 
     def meta(
         self, item: Item, frame: int | None = None, extra: dict[str, Any] | None = None
@@ -162,16 +216,25 @@ class Adapter(abc.ABC):
 
     def read_masks(self, item: Item) -> np.ndarray:
         """The item's masks merged into one class-id mask (several lesion files: logical OR -> 1)."""
-        return merge_masks([self.data_dir / m for m in item.masks])
+        return merge_masks([self.data_dir / m for m in item.masks], count=self.count)
 
 
-def merge_masks(paths: Iterable[Path], binary: bool = True) -> np.ndarray:
-    """Merge mask files: ``binary`` ORs their foregrounds into class 1, else keeps the largest id."""
+def merge_masks(
+    paths: Iterable[Path], binary: bool = True, count: Callable[[str], None] | None = None
+) -> np.ndarray:
+    """Merge mask files: ``binary`` ORs their foregrounds into class 1, else keeps the largest id.
+
+    A soft (anti-aliased) mask is cut at half its range, not at ``> 0``; ``count`` is called with
+    ``"masks_thresholded"`` for each such file, so the report says how many masks were altered.
+    """
     merged: np.ndarray | None = None
     first: Path | None = None
     for p in paths:
         m = read_mask(p)
-        m = binarize(m) if binary else m
+        if binary:
+            if count is not None and is_soft_mask(m):
+                count("masks_thresholded")
+            m = binarize(m)
         if merged is None:
             merged, first = m, p
         elif m.shape != merged.shape:
@@ -188,17 +251,92 @@ def relpath(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def list_files(folder: Path, extensions: Iterable[str]) -> list[Path]:
-    """Files under ``folder`` (recursive) with one of ``extensions`` (case-insensitive), sorted, no hidden ones."""
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def list_files(
+    folder: Path,
+    extensions: Iterable[str],
+    *,
+    root: Path | None = None,
+    skip: SkipFn | None = None,
+    count_others: bool = False,
+) -> list[Path]:
+    """Files under ``folder`` (recursive) with one of ``extensions`` (case-insensitive), sorted, no hidden ones.
+
+    Symbolic links (to files or sub-folders) are followed while they stay inside ``root`` (default
+    ``folder``); what the listing leaves out is reported to ``skip`` (default: the adapter whose
+    :meth:`Adapter.list_items` is running) instead of vanishing: dangling links, links leading out of
+    ``root``, link loops, a file reached twice (through a link and directly: the first path in sorted
+    order is kept, so one image never lands in two splits), sockets/FIFOs with a media name, folders
+    that cannot be listed and, with ``count_others``, files of another type.
+    """
     exts = {e.lower() for e in extensions}
-    out = [
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in exts
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
-    return sorted(out, key=lambda p: p.relative_to(folder).as_posix())
+    folder = Path(folder)
+    report = skip or _LISTING.get() or (lambda counter, file, reason: None)
+    bound = os.path.realpath(root if root is not None else folder)
+    found: list[tuple[str, Path, str]] = []  # (relative path, path, real path)
+    # (folder, relative path, real paths of it and its ancestors): loops are links to an ancestor
+    stack: list[tuple[Path, str, frozenset[str]]] = [(folder, "", frozenset({os.path.realpath(folder)}))]
+    while stack:
+        d, drel, ancestors = stack.pop()
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            report("unreadable_folders", str(d), f"cannot list the folder ({e.strerror or e})")
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            p, rel = Path(e.path), f"{drel}{e.name}"
+            media = p.suffix.lower() in exts
+            try:
+                if e.is_symlink():
+                    real = os.path.realpath(p)
+                    if not os.path.exists(real):
+                        if media or not p.suffix:
+                            report("symlinks_dangling", str(p), f"symbolic link to {os.readlink(p)}, which does not exist")
+                        continue
+                    is_dir = os.path.isdir(real)
+                    if not _within(real, bound):
+                        if media or is_dir:
+                            report("symlinks_outside_root", str(p),
+                                   f"symbolic link to {real}, outside the source folder {bound}: refused")
+                        continue
+                    if is_dir:
+                        if real in ancestors:
+                            report("symlink_loops", str(p), f"symbolic link to {real}, a folder above it: not followed")
+                        else:
+                            stack.append((p, rel + "/", ancestors | {real}))
+                        continue
+                    mode = os.stat(real).st_mode
+                elif e.is_dir(follow_symlinks=False):
+                    stack.append((p, rel + "/", ancestors | {os.path.realpath(p)}))
+                    continue
+                else:
+                    real = os.path.realpath(p)
+                    mode = e.stat(follow_symlinks=False).st_mode
+            except OSError as err:
+                report("unreadable_files", str(p), f"cannot inspect the file ({err.strerror or err})")
+                continue
+            if not media:
+                if count_others:
+                    report("other_files_ignored", str(p), "not an image, video or DICOM file (by its extension)")
+                continue
+            if not stat.S_ISREG(mode):
+                report("special_files", str(p), "not a regular file (a FIFO, socket or device): not read")
+                continue
+            found.append((rel, p, real))
+    out: list[Path] = []
+    first: dict[str, str] = {}
+    for rel, p, real in sorted(found, key=lambda t: t[0]):
+        if real in first:
+            report("files_linked_twice", str(p), f"the same file as {first[real]} (through a symbolic link): kept once")
+            continue
+        first[real] = rel
+        out.append(p)
+    return out
 
 
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS | DICOM_EXTENSIONS

@@ -74,26 +74,53 @@ class CsvAdapter(Adapter):
         return source_name_from_path(self.csv_path if named_file else self.root)
 
     def items(self) -> list[Item]:
+        """One item per row. A ragged row (more or fewer cells than the header: usually an unquoted
+        comma, whose cells then sit under the wrong columns) is skipped and counted, naming the CSV
+        and the row, rather than read with cells lost or shifted; so are rows whose file or mask is
+        a symbolic link leading out of the CSV's folder, or a dangling one."""
         try:
             with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                header = [h.strip() for h in (reader.fieldnames or [])]
+                reader = csv.reader(f)
+                header = [h.strip() for h in next(reader, [])]
                 if "path" not in header:
                     raise AdapterError(f"{self.csv_path}: required column 'path' missing (columns: {header})")
-                rows = list(reader)
+                rows = [(reader.line_num, cells) for cells in reader if cells]
         except (csv.Error, UnicodeDecodeError) as e:
             raise AdapterError(f"{self.csv_path}: cannot parse CSV ({e})") from e
-        items = []
-        for n, raw in enumerate(rows, start=2):
-            row = {
-                (k or "").strip(): (v or "").strip()
-                for k, v in raw.items()
-                if isinstance(v, str) or v is None
-            }
-            items.append(self._item(row, n))
+        items, ragged = [], []
+        for n, cells in rows:
+            if len(cells) != len(header):
+                ragged.append(n)
+                self.skip("ragged_csv_rows", f"{self.csv_path}, row {n}",
+                          f"{len(cells)} cells where the header has {len(header)} (an unquoted comma?): "
+                          "row skipped")
+                continue
+            row = {k: v.strip() for k, v in zip(header, cells) if k}
+            item = self._item(row, n)
+            if self._linked_out(item, n):
+                continue
+            items.append(item)
         if not items:
-            raise AdapterError(f"{self.csv_path}: manifest has no rows")
+            why = (f" ({len(ragged)} ragged rows skipped, the first at row {ragged[0]}: more or fewer cells "
+                   f"than the {len(header)} of the header)" if ragged else "")
+            raise AdapterError(f"{self.csv_path}: manifest has no rows{why}")
         return items
+
+    def _linked_out(self, item: Item, n: int) -> bool:
+        """Skip (and count) a row whose file or mask is a dangling link or a link out of the folder."""
+        base = os.path.realpath(self.data_dir)
+        for rel in (item.path, *item.masks):
+            p = self.data_dir / rel
+            real = os.path.realpath(p)
+            where = f"{self.csv_path}, row {n}: {rel}"
+            if os.path.islink(p) and not os.path.exists(real):
+                self.skip("symlinks_dangling", where, f"symbolic link to {os.readlink(p)}, which does not exist")
+                return True
+            if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
+                self.skip("symlinks_outside_root", where,
+                          f"symbolic link to {real}, outside the dataset folder {self.data_dir}: refused")
+                return True
+        return False
 
     def _item(self, row: dict[str, str], n: int) -> Item:
         if not row.get("path"):
@@ -121,5 +148,5 @@ class CsvAdapter(Adapter):
 
     def read_masks(self, item: Item):
         return merge_masks(
-            [self.data_dir / m for m in item.masks], binary=self.opts["mask_values"] == "binary"
+            [self.data_dir / m for m in item.masks], binary=self.opts["mask_values"] == "binary", count=self.count
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import os
 import re
 from pathlib import Path
 
@@ -106,11 +107,18 @@ class FolderAdapter(Adapter):
         o = self.opts
         items: list[Item] = []
         self.stats.pop("images_without_mask", None)
-        for p in list_files(self.image_dir, MEDIA_EXTENSIONS):
+        # links are followed inside the root, refused (and counted) when they lead out of it
+        for p in list_files(self.image_dir, MEDIA_EXTENSIONS, root=self.root, count_others=True):
             if self._is_mask(p):
                 continue
             rel = relpath(p, self.root)
             masks = self._masks_for(p)
+            outside = [m for m in masks if not self._inside(m)]
+            if outside:
+                self.skip("symlinks_outside_root", str(outside[0]),
+                          f"mask of {rel} is a symbolic link to {os.path.realpath(outside[0])}, outside "
+                          f"the source folder: the image is refused with it")
+                continue
             if not masks and (o["mask_pattern"] or self.mask_dir):
                 self.count("images_without_mask")
                 if o["require_mask"]:
@@ -139,5 +147,18 @@ class FolderAdapter(Adapter):
             raise AdapterError(f"folder: no images, videos or DICOM files found under {self.image_dir}")
         return items
 
+    def allowed_roots(self) -> list[Path]:
+        """The root, and the mask folder wherever it is (``mask_dir`` may be given outside the root)."""
+        return [self.root] + ([self.mask_dir] if self.mask_dir is not None else [])
+
+    def _inside(self, p: Path) -> bool:
+        real = os.path.realpath(p)
+        return any(
+            real == r or real.startswith(r.rstrip(os.sep) + os.sep)
+            for r in (os.path.realpath(a) for a in self.allowed_roots())
+        )
+
     def read_masks(self, item: Item):
-        return merge_masks([self.root / m for m in item.masks], binary=self.opts["mask_values"] == "binary")
+        return merge_masks(
+            [self.root / m for m in item.masks], binary=self.opts["mask_values"] == "binary", count=self.count
+        )
