@@ -272,3 +272,47 @@ def test_resume_with_records_that_do_not_match_rebuilds_the_source(tmp_path, cap
     (again,) = load_indexes(tmp_path / "o")
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in idx["shards"]]
     assert not progress_path(tmp_path / "o", "busbra").exists()
+
+
+@pytest.mark.parametrize("where", ["write", "fsync"])
+def test_full_disk_is_a_clear_error_and_leaves_no_shard(tmp_path, monkeypatch, where):
+    """ENOSPC while a member is written or while the shard is flushed: an OutputError naming the shard
+    and the folder; nothing under the final name, and no hidden temporary left either."""
+    import errno
+    import os
+    import tarfile
+
+    from sonofm.datasets.shards import OutputError
+    from sonofm.errors import is_user_error
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = ShardSetWriter(tmp_path, "toy", samples_per_shard=2)
+    writer.add(_sample(0))
+    if where == "write":
+        monkeypatch.setattr(tarfile.TarFile, "addfile", full)
+    else:
+        monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputError) as err:
+        writer.add(_sample(1))  # the second sample completes the shard: written, then committed
+    writer.abort()
+    msg = str(err.value)
+    assert "toy-train-000000.tar" in msg and str(tmp_path) in msg and "disk is full" in msg, msg
+    assert err.value.errno == errno.ENOSPC and isinstance(err.value, OSError) and is_user_error(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "no final-named partial shard, no temporary"
+
+
+def test_json_index_write_failure_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from sonofm.datasets.shards import OutputError, write_json_atomic
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputError, match=r"toy\.index\.json: No space left on device \(the disk is full"):
+        write_json_atomic(tmp_path / "toy.index.json", {"a": 1})
+    assert list(tmp_path.iterdir()) == []

@@ -659,7 +659,8 @@ def _write_source(
                     adapter_stats["duplicate_keys"] += 1
                     if len(notes) < MAX_ERRORS_LISTED:
                         notes.append({"file": where, "counter": "duplicate_keys",
-                                      "reason": f"sample key {out.key} already written from {keys_seen[out.key]}"})
+                                      "reason": f"sample key {out.key} already written from {keys_seen[out.key]} "
+                                                "(the same file listed twice): skipped"})
                     continue
                 keys_seen[out.key] = where
                 if dup_filter is not None and not dup_filter.add_digests(out.key, *out.digests):

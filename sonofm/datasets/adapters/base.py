@@ -38,9 +38,15 @@ MAX_NOTES = 200
 #: ``skip(counter, file, reason)``: how listing and decoding report a file they leave out.
 SkipFn = Callable[[str, str, str], None]
 
+#: Values of the ``links`` option: follow symbolic links that stay inside the source's folder (and
+#: refuse the others), or follow every link (a folder of links to files elsewhere, built on purpose).
+LINK_POLICIES = ("inside", "any")
+_LINKS_HINT = "give links=any to follow links out of the source folder"
+
 # The adapter whose listing is running (see :meth:`Adapter.list_items`): :func:`list_files` reports
-# the links and special files it refuses to it, so adapters that call ``list_files`` plainly count too.
-_LISTING: contextvars.ContextVar[SkipFn | None] = contextvars.ContextVar("sonofm_listing", default=None)
+# the links and special files it refuses to it, and follows its ``links`` policy, so adapters that
+# call ``list_files`` plainly count and refuse alike.
+_LISTING: contextvars.ContextVar[Adapter | None] = contextvars.ContextVar("sonofm_listing", default=None)
 
 
 @dataclass
@@ -67,6 +73,7 @@ class Adapter(abc.ABC):
         "fps": None,
         "dedup_threshold": DEDUP_THRESHOLD,
         "decode_limit": None,
+        "links": "inside",
     }
     options: ClassVar[dict[str, Any]] = {}
 
@@ -84,6 +91,10 @@ class Adapter(abc.ABC):
                 f"{type(self).__name__}: unknown option(s) {unknown}; valid options: {sorted(valid)}"
             )
         self.opts: dict[str, Any] = {**valid, **options}
+        if self.opts["links"] not in LINK_POLICIES:
+            raise AdapterError(
+                f"{type(self).__name__}: links must be one of {list(LINK_POLICIES)}, got {self.opts['links']!r}"
+            )
         #: Counters for the build report (files skipped, near-duplicate frames, ...).
         self.stats: dict[str, int] = {}
         #: The first :data:`MAX_NOTES` files left out, ``{"file", "reason", "counter"}``, for the report.
@@ -110,7 +121,7 @@ class Adapter(abc.ABC):
         """:meth:`items` with fresh counters, and with :func:`list_files` reporting the links it
         refuses to this adapter: what the build calls, so listing-time counts reach the report."""
         self.stats, self.notes = {}, []
-        token = _LISTING.set(self.skip)
+        token = _LISTING.set(self)
         try:
             return list(self.items())
         finally:
@@ -120,14 +131,21 @@ class Adapter(abc.ABC):
         """Folders the files of this source may really live in (after following symbolic links)."""
         return [self.data_dir] if self.root.is_file() else [self.root, self.data_dir]
 
+    def is_inside(self, path: Path) -> bool:
+        """Whether ``path``, links followed, lies in one of :meth:`allowed_roots` (or ``links=any``)."""
+        if self.opts.get("links") == "any":
+            return True
+        real = os.path.realpath(path)
+        return any(_within(real, os.path.realpath(r)) for r in self.allowed_roots())
+
     def check_inside(self, path: Path) -> None:
         """Refuse a file that is a symbolic link (or lies under one) leading out of the source's
-        folders: the same rule for every adapter as the CSV manifest's rule for ``..`` paths."""
-        real = os.path.realpath(path)
-        roots = [os.path.realpath(r) for r in self.allowed_roots()]
-        if not any(_within(real, r) for r in roots):
+        folders: the same rule for every adapter as the CSV manifest's rule for ``..`` paths
+        (a downloaded archive may hold a link to ``~/.ssh``; its target would end up in the shards)."""
+        if not self.is_inside(path):
             raise AdapterError(
-                f"{path}: symbolic link to {real}, outside the source folder {roots[0]}: refused"
+                f"{path}: symbolic link to {os.path.realpath(path)}, outside the source folder "
+                f"{os.path.realpath(self.allowed_roots()[0])}: refused ({_LINKS_HINT})"
             )
 
     def load(self, item: Item) -> Iterator[Record]:
@@ -262,19 +280,24 @@ def list_files(
     root: Path | None = None,
     skip: SkipFn | None = None,
     count_others: bool = False,
+    links: str | None = None,
 ) -> list[Path]:
     """Files under ``folder`` (recursive) with one of ``extensions`` (case-insensitive), sorted, no hidden ones.
 
     Symbolic links (to files or sub-folders) are followed while they stay inside ``root`` (default
-    ``folder``); what the listing leaves out is reported to ``skip`` (default: the adapter whose
-    :meth:`Adapter.list_items` is running) instead of vanishing: dangling links, links leading out of
-    ``root``, link loops, a file reached twice (through a link and directly: the first path in sorted
+    ``folder``), or wherever they lead with ``links="any"`` (default: the listing adapter's ``links``
+    option, else ``"inside"``); what the listing leaves out is reported to ``skip`` (default: the
+    adapter whose :meth:`Adapter.list_items` is running) instead of vanishing: dangling links, links
+    leading out of ``root``, link loops, a file reached twice (through a link and directly: the first path in sorted
     order is kept, so one image never lands in two splits), sockets/FIFOs with a media name, folders
     that cannot be listed and, with ``count_others``, files of another type.
     """
     exts = {e.lower() for e in extensions}
     folder = Path(folder)
-    report = skip or _LISTING.get() or (lambda counter, file, reason: None)
+    adapter = _LISTING.get()
+    report = skip or (adapter.skip if adapter is not None else (lambda counter, file, reason: None))
+    if links is None:
+        links = adapter.opts.get("links", "inside") if adapter is not None else "inside"
     bound = os.path.realpath(root if root is not None else folder)
     found: list[tuple[str, Path, str]] = []  # (relative path, path, real path)
     # (folder, relative path, real paths of it and its ancestors): loops are links to an ancestor
@@ -299,10 +322,11 @@ def list_files(
                             report("symlinks_dangling", str(p), f"symbolic link to {os.readlink(p)}, which does not exist")
                         continue
                     is_dir = os.path.isdir(real)
-                    if not _within(real, bound):
+                    if links != "any" and not _within(real, bound):
                         if media or is_dir:
                             report("symlinks_outside_root", str(p),
-                                   f"symbolic link to {real}, outside the source folder {bound}: refused")
+                                   f"symbolic link to {real}, outside the source folder {bound}: refused "
+                                   f"({_LINKS_HINT})")
                         continue
                     if is_dir:
                         if real in ancestors:
@@ -328,15 +352,15 @@ def list_files(
                 report("special_files", str(p), "not a regular file (a FIFO, socket or device): not read")
                 continue
             found.append((rel, p, real))
-    out: list[Path] = []
-    first: dict[str, str] = {}
-    for rel, p, real in sorted(found, key=lambda t: t[0]):
+    # a file reached twice keeps its own path (not a link's), else the first in sorted order
+    first: dict[str, tuple[str, Path]] = {}
+    for rel, p, real in sorted(found, key=lambda t: (os.path.abspath(t[1]) != t[2], t[0])):
         if real in first:
-            report("files_linked_twice", str(p), f"the same file as {first[real]} (through a symbolic link): kept once")
+            report("files_linked_twice", str(p),
+                   f"the same file as {first[real][0]} (through a symbolic link): kept once")
             continue
-        first[real] = rel
-        out.append(p)
-    return out
+        first[real] = (rel, p)
+    return [p for _, p in sorted(first.values(), key=lambda t: t[0])]
 
 
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS | DICOM_EXTENSIONS

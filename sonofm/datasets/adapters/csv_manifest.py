@@ -108,7 +108,6 @@ class CsvAdapter(Adapter):
 
     def _linked_out(self, item: Item, n: int) -> bool:
         """Skip (and count) a row whose file or mask is a dangling link or a link out of the folder."""
-        base = os.path.realpath(self.data_dir)
         for rel in (item.path, *item.masks):
             p = self.data_dir / rel
             real = os.path.realpath(p)
@@ -116,9 +115,10 @@ class CsvAdapter(Adapter):
             if os.path.islink(p) and not os.path.exists(real):
                 self.skip("symlinks_dangling", where, f"symbolic link to {os.readlink(p)}, which does not exist")
                 return True
-            if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):
+            if not self.is_inside(p):
                 self.skip("symlinks_outside_root", where,
-                          f"symbolic link to {real}, outside the dataset folder {self.data_dir}: refused")
+                          f"symbolic link to {real}, outside the dataset folder {self.data_dir}: refused "
+                          "(give links=any to follow links out of the folder)")
                 return True
         return False
 

@@ -107,13 +107,18 @@ class FolderAdapter(Adapter):
         o = self.opts
         items: list[Item] = []
         self.stats.pop("images_without_mask", None)
-        # links are followed inside the root, refused (and counted) when they lead out of it
-        for p in list_files(self.image_dir, MEDIA_EXTENSIONS, root=self.root, count_others=True):
+        # links are followed inside the root, refused (and counted) when they lead out of it; a mask
+        # file is accounted for with its image below (refused with it), not once more by the listing
+        def skip(counter: str, file: str, reason: str) -> None:
+            if not self._is_mask(Path(file)):
+                self.skip(counter, file, reason)
+
+        for p in list_files(self.image_dir, MEDIA_EXTENSIONS, root=self.root, skip=skip, count_others=True):
             if self._is_mask(p):
                 continue
             rel = relpath(p, self.root)
             masks = self._masks_for(p)
-            outside = [m for m in masks if not self._inside(m)]
+            outside = [m for m in masks if not self.is_inside(m)]
             if outside:
                 self.skip("symlinks_outside_root", str(outside[0]),
                           f"mask of {rel} is a symbolic link to {os.path.realpath(outside[0])}, outside "
@@ -150,13 +155,6 @@ class FolderAdapter(Adapter):
     def allowed_roots(self) -> list[Path]:
         """The root, and the mask folder wherever it is (``mask_dir`` may be given outside the root)."""
         return [self.root] + ([self.mask_dir] if self.mask_dir is not None else [])
-
-    def _inside(self, p: Path) -> bool:
-        real = os.path.realpath(p)
-        return any(
-            real == r or real.startswith(r.rstrip(os.sep) + os.sep)
-            for r in (os.path.realpath(a) for a in self.allowed_roots())
-        )
 
     def read_masks(self, item: Item):
         return merge_masks(
