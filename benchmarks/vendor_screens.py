@@ -31,8 +31,8 @@ from PIL import Image
 
 from sonofm.datasets import preprocess as pp
 from sonofm.datasets.adapters import get_adapter
-from sonofm.datasets.field import detect_clip_field
-from sonofm.datasets.preprocess import preprocess, to_grayscale
+from sonofm.datasets.build import clip_fields
+from sonofm.datasets.preprocess import preprocess
 from sonofm.datasets.records import Record
 from sonofm.datasets.synthetic.screens import LAYOUTS, Screen, render_screen, score_field
 
@@ -107,8 +107,8 @@ def run_video(screens: dict[tuple[str, int], Screen], work: Path) -> tuple[dict,
         sc = screens[(lay, s)]
         for rec in recs:
             _score(per_frame, lay, sc, kept_mask(preprocess(rec, max_side=MAX_SIDE), rec.image.shape[:2]))
-        fld = detect_clip_field([to_grayscale(r.image)[0] for r in recs])
-        for rec in recs:
+        # the shard build's own per-clip fields (sonofm.datasets.build.clip_fields)
+        for rec, fld in zip(recs, clip_fields(recs)):
             _score(per_clip, lay, sc, kept_mask(preprocess(rec, max_side=MAX_SIDE, field=fld), rec.image.shape[:2]))
     return per_frame, per_clip
 
