@@ -299,11 +299,13 @@ def list_files(
     if links is None:
         links = adapter.opts.get("links", "inside") if adapter is not None else "inside"
     bound = os.path.realpath(root if root is not None else folder)
-    found: list[tuple[str, Path, str]] = []  # (relative path, path, real path)
-    # (folder, relative path, real paths of it and its ancestors): loops are links to an ancestor
-    stack: list[tuple[Path, str, frozenset[str]]] = [(folder, "", frozenset({os.path.realpath(folder)}))]
+    found: list[tuple[bool, str, Path, str]] = []  # (reached through a link, relative path, path, real path)
+    # (folder, its relative path, its real path, real paths of its ancestors (a link to one is a loop),
+    # whether it was reached through a link); real paths of plain entries are joined, not resolved
+    top = os.path.realpath(folder)
+    stack: list[tuple[Path, str, str, frozenset[str], bool]] = [(folder, "", top, frozenset({top}), False)]
     while stack:
-        d, drel, ancestors = stack.pop()
+        d, drel, dreal, ancestors, linked = stack.pop()
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as e:
@@ -319,7 +321,8 @@ def list_files(
                     real = os.path.realpath(p)
                     if not os.path.exists(real):
                         if media or not p.suffix:
-                            report("symlinks_dangling", str(p), f"symbolic link to {os.readlink(p)}, which does not exist")
+                            report("symlinks_dangling", str(p),
+                                   f"symbolic link to {os.readlink(p)}, which does not exist")
                         continue
                     is_dir = os.path.isdir(real)
                     if links != "any" and not _within(real, bound):
@@ -330,17 +333,18 @@ def list_files(
                         continue
                     if is_dir:
                         if real in ancestors:
-                            report("symlink_loops", str(p), f"symbolic link to {real}, a folder above it: not followed")
+                            report("symlink_loops", str(p),
+                                   f"symbolic link to {real}, a folder above it: not followed")
                         else:
-                            stack.append((p, rel + "/", ancestors | {real}))
+                            stack.append((p, rel + "/", real, ancestors | {real}, True))
                         continue
-                    mode = os.stat(real).st_mode
+                    regular, via_link = stat.S_ISREG(os.stat(real).st_mode), True
                 elif e.is_dir(follow_symlinks=False):
-                    stack.append((p, rel + "/", ancestors | {os.path.realpath(p)}))
+                    sub = os.path.join(dreal, e.name)
+                    stack.append((p, rel + "/", sub, ancestors | {sub}, linked))
                     continue
                 else:
-                    real = os.path.realpath(p)
-                    mode = e.stat(follow_symlinks=False).st_mode
+                    real, regular, via_link = os.path.join(dreal, e.name), e.is_file(follow_symlinks=False), linked
             except OSError as err:
                 report("unreadable_files", str(p), f"cannot inspect the file ({err.strerror or err})")
                 continue
@@ -348,13 +352,13 @@ def list_files(
                 if count_others:
                     report("other_files_ignored", str(p), "not an image, video or DICOM file (by its extension)")
                 continue
-            if not stat.S_ISREG(mode):
+            if not regular:
                 report("special_files", str(p), "not a regular file (a FIFO, socket or device): not read")
                 continue
-            found.append((rel, p, real))
+            found.append((via_link, rel, p, real))
     # a file reached twice keeps its own path (not a link's), else the first in sorted order
     first: dict[str, tuple[str, Path]] = {}
-    for rel, p, real in sorted(found, key=lambda t: (os.path.abspath(t[1]) != t[2], t[0])):
+    for _, rel, p, real in sorted(found, key=lambda t: (t[0], t[1])):
         if real in first:
             report("files_linked_twice", str(p),
                    f"the same file as {first[real][0]} (through a symbolic link): kept once")
