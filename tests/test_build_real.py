@@ -210,10 +210,10 @@ def test_splits_stable_when_data_is_added(shared_data, tmp_path):
     assert len(recs) == 15
     root = _link_cca_subset(shared_data, tmp_path / "cca", recs[:3])
     kw = {"max_side": 48, "samples_per_shard": 40, "workers": 1, "dedup": False, "progress": False}
-    build_shards([f"cca:{root}"], tmp_path / "v1", **kw)
+    build_shards([f"cca:{root}?links=any"], tmp_path / "v1", **kw)
     v1 = _read_all(tmp_path / "v1")["samples"]
     _link_cca_subset(shared_data, root, recs[3:7])  # four new recordings arrive
-    build_shards([f"cca:{root}"], tmp_path / "v2", **kw)
+    build_shards([f"cca:{root}?links=any"], tmp_path / "v2", **kw)
     v2 = _read_all(tmp_path / "v2")["samples"]
     assert len(v2) > len(v1) and set(v1) <= set(v2)
     for key, s in v1.items():
@@ -226,14 +226,14 @@ def test_killed_build_leaves_only_complete_shards_and_resume_matches(shared_data
     recs = _recordings(shared_data)
     root = _link_cca_subset(shared_data, tmp_path / "cca", recs[:5], every=3)
     kw = {"max_side": 48, "samples_per_shard": 5, "dedup": True, "progress": False}
-    build_shards([f"cca:{root}"], tmp_path / "ref", workers=2, **kw)
+    build_shards([f"cca:{root}?links=any"], tmp_path / "ref", workers=2, **kw)
     ref_files = {s["file"]: s["sha256"] for s in load_indexes(tmp_path / "ref")[0]["shards"]}
     assert len(ref_files) >= 6
 
     out = tmp_path / "killed"
     code = (
         "from sonofm.datasets.build import build_shards\n"
-        f"build_shards(['cca:{root}'], {str(out)!r}, workers=1, **{kw!r})\n"
+        f"build_shards(['cca:{root}?links=any'], {str(out)!r}, workers=1, **{kw!r})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -258,7 +258,7 @@ def test_killed_build_leaves_only_complete_shards_and_resume_matches(shared_data
             assert t.getnames()
         assert file_sha256(f) == ref_files[f.name], f.name
 
-    rerun = build_shards([f"cca:{root}"], out, workers=2, **kw)["sources"]["cca"]
+    rerun = build_shards([f"cca:{root}?links=any"], out, workers=2, **kw)["sources"]["cca"]
     assert rerun["shards_skipped"] >= 1
     got = load_indexes(out)[0]
     assert {s["file"]: s["sha256"] for s in got["shards"]} == ref_files  # byte-identical shards
@@ -266,5 +266,5 @@ def test_killed_build_leaves_only_complete_shards_and_resume_matches(shared_data
     assert {k: v["png_sha"] for k, v in a.items()} == {k: v["png_sha"] for k, v in b.items()}
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temp/progress left
     # A third run with nothing changed decodes nothing.
-    again = build_shards([f"cca:{root}"], out, workers=1, **kw)["sources"]["cca"]
+    again = build_shards([f"cca:{root}?links=any"], out, workers=1, **kw)["sources"]["cca"]
     assert again.get("up_to_date") is True
