@@ -42,6 +42,13 @@ import yaml
 from sonofm import __version__
 from sonofm.datasets.dedup import image_digests
 from sonofm.datasets.imageio import MAX_ASPECT, MIN_SIDE, degenerate_reason
+from sonofm.datasets.pseudonyms import (
+    DEFAULT_ON,
+    key_fingerprint,
+    pseudonym_key,
+    pseudonymise_meta,
+    scrub_report,
+)
 from sonofm.datasets.shards import (
     INDEX_VERSION,
     OutputError,
@@ -90,6 +97,10 @@ ALTERED_LABELS = {"masks_thresholded": "soft masks cut at half range"}
 _SHOWN = {"dropped_colour_limit"}
 
 
+class BadSpecError(UserError, ValueError):
+    """A source spec that cannot be read (form, option value, a name given twice)."""
+
+
 class EmptySourceError(UserError, RuntimeError):
     """A source that gave no sample at all (every file unreadable, or every image skipped): the
     message names the source, its file count and the first reasons. Still a ``RuntimeError``."""
@@ -114,6 +125,7 @@ class SourceSpec:
     organ: str | None = None
     region: str | None = None
     description: str | None = None
+    pseudonymise: bool | None = None  # paths and groups as keyed hashes; None: on for dicom/folder/csv
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).expanduser()
@@ -128,6 +140,12 @@ def _scalar(text: str) -> Any:
     return v if isinstance(v, (str, int, float, bool, type(None), list)) else text
 
 
+def _flag(value: Any, name: str, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadSpecError(f"{where}: {name} must be true or false, got {value!r}")
+    return value
+
+
 def _spec_from_mapping(entry: dict[str, Any], base: Path | None, where: str) -> SourceSpec:
     e = dict(entry)
     adapter = e.pop("adapter", None)
@@ -136,6 +154,8 @@ def _spec_from_mapping(entry: dict[str, Any], base: Path | None, where: str) -> 
         raise ValueError(f"{where}: a source entry needs 'adapter' and 'root' (or 'path'), got {entry}")
     source = e.pop("source", None)
     described = {k: e.pop(k) for k in DESCRIPTION_KEYS if k in e}
+    if "pseudonymise" in e:
+        described["pseudonymise"] = _flag(e.pop("pseudonymise"), "pseudonymise", where)
     options = dict(e.pop("options", None) or {})
     options.update(e)  # any other key is an adapter option
     root = Path(str(root)).expanduser()
@@ -161,7 +181,7 @@ def parse_source_arg(s: str | dict[str, Any]) -> SourceSpec | list[SourceSpec]:
         return load_sources_file(text)
     adapter, sep, rest = text.partition(":")
     if not sep or not adapter or not rest:
-        raise ValueError(
+        raise BadSpecError(
             f"source {text!r}: expected ADAPTER:PATH (e.g. busi:../shared/data/busi, "
             "folder:DIR?source=name&mask_pattern=*_mask.png) or a YAML list file"
         )
@@ -174,6 +194,8 @@ def parse_source_arg(s: str | dict[str, Any]) -> SourceSpec | list[SourceSpec]:
             source = v
         elif k in DESCRIPTION_KEYS:
             described[k] = v
+        elif k == "pseudonymise":
+            described[k] = _flag(_scalar(v), k, text)
         else:
             options[k] = _scalar(v)
     return SourceSpec(adapter.strip(), Path(path), source, options, **described)
@@ -249,6 +271,7 @@ class _Job:
     salt: str
     dedup: bool
     colour_limit: float | None = None
+    pseudonym_key: bytes | None = None  # set: paths and groups stored as keyed hashes
     skip_keys: frozenset[str] = frozenset()
     min_side: int = MIN_SIDE
     max_aspect: float = MAX_ASPECT
@@ -258,6 +281,7 @@ class _Job:
 class _Out:
     key: str
     meta: dict[str, Any]
+    where: str  # the real ``path[#frame]`` for reports (``meta`` may hold a pseudonym)
     png: bytes | None
     mask_png: bytes | None
     field_png: bytes | None
@@ -324,12 +348,16 @@ class _Worker:
                     group = pmeta.get("path") or path
                 pmeta["group"] = str(group)
                 pmeta["split"] = assign_split(f"{job.source}/{pmeta['group']}", job.fractions, job.salt)
+                where = _where({**pmeta, "path": pmeta.get("path") or path})
+                if job.pseudonym_key is not None:  # after the split: it does not depend on the setting
+                    pmeta = pseudonymise_meta({**pmeta, "path": pmeta.get("path") or path}, job.pseudonym_key)
                 key = sample_key(job.source, pmeta.get("path") or path, pmeta.get("frame"), i)
                 encode = key not in job.skip_keys
                 outs.append(
                     _Out(
                         key=key,
                         meta=sample_meta(pmeta),
+                        where=where,
                         png=encode_png(processed.image) if encode else None,
                         mask_png=(
                             encode_png(processed.mask) if encode and processed.mask is not None else None
@@ -554,7 +582,10 @@ def _build_source(
         items = [it for it in items if getattr(it, "meta", {}).get("source") == source]
     if not items:
         raise ValueError(f"source {source}: adapter {spec.adapter!r} found no files under {spec.root}")
-    fingerprint = _fingerprint(spec, source, items, {**settings, "taxonomy": plan.info.to_dict()})
+    pseudonymised = spec.pseudonymise if spec.pseudonymise is not None else spec.adapter in DEFAULT_ON
+    key = pseudonym_key(settings["salt"]) if pseudonymised else None
+    fingerprint = _fingerprint(spec, source, items, {**settings, "taxonomy": plan.info.to_dict(),
+                                                     "pseudonyms": key_fingerprint(key) if key else None})
 
     current = _index_up_to_date(out_dir, source, fingerprint)
     if current is not None:
@@ -567,9 +598,9 @@ def _build_source(
     done = _load_progress(ppath, fingerprint)
     def job(done: dict[str, dict[str, Any]]) -> _Job:
         return _Job(spec, source, plan.info, taxonomy_files, settings["max_side"], settings["split_fractions"],
-                    settings["salt"], settings["dedup"], settings["colour_limit"],
-                    frozenset(k for e in done.values() for k in e.get("keys", ())),
-                    settings["min_side"], settings["max_aspect"])
+                    settings["salt"], settings["dedup"], colour_limit=settings["colour_limit"],
+                    pseudonym_key=key, skip_keys=frozenset(k for e in done.values() for k in e.get("keys", ())),
+                    min_side=settings["min_side"], max_aspect=settings["max_aspect"])
 
     try:
         return _write_source(job(done), items, out_dir, settings, fingerprint, done, ppath, workers, progress, t0,
@@ -654,7 +685,7 @@ def _write_source(
                 n_blanked += out.colour_blanked
                 n_text += out.text_outside
                 n_text_inside += out.text_inside
-                where = _where(out.meta)
+                where = out.where
                 if out.key in keys_seen:  # the same file listed twice (a CSV row repeated): written once
                     adapter_stats["duplicate_keys"] += 1
                     if len(notes) < MAX_ERRORS_LISTED:
@@ -666,7 +697,7 @@ def _write_source(
                 if dup_filter is not None and not dup_filter.add_digests(out.key, *out.digests):
                     _, kept, kind, dist = dup_filter.duplicates[-1]
                     if len(duplicates) < MAX_ERRORS_LISTED:
-                        duplicates.append({"dropped": _where(out.meta), "kept_key": kept, "kind": kind,
+                        duplicates.append({"dropped": out.where, "kept_key": kept, "kind": kind,
                                            "distance": int(dist)})
                     continue
                 _write(writer.add, out_dir, source, Sample(out.key, out.meta, out.png, out.mask_png, out.field_png))
@@ -732,6 +763,7 @@ def _write_source(
     if info.organ is not None and info.region is None:
         info.region = Taxonomy.with_user_files(job.taxonomy_files).organ_region.get(info.organ)
     report["taxonomy"] = info.to_dict()
+    report["pseudonymised"] = job.pseudonym_key is not None
     index = {
         "version": INDEX_VERSION,
         "source": source,
@@ -753,7 +785,8 @@ def _write_source(
             "split_label": {s: dict(sorted(c.items())) for s, c in sorted(split_label.items())},
             "groups": {s: len(g) for s, g in sorted(groups.items())},
         },
-        "report": report,
+        # a pseudonymised source's index names no file in clear (the returned report, printed, does)
+        "report": scrub_report(report, job.pseudonym_key) if job.pseudonym_key is not None else report,
     }
     write_json_atomic(index_path(out_dir, source), index)
     ppath.unlink(missing_ok=True)
@@ -891,7 +924,7 @@ def build_shards(
         for name in names:
             check_source_name(name)
             if name in seen:
-                raise ValueError(
+                raise BadSpecError(
                     f"source {name!r} is given twice ({seen[name].root} and {spec.root}); give one a "
                     "different name with ?source=NAME"
                 )
