@@ -14,10 +14,12 @@ Shard sample layout (written by ``sonofm.datasets.shards``, read by ``sonofm.dat
 
 Every shard directory holds ``{source}-{split}-{000000}.tar`` files and one
 ``{source}.index.json`` per source: ``{"version", "source", "complete", "fingerprint", "build",
-"shards": [{"file", "split", "count", "bytes", "sha256", "keys_sha256"}], "counts": {"split": {},
-"organ": {}, "region": {}, "label": {}, "split_label": {split: {label: n}}, "groups": {split: n}},
-"report": {...}}`` (labels and organs are counted under their string form, ``"None"`` when
-unknown). Only complete shards are ever visible (temporary names start with a dot and end in
+"taxonomy": {"source": {name, organ, region, labels, probe, description, declared}, "regions":
+{region: [organ]}}, "shards": [{"file", "split", "count", "bytes", "sha256", "keys_sha256"}],
+"counts": {"split": {}, "organ": {}, "region": {}, "label": {}, "split_label": {split: {label: n}},
+"groups": {split: n}}, "report": {...}}`` (labels and organs are counted under their string form,
+``"unlabelled"`` when unknown; indexes written before said ``"None"``). The ``taxonomy`` entry is
+the source's place in the tree, so later stages need no taxonomy file. Only complete shards are ever visible (temporary names start with a dot and end in
 ``.tmp``), and an index is written only once every shard it names exists.
 """
 
