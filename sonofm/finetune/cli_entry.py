@@ -18,7 +18,7 @@ def _device() -> str:
 
 
 def _lr(cfg: Any) -> float:
-    from sonofm.pretrain.schedule import scaled_lr
+    from sonofm.train.schedule import scaled_lr
 
     return scaled_lr(cfg.optim.base_lr, cfg.data.batch_size, cfg.optim.lr)
 

@@ -61,7 +61,7 @@ def param_groups(
 
     Parameters of ``model.<encoder_attr>`` get the ConvNeXt layer ids; everything else (decoder,
     heads, prompt biases) gets the top id (scale 1). Frozen parameters are left out. Use with
-    :func:`sonofm.pretrain.schedule.apply_lr`, which multiplies the rate by each group's ``lr_scale``.
+    :func:`sonofm.train.schedule.apply_lr`, which multiplies the rate by each group's ``lr_scale``.
     """
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")

@@ -40,8 +40,8 @@ from sonofm.finetune.data import Sample, iterate_batches, logits_to_original
 from sonofm.finetune.losses import seg_loss
 from sonofm.finetune.lr_decay import param_groups
 from sonofm.finetune.upernet import SegModel
-from sonofm.pretrain.ema import ModelEMA
-from sonofm.pretrain.schedule import apply_lr, lr_at
+from sonofm.train.ema import ModelEMA
+from sonofm.train.schedule import apply_lr, lr_at
 
 __all__ = [
     "sample_batches",

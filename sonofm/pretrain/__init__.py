@@ -1,1 +1,1 @@
-"""Masked-image-modelling pretraining under Accelerate (engine, schedule, checkpoints, logging)."""
+"""Masked-image-modelling pretraining under Accelerate (engine, checkpoints, logging); schedule and EMA live in sonofm.train."""

@@ -36,10 +36,10 @@ from sonofm.pretrain.checkpoint import (
     save_rank_rng,
     set_rng_state,
 )
-from sonofm.pretrain.ema import ModelEMA
 from sonofm.pretrain.loggers import MetricsLogger
-from sonofm.pretrain.schedule import apply_lr, lr_at, scaled_lr
 from sonofm.pretrain.visualize import plot_loss_curve, save_reconstruction_grid
+from sonofm.train.ema import ModelEMA
+from sonofm.train.schedule import apply_lr, lr_at, scaled_lr
 
 #: The hierarchical classifier's tree (names, sizes, parents), saved in the run directory.
 TREE_FILE = "taxonomy_tree.json"
