@@ -1,0 +1,1 @@
+"""Training core that both loops (pretraining and finetuning) share: LR schedule and EMA."""
