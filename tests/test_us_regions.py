@@ -16,8 +16,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from sonofm.datasets.adapters import get_adapter
-from sonofm.datasets.adapters.dicom import ANATOMY_KEYWORDS, anatomy, region_kind
 from sonofm.datasets.build import build_shards
+from sonofm.datasets.dicom_io import ANATOMY_KEYWORDS, anatomy, region_kind
 from sonofm.datasets.preprocess import preprocess
 from sonofm.datasets.shards import iter_tar_samples
 from sonofm.datasets.synthetic.dicom_writer import write_us_dicom

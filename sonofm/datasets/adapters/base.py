@@ -222,7 +222,7 @@ class Adapter(abc.ABC):
             for f in clip.frames:
                 yield f.index, f.image, {}
         elif ext in DICOM_EXTENSIONS:
-            from sonofm.datasets.adapters.dicom import decode_dicom
+            from sonofm.datasets.dicom_io import decode_dicom
 
             yield from decode_dicom(path, self.count, **self.frame_options())
         else:
