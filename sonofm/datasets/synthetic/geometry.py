@@ -97,10 +97,22 @@ class Geometry:
         return out.reshape(self.size, self.size)
 
 
+def psf_sigmas(spec: SourceSpec, dr_mm: float, lateral_step_mm: float) -> tuple[float, float, float]:
+    """PSF widths in grid samples: axial, lateral at focus, lateral far from focus.
+
+    Here, not in :mod:`.imaging` (which filters with them), because the beam grid's padding is sized
+    by them and imaging imports the geometry.
+
+    They are floored at about one sample: a narrower PSF would alias into pixel noise at small
+    image sizes instead of forming speckle grains.
+    """
+    sa = max(spec.axial_res_mm / dr_mm, 1.0)
+    sl = max(spec.lateral_res_mm / lateral_step_mm, 1.6)
+    return sa, sl, sl * spec.defocus
+
+
 def _psf_pad(spec: SourceSpec, dr: float, lateral_step_mm: float) -> tuple[int, int]:
     """Padding that keeps FFT wrap-around of the widest PSF out of the field."""
-    from .imaging import psf_sigmas  # local import: imaging imports geometry
-
     sa, _, sl_wide = psf_sigmas(spec, dr, lateral_step_mm)
     return int(math.ceil(3.5 * sa)) + 1, int(math.ceil(3.5 * sl_wide)) + 1
 

@@ -29,22 +29,11 @@ from functools import lru_cache
 import numpy as np
 from scipy import fft as sfft
 
-from .geometry import Geometry, geometry
+from .geometry import Geometry, geometry, psf_sigmas
 from .sources import SOURCES, SourceSpec
 
 #: mean/std of a Rayleigh envelope: what a homogeneous, fully developed speckle region shows.
 RAYLEIGH_MEAN_STD = math.sqrt(math.pi / (4.0 - math.pi))
-
-
-def psf_sigmas(spec: SourceSpec, dr_mm: float, lateral_step_mm: float) -> tuple[float, float, float]:
-    """PSF widths in grid samples: axial, lateral at focus, lateral far from focus.
-
-    They are floored at about one sample: a narrower PSF would alias into pixel noise at small
-    image sizes instead of forming speckle grains.
-    """
-    sa = max(spec.axial_res_mm / dr_mm, 1.0)
-    sl = max(spec.lateral_res_mm / lateral_step_mm, 1.6)
-    return sa, sl, sl * spec.defocus
 
 
 def _gauss_transfer(n: int, sigma: float) -> np.ndarray:
