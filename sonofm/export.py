@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from sonofm import __version__
-from sonofm.atomic_io import save_safetensors
+from sonofm.atomic_io import fsync_dir, fsync_tree, save_safetensors
 from sonofm.config import PretrainConfig, load_config
 from sonofm.errors import UserError
 from sonofm.model_card import CardInfo, load_results, model_licence, read_data_summary, render_card
@@ -41,7 +41,7 @@ from sonofm.models.loading import (
     load_strict,
     pretrain_encoder_weights,
 )
-from sonofm.pretrain.checkpoint import STATE_FILE, contiguous_state, fsync_tree, latest_checkpoint
+from sonofm.pretrain.checkpoint import STATE_FILE, contiguous_state, latest_checkpoint
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -195,11 +195,13 @@ def _publish(tmp: Path, out_dir: Path) -> None:
     (each ``os.replace`` is atomic, weights before config so a reader never sees a config without them)."""
     if not out_dir.exists():
         os.replace(tmp, out_dir)
+        fsync_dir(out_dir.parent)
         return
     if not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir}: exists and is not a folder")
     for name in EXPORT_FILES:
         os.replace(tmp / name, out_dir / name)
+    fsync_dir(out_dir)
     tmp.rmdir()
 
 

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sonofm.atomic_io import temp_file
+from sonofm.atomic_io import save_figure, write_json
 
 __all__ = ["Plan", "FULL", "SMALL", "SPLITS", "find_datasets", "run_quickstart"]
 
@@ -98,12 +98,6 @@ class _Stages:
         print(f"\n[quickstart {self.i}/{self.total}] {title} (elapsed {self.elapsed()})", flush=True)
 
 
-def _write_json(obj: Any, path: Path) -> None:
-    from sonofm.evaluation.probe import write_json
-
-    write_json(obj, path)
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -122,7 +116,7 @@ def _reuse(folder: Path, report_name: str, key: dict[str, Any], compute: Callabl
             return data
     stamp.unlink(missing_ok=True)
     data = compute()
-    _write_json(key, stamp)
+    write_json(stamp, key)
     return data
 
 
@@ -233,7 +227,7 @@ def _synthetic_corpus(out: Path, plan: Plan, workers: int) -> Path:
     print(f"  generating {plan.n_images} synthetic B-mode images of {plan.corpus_size} px "
           f"(6 sources, 3 organs, labels normal/cyst/benign/malignant, lesion masks) into {corpus}")
     generate_corpus(corpus, n=plan.n_images, seed=SEED, size=plan.corpus_size, workers=workers)
-    _write_json(key, stamp)
+    write_json(stamp, key)
     return corpus
 
 
@@ -524,16 +518,7 @@ def _comparison_figure(probes: dict[str, dict], segs: dict[str, dict], path: Pat
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("quickstart: pretrained vs random convnextv2_atto (held-out test groups)", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(path.parent, prefix=f".{path.stem}.", suffix=".png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def _footnote(cfg: Any, shard_sets: list[Path], data_desc: str, plan: Plan, probes: dict, segs: dict) -> str:
@@ -594,7 +579,7 @@ def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike
 
     table, results = _table(probes, segs, encoders)
     results_path = out / "results.json"
-    _write_json(results, results_path)
+    write_json(results_path, results)
     stage("export: timm backbone + model card")
     from sonofm.export import export_backbone
 
@@ -643,5 +628,5 @@ def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike
         "paths": {k: [str(q) for q in v] if isinstance(v, list) else str(v) for k, v in paths.items()},
         "seconds": seconds,
     }
-    _write_json(summary, out / "summary.json")
+    write_json(out / "summary.json", summary)
     return summary

@@ -50,8 +50,8 @@ def test_user_mode_follows_the_umask(umask: int) -> None:
 
 
 def test_run_checkpoint_export_config_report_and_plots(tmp_path: Path, umask: int) -> None:
+    from sonofm.atomic_io import write_json
     from sonofm.evaluation.plots import plot_confusion
-    from sonofm.evaluation.probe import write_json
     from sonofm.export import export_backbone
     from sonofm.finetune.seg_train import save_weights
     from tests.test_export import make_run
@@ -61,7 +61,7 @@ def test_run_checkpoint_export_config_report_and_plots(tmp_path: Path, umask: in
     out = export_backbone(run, tmp_path / "export")
     _check(out, umask)
     reports = tmp_path / "reports"
-    write_json({"score": 1.0}, reports / "probe.json")
+    write_json(reports / "probe.json", {"score": 1.0})
     plot_confusion([[3, 1], [0, 4]], ["a", "b"], reports / "confusion.png")
     plt.close("all")
     save_weights({"w": torch.zeros(2)}, reports / "best", {"step": 1})

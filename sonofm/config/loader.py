@@ -20,7 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sonofm.atomic_io import temp_file
+from sonofm.atomic_io import write_text
 from sonofm.config.schema import CHECK, CHOICES, Check
 from sonofm.errors import UserError
 from sonofm.paths import config_path
@@ -288,11 +288,4 @@ def to_yaml(cfg: Any) -> str:
 
 def save_config(cfg: Any, run_dir: str | os.PathLike, name: str = "config.yaml") -> Path:
     """Write the resolved config into ``run_dir`` atomically."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / name
-    tmp = temp_file(run_dir, prefix=f".{name}.", suffix=".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(to_yaml(cfg))
-    os.replace(tmp, target)
-    return target
+    return write_text(Path(run_dir) / name, to_yaml(cfg))

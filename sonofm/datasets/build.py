@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from sonofm import __version__
+from sonofm.atomic_io import write_text
 from sonofm.datasets.dedup import image_digests
 from sonofm.datasets.imageio import MAX_ASPECT, MIN_SIDE, degenerate_reason
 from sonofm.datasets.pseudonyms import (
@@ -523,14 +524,8 @@ class _Progress:
 
     def __init__(self, path: Path, fingerprint: str, done: dict[str, dict[str, Any]]):
         self.path = path
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"fingerprint": fingerprint}) + "\n")
-            for e in done.values():
-                f.write(json.dumps(e) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        lines = [json.dumps({"fingerprint": fingerprint})] + [json.dumps(e) for e in done.values()]
+        write_text(path, "".join(line + "\n" for line in lines))
 
     def append(self, entry: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sonofm.atomic_io import atomic_file
 from sonofm.datasets.shards import iter_tar_samples, load_indexes
 from sonofm.datasets.taxonomy import display
 
@@ -171,7 +172,6 @@ def contact_sheet(shard_files: Iterable[Path], out: Path, n: int = 32, max_shard
     sheet = Image.new("RGB", (cols * TILE, rows * TILE), (0, 0, 0))
     for i, s in enumerate(chosen):
         sheet.paste(_tile(s), ((i % cols) * TILE, (i // cols) * TILE))
-    tmp = out.with_name(f".{out.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        sheet.save(tmp, format="PNG")
     return len(chosen)

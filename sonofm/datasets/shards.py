@@ -13,7 +13,6 @@ import errno
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import tarfile
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sonofm.atomic_io import fsync_dir, to_jsonable, write_json
 from sonofm.datasets.records import META_KEYS
 from sonofm.errors import UserError
 from sonofm.faults import maybe_kill
@@ -122,29 +122,6 @@ def encode_png(array: np.ndarray, compress_level: int = 3) -> bytes:
     return buf.getvalue()
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays, paths, tuples and sets to plain JSON types (NaN/inf -> None)."""
-    if obj is None or isinstance(obj, (str, bool)):
-        return obj
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj
-        return [to_jsonable(v) for v in items]
-    raise TypeError(f"cannot store {type(obj).__name__} in sample metadata: {obj!r}")
-
-
 def sample_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     """All :data:`META_KEYS` first (``None`` when unknown), then the extras, JSON-ready."""
     out = {k: to_jsonable(meta.get(k)) for k in META_KEYS}
@@ -201,34 +178,12 @@ def output_error(what: str, err: OSError) -> OutputError:
     return out
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to a hidden temporary file, fsync it, then ``os.replace`` it into place."""
-    final = Path(path)
-    tmp = tmp_path(final)
+    """Write the shard index (or any JSON) atomically; a full disk becomes :class:`OutputError`."""
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        write_json(path, obj, indent=1, end="\n")
     except OSError as e:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary behind
-        raise output_error(f"cannot write {final}", e) from e
-    _fsync_dir(final.parent)
+        raise output_error(f"cannot write {Path(path)}", e) from e
 
 
 class TarShard:
@@ -280,7 +235,7 @@ class TarShard:
         _COMMITS += 1
         maybe_kill("in_shard", _COMMITS)  # fault injection (tests only): a complete shard not yet renamed
         os.replace(self.tmp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
         return {"file": self.final.name, "count": len(self.keys), "bytes": size, "sha256": sha}
 
     def abort(self) -> None:

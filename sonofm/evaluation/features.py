@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sonofm.atomic_io import temp_file
+from sonofm.atomic_io import atomic_file
 from sonofm.models.input_norm import InputNorm
 
 __all__ = ["pooled_features", "extract_features", "cached_features", "fingerprint"]
@@ -99,12 +99,6 @@ def cached_features(
         except (OSError, KeyError, ValueError):
             pass  # unreadable or foreign cache: recompute and overwrite
     data = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
-    try:
+    with atomic_file(path, suffix=".tmp.npz") as tmp:  # np.savez appends .npz to any other name
         np.savez(tmp, __fingerprint__=np.asarray(fp), **{k: np.asarray(v) for k, v in data.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return data

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import matplotlib
 
@@ -16,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sonofm.atomic_io import temp_file
+from sonofm.atomic_io import save_figure
 
 __all__ = ["plot_confusion", "plot_label_efficiency", "overlay_mask", "save_overlay"]
 
@@ -25,16 +24,7 @@ PALETTE = np.array([[255, 64, 64], [64, 200, 64], [64, 128, 255], [255, 200, 0],
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(path.parent, prefix=f".{path.stem}.", suffix=path.suffix or ".png")
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str = "") -> None:

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -30,7 +29,7 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from sonofm.atomic_io import temp_file
+from sonofm.atomic_io import write_json
 from sonofm.evaluation.metrics import balanced_accuracy, classification_metrics, confusion_matrix
 
 __all__ = [
@@ -39,7 +38,6 @@ __all__ = [
     "knn_probe",
     "cross_validate",
     "format_table",
-    "write_json",
     "run_probe",
 ]
 
@@ -227,27 +225,6 @@ def format_table(report: dict[str, Any], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def write_json(obj: Any, path: str | os.PathLike) -> None:
-    """Atomic JSON write (NaN written as null so any JSON reader accepts the file)."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, np.generic):
-            return clean(v.item())
-        return v
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(clean(obj), f, indent=2)
-    os.replace(tmp, path)
-
-
 def run_probe(
     encoder: str,
     batches: Iterable[dict[str, Any]],
@@ -316,7 +293,7 @@ def run_probe(
         encoder=info, classes=names, n_unlabelled=int((~keep).sum()), label_key=label_key, group_key=group_key,
         concat_prev_stage=concat_prev_stage,
     )
-    write_json(report, out / "probe.json")
+    write_json(out / "probe.json", report)
     for method, res in report["methods"].items():
         plot_confusion(np.asarray(res["confusion_matrix"]), names, out / f"confusion_{method}.png",
                        title=f"{method} probe ({info['spec']})")

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from sonofm.atomic_io import write_json
 from sonofm.evaluation.plots import plot_label_efficiency
-from sonofm.evaluation.probe import write_json
 
 __all__ = ["select_groups", "run_label_efficiency"]
 
@@ -61,7 +61,7 @@ def run_label_efficiency(
         for frac in fractions:
             run_dir = out / _safe(name) / f"frac-{frac:g}"
             results[name][float(frac)] = float(train_fn(spec, float(frac), run_dir))
-            write_json({"metric": metric, "results": results}, out / "results.json")
+            write_json(out / "results.json", {"metric": metric, "results": results})
     plot_label_efficiency(results, out / "label_efficiency.png", metric=metric, title=title)
     return results
 

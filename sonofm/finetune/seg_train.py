@@ -31,11 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sonofm.atomic_io import save_safetensors, temp_dir
+from sonofm.atomic_io import save_safetensors, temp_dir, write_json
 from sonofm.datasets.augment import AugmentConfig
 from sonofm.evaluation.metrics import segmentation_metrics
 from sonofm.evaluation.plots import save_overlay
-from sonofm.evaluation.probe import write_json
 from sonofm.finetune.data import Sample, iterate_batches, logits_to_original
 from sonofm.finetune.losses import seg_loss
 from sonofm.finetune.lr_decay import param_groups
@@ -143,7 +142,7 @@ def save_weights(state: dict[str, Tensor], directory: str | os.PathLike, meta: d
     tmp = temp_dir(directory.parent, prefix=f".{directory.name}.tmp-")
     try:
         save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / "model.safetensors")
-        write_json(meta, tmp / "meta.json")
+        write_json(tmp / "meta.json", meta)
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         if directory.exists():
             os.replace(directory, old)
@@ -364,5 +363,5 @@ def run_seg_finetune(
         "best": {"step": best["step"], **best.get("metrics", {})},
         "evals": hist["evals"],
     }
-    write_json(report, out / "report.json")
+    write_json(out / "report.json", report)
     return report

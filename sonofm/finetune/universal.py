@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sonofm.atomic_io import write_json
 from sonofm.datasets.augment import AugmentConfig
 from sonofm.datasets.taxonomy import UNLABELLED
 from sonofm.evaluation.metrics import classification_metrics
-from sonofm.evaluation.probe import write_json
 from sonofm.finetune.data import Sample, iterate_batches
 from sonofm.finetune.losses import seg_loss
 from sonofm.finetune.prompt_model import NATURES, Prompt, PromptModel, apply_type, sample_type
@@ -326,7 +326,7 @@ def run_universal(
         "gates": [float(g.detach().abs().mean()) for g in model.prompt.gates] if model.prompt is not None else None,
         "losses": {n: [loss for loss, d in zip(hist["losses"], hist["datasets"]) if d == n] for n in names},
     }
-    write_json(report, out / "report.json")
+    write_json(out / "report.json", report)
     return report
 
 

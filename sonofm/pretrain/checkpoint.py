@@ -23,32 +23,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from sonofm.atomic_io import save_safetensors
+from sonofm.atomic_io import atomic_file, fsync_dir, fsync_tree, save_safetensors
 from sonofm.faults import maybe_kill
 
 CKPT_DIR = "checkpoints"
 LAST = "last"
 STATE_FILE = "state.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(path: Path) -> None:
-    """Flush every file of a folder, then the folder itself, to disk (before an atomic rename)."""
-    for f in path.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(path)
 
 
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
@@ -90,9 +70,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_checkpoint(
@@ -123,8 +102,8 @@ def save_checkpoint(
     fsync_tree(tmp)
     if final.exists():  # re-saving the same step (e.g. end of a run that just checkpointed)
         shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(root)
+    os.replace(tmp, final)  # a whole folder: atomic_file is for single files
+    fsync_dir(root)
     _point_last(root, final.name)
     prune_checkpoints(root, keep_last)
     return final
@@ -145,7 +124,8 @@ def _point_last(root: Path, name: str) -> None:
         os.symlink(name, tmp)
     except OSError:
         tmp.write_text(name)
-    os.replace(tmp, link)
+    os.replace(tmp, link)  # a symlink cannot go through atomic_file, which writes regular files
+    fsync_dir(root)
 
 
 def prune_checkpoints(root: Path, keep_last: int) -> None:

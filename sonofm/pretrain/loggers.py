@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sonofm.atomic_io import write_text
+
 
 def _clean(value: Any) -> Any:
     if hasattr(value, "item"):
@@ -67,9 +69,7 @@ class MetricsLogger:
                     kept.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
-        tmp = self.path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(k + "\n" for k in kept))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sonofm.atomic_io import save_figure
 from sonofm.pretrain.loggers import read_metrics
 
 
@@ -37,13 +38,7 @@ def save_reconstruction_grid(
             if r == 0:
                 ax.set_title(name, fontsize=9)
     fig.tight_layout(pad=0.2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 def plot_loss_curve(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> Path:
@@ -71,8 +66,4 @@ def plot_loss_curve(metrics_path: str | os.PathLike, out_png: str | os.PathLike)
     ax_lr.set_ylabel("learning rate")
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=90)

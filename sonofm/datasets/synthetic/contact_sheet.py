@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from sonofm.atomic_io import atomic_file
 
 
 def make_contact_sheet(manifest: Path, out_png: Path, n: int = 24, cols: int = 6) -> Path:
@@ -62,8 +63,6 @@ def make_contact_sheet(manifest: Path, out_png: Path, n: int = 24, cols: int = 6
     pal.putpalette([c for rgb in colours for c in rgb] + [0] * 3 * (256 - len(colours)))
     sheet = Image.open(buf).convert("RGB").quantize(palette=pal, dither=Image.Dither.NONE)
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(out_png.name + ".tmp")
-    sheet.save(tmp, format="PNG", optimize=True)
-    os.replace(tmp, out_png)
+    with atomic_file(out_png) as tmp:
+        sheet.save(tmp, format="PNG", optimize=True)
     return out_png

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import multiprocessing as mp
-import os
 import shutil
 import struct
 import zlib
@@ -30,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from sonofm.atomic_io import atomic_file
 
 from .render import render_sample
 from .sources import LABELS, SOURCES, SYNTHETIC_SOURCES
@@ -202,10 +203,8 @@ def generate_corpus(
                     bar.update(len(part))
 
     manifest = out / "manifest.csv"
-    tmp = out / "manifest.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_file(manifest) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, manifest)
     return manifest
