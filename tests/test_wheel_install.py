@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -33,14 +34,21 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedP
 
 
 def test_wheel_in_a_fresh_venv_runs_quickstart_outside_the_repo(tmp_path: Path) -> None:
+    # build from a clean copy: setuptools reuses a build/ folder, and a stale one beside the
+    # checkout would put modules that no longer exist into the wheel
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "runs", "shards"))
     dist = tmp_path / "dist"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-          str(REPO)], cwd=tmp_path)
+          str(src)], cwd=tmp_path)
     (wheel,) = dist.glob("sonofm-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for shipped in ("sonofm/configs/taxonomy.yaml", "sonofm/configs/pretrain/quickstart.yaml",
                     "sonofm/configs/finetune/seg.yaml", "sonofm/configs/shards/shared.yaml"):
         assert shipped in names, f"{shipped} missing from the wheel"
+    modules = {n for n in names if n.startswith("sonofm/") and n.endswith(".py")}
+    assert modules == {p.relative_to(src).as_posix() for p in (src / "sonofm").rglob("*.py")}, "wheel != source"
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], cwd=tmp_path)
