@@ -206,3 +206,28 @@ def test_pixels_outside_the_field_take_no_part_in_target_or_loss() -> None:
     full = masked_patch_loss(zero_pred, t.target, torch.ones(1, 2), t.pixel_weight)
     right = masked_patch_loss(zero_pred, t.target, torch.tensor([[0.0, 1.0]]), t.pixel_weight)
     assert torch.allclose(full, right)
+
+
+def test_field_pixels_option_reaches_the_loss() -> None:
+    """``target.field_pixels=true``: changing pixels outside the field (with the same mask and encoder
+    input left visible-equal) changes the default loss but not the field-only one."""
+    from sonofm.config import PretrainConfig, load_config
+    from sonofm.pretrain.engine import build_model
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 1, 64, 64)
+    field = torch.ones(2, 1, 64, 64)
+    field[:, :, :, :8] = 0  # a dark band outside the field, inside the first column of patches
+    mask = torch.zeros(2, 2, 2)  # every patch masked: the encoder sees no pixel at all
+    other = images.clone()
+    other[field.expand_as(images) == 0] = 1.0
+    losses = {}
+    for flag in (False, True):
+        cfg = load_config(PretrainConfig, None, ["data.img_size=64", "decoder.dim=16", "hierarchy.weight=0",
+                                                 f"target.field_pixels={str(flag).lower()}"])
+        model = build_model(cfg, None).eval()
+        assert model.field_pixels is flag
+        with torch.no_grad():
+            losses[flag] = [float(model(x, field, mask=mask)["loss_rec"]) for x in (images, other)]
+    assert losses[False][0] != pytest.approx(losses[False][1])
+    assert losses[True][0] == pytest.approx(losses[True][1], rel=1e-5)

@@ -50,6 +50,7 @@ class PretrainModel(nn.Module):
         input_std: float = INPUT_STD,
         field_min_fraction: float = 0.5,
         target_kwargs: dict[str, float] | None = None,
+        field_pixels: bool = False,
     ) -> None:
         super().__init__()
         if img_size % PATCH:
@@ -66,6 +67,7 @@ class PretrainModel(nn.Module):
         self.input_mean = float(input_mean)
         self.input_std = float(input_std)
         self.field_min_fraction = field_min_fraction
+        self.field_pixels = bool(field_pixels)
         self.encoder = create_encoder(encoder, in_chans=in_chans, drop_path_rate=drop_path_rate)
         set_input_stats(self.encoder, self.input_mean, self.input_std)  # what timm users and export read
         dims = [f["num_chs"] for f in self.encoder.feature_info]
@@ -116,8 +118,10 @@ class PretrainModel(nn.Module):
         x = (images - self.input_mean) / self.input_std
         feats = masked_forward_features(self.encoder, x, mask)
         pred = self.decoder(feats.stages, mask)
-        # pixels outside the field (background, blanked colour flow) are neither target nor loss
-        tgt = make_target(images, self.target_kind, PATCH, field=field, **self.target_kwargs)
+        # field_pixels: pixels outside the field (background, blanked colour flow) are neither
+        # target nor loss; off, a patch counts whole once half of it is field (see TargetConfig)
+        tgt = make_target(images, self.target_kind, PATCH, field=field if self.field_pixels else None,
+                          **self.target_kwargs)
         weight = ((1.0 - mask) * in_field).flatten(1) * tgt.weight
         loss_rec = masked_patch_loss(pred, tgt.target, weight, tgt.pixel_weight)
         out: dict[str, Tensor] = {"loss_rec": loss_rec, "pred": pred, "target": tgt.target, "mask": mask,
@@ -149,7 +153,8 @@ class PretrainModel(nn.Module):
         ``norm_pix``/``lowpass``; over the ``field`` pixels, as in training), and ``pasted`` (visible
         input, predicted masked patches)."""
         size = images.shape[-2:]
-        tgt = make_target(images, self.target_kind, PATCH, field=field, **self.target_kwargs)
+        tgt = make_target(images, self.target_kind, PATCH, field=field if self.field_pixels else None,
+                          **self.target_kwargs)
         pred = self.unpatchify(out["pred"].float() * tgt.std + tgt.mean, size).clamp(0, 1)
         target = self.unpatchify(tgt.target * tgt.std + tgt.mean, size).clamp(0, 1)
         m = expand_mask(out["mask"], size, images.dtype)

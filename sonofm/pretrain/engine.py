@@ -61,6 +61,7 @@ def build_model(cfg: PretrainConfig, tree: dict[str, Any] | None) -> PretrainMod
         dec_depth=cfg.decoder.depth,
         target=cfg.target.kind,
         target_kwargs={"sigma": cfg.target.lowpass_sigma} if cfg.target.kind == "lowpass" else None,
+        field_pixels=cfg.target.field_pixels,
         hier_weight=cfg.hierarchy.weight,
         levels=cfg.hierarchy.levels,
         tree=tree,
