@@ -37,8 +37,13 @@ def test_wheel_in_a_fresh_venv_runs_quickstart_outside_the_repo(tmp_path: Path) 
     # build from a clean copy: setuptools reuses a build/ folder, and a stale one beside the
     # checkout would put modules that no longer exist into the wheel
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", "runs", "shards"))
+    top = {".git", "build", "dist", "runs", "shards", "wandb", ".pytest_cache", ".ruff_cache"}
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        at_top = Path(folder) == REPO
+        return [n for n in names if (at_top and n in top) or n == "__pycache__" or n.endswith(".egg-info")]
+
+    shutil.copytree(REPO, src, symlinks=True, ignore=ignore)
     dist = tmp_path / "dist"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
           str(src)], cwd=tmp_path)
