@@ -972,8 +972,8 @@ def _summary_line(rep: dict[str, Any]) -> str:
         f"[sonofm] {rep['source']}: {rep['samples_written']} samples from {rep['records_read']} images "
         f"({rep['files']} files) at {rep['images_per_s']} img/s; {rep['decode_errors']} decode errors, "
         f"{rep['duplicates_exact']} exact + {rep['duplicates_near']} near duplicates dropped, "
-        f"{rep['colour_images']} colour ({rep['colour_blanked_images']} with colour blanked, "
-        f"{rep['colour_limit_dropped']} dropped over colour_limit), {rep['text_outside_field']} with text "
+        f"{rep['colour_images']} colour images, {rep['colour_blanked_images']} with coloured pixels blanked, "
+        f"{rep['colour_limit_dropped']} dropped over colour_limit, {rep['text_outside_field']} with text "
         f"outside the field (cropped away), {rep['text_inside_field']} with text or marks inside it (kept)"
     )
     skipped = rep.get("skipped") or {}
