@@ -130,6 +130,23 @@ def dicom_without_pixels(path: Path) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+def dicom_jpeg2000_cut_short(path: Path) -> None:
+    """A JPEG 2000 DICOM whose copy stopped inside its encapsulated pixel data (pydicom drops the element)."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    from sonofm.datasets.synthetic.dicom_writer import write_us_dicom
+
+    write_us_dicom(path, np.zeros((1, 64, 64), np.uint8), photometric="MONOCHROME2")
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + bytes(3000)])  # a J2K codestream start, then data
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.save_as(path, enforce_file_format=True)
+    path.write_bytes(path.read_bytes()[:-1500])
+
+
 def mp4_without_frames(path: Path) -> None:
     import av
 
@@ -172,6 +189,7 @@ FILE_CASES = [
              "not a readable image"),
     FileCase("text_named_jpg", "notes.jpg", _write(b"just some text\n" * 10), "error", "not a readable image"),
     FileCase("dicom_no_pixels", "scan.dcm", dicom_without_pixels, "error", "without pixel data"),
+    FileCase("dicom_jpeg2000_cut_short", "scan.dcm", dicom_jpeg2000_cut_short, "error", "pixel data cut short"),
     FileCase("mp4_no_frames", "clip.mp4", mp4_without_frames, "error", "clip.mp4"),
     FileCase("garbage_mp4", "junk.mp4", _write(bytes(range(256)) * 40), "error", "junk.mp4"),
     FileCase("mask_other_size", "masked.png", _mask_other_size, "error", "but the image is"),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,14 +402,28 @@ def _open(p: Path):
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(p)
+        with warnings.catch_warnings():  # a file cut short warns here; it is reported below instead
+            warnings.simplefilter("ignore", UserWarning)
+            ds = pydicom.dcmread(p)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as e:
         raise AdapterError(f"{p}: not a readable DICOM file ({e})") from e
     if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if _has_pixel_tag(p):  # the element starts in the file but pydicom dropped it: the file ends inside it
+            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            raise AdapterError(
+                f"{p}: pixel data cut short (the file ends inside it, {p.stat().st_size} bytes; transfer syntax "
+                f"{getattr(ts, 'name', ts)}): an incomplete copy or download"
+            )
         sop = ds.get("SOPClassUID")
         kind = f" ({sop.name})" if sop is not None and hasattr(sop, "name") else ""
         raise AdapterError(f"{p}: DICOM without pixel data{kind}")
     return ds
+
+
+def _has_pixel_tag(p: Path) -> bool:
+    """Whether the bytes of ``p`` hold the (7FE0,0010) Pixel Data tag (little endian, as written)."""
+    with open(p, "rb") as f:
+        return b"\xe0\x7f\x10\x00" in f.read()
 
 
 def _header_meta(ds, regions: list[dict[str, Any]]) -> dict[str, Any]:
