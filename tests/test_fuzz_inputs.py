@@ -189,7 +189,7 @@ FILE_CASES = [
              "not a readable image"),
     FileCase("text_named_jpg", "notes.jpg", _write(b"just some text\n" * 10), "error", "not a readable image"),
     FileCase("dicom_no_pixels", "scan.dcm", dicom_without_pixels, "error", "without pixel data"),
-    FileCase("dicom_jpeg2000_cut_short", "scan.dcm", dicom_jpeg2000_cut_short, "error", "pixel data cut short"),
+    FileCase("dicom_jpeg2000_cut_short", "cut.dcm", dicom_jpeg2000_cut_short, "error", "pixel data cut short"),
     FileCase("mp4_no_frames", "clip.mp4", mp4_without_frames, "error", "clip.mp4"),
     FileCase("garbage_mp4", "junk.mp4", _write(bytes(range(256)) * 40), "error", "junk.mp4"),
     FileCase("mask_other_size", "masked.png", _mask_other_size, "error", "but the image is"),
