@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sonofm.datasets.build import build_shards
@@ -21,7 +22,14 @@ from sonofm.datasets.synthetic.dicom_writer import write_us_dicom
 from sonofm.datasets.synthetic.screens import render_screen, screen_gray
 
 
-def test_frames_of_a_clip_share_the_field_found_from_all_of_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("buffer", [64, 3])
+def test_frames_of_a_clip_share_the_field_found_from_all_of_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffer: int
+) -> None:
+    """``buffer`` 3: only the first three frames are held to find the field; the rest stream through."""
+    import sonofm.datasets.build as build
+
+    monkeypatch.setattr(build, "CLIP_BUFFER", buffer)
     sc = render_screen("linear", 2, n_frames=6, hard_first=True)
     write_us_dicom(tmp_path / "cine" / "loop.dcm", np.stack(sc.frames), photometric="RGB", frame_time_ms=40.0)
     build_shards([f"dicom:{tmp_path / 'cine'}?source=cine&frames_per_video=null&dedup_threshold=0"],

@@ -26,6 +26,7 @@ is far more state to keep consistent.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -324,19 +325,24 @@ class _Worker:
         self.adapter.notes = []
         outs: list[_Out] = []
         try:
-            records = list(self.adapter.load(item))
-            kept: list[tuple[int, Any]] = []
-            for i, record in enumerate(records):
+            def admit(record: Any) -> bool:
                 # a thumbnail, a strip, a blank export: counted and named, never stored as a sample
                 bad = degenerate_reason(record.image, job.min_side, job.max_aspect)
                 if bad is not None:
                     self.adapter.skip(bad[0], _where(record.meta), bad[1])
-                    continue
+                    return False
                 # organ / region / label checked and filled before the costly part; preprocess keeps them
                 record.meta = self.taxonomy.annotate({**record.meta, "source": job.source}, job.info)
-                kept.append((i, record))  # ``i`` stays the record's own index: keys do not move
-            fields = clip_fields([r for _, r in kept])
-            for (i, record), fld in zip(kept, fields):
+                return True
+
+            # ``i`` stays the record's own index in the item: keys do not move. Only the first
+            # CLIP_BUFFER records are held at once (a long cine loop is not decoded into memory):
+            # they give each clip its field, and the rest of the item streams through with it.
+            stream = enumerate(self.adapter.load(item))
+            head = [(i, r) for i, r in itertools.islice(stream, CLIP_BUFFER) if admit(r)]
+            known = clip_field_map([r for _, r in head])
+            for i, record in itertools.chain(head, ((i, r) for i, r in stream if admit(r))):
+                fld = known.get(_clip_key(record)) if record.meta.get("frame") is not None else None
                 try:
                     processed = self.preprocess(record, max_side=job.max_side, colour_limit=job.colour_limit,
                                                 field=fld)
@@ -386,28 +392,37 @@ class _Worker:
         return _ItemResult(path, outs, None, _delta(before, self.adapter), self.adapter.notes)
 
 
-def clip_fields(records: Sequence[Any]) -> list[Any]:
-    """One acoustic field per clip for the frames of a video or multi-frame DICOM (``None`` for stills).
+#: Records of one item held in memory at once to find the fields of its clips.
+CLIP_BUFFER = 64
 
-    The frames of one clip (same file, same ultrasound region, same size) share their field: it is
-    detected once from all of them, where pixels that never change are UI, not tissue
-    (:func:`~sonofm.datasets.field.detect_clip_field`), instead of frame by frame.
+
+def _clip_key(record: Any) -> tuple[Any, ...]:
+    """Frames of one clip: same file (one item), same ultrasound region, same size."""
+    return record.meta.get("us_region"), record.image.shape[:2]
+
+
+def clip_field_map(records: Sequence[Any]) -> dict[tuple[Any, ...], Any]:
+    """One acoustic field per clip among ``records`` (the frames of a video or multi-frame DICOM).
+
+    The frames of one clip share their field: it is detected once from all of them, where pixels
+    that never change are UI, not tissue (:func:`~sonofm.datasets.field.detect_clip_field`),
+    instead of frame by frame. Stills and clips of one frame get none (detected alone).
     """
     from sonofm.datasets.field import detect_clip_field
     from sonofm.datasets.preprocess import detection_gray
 
-    clips: dict[tuple[Any, ...], list[int]] = {}
-    for i, r in enumerate(records):
+    clips: dict[tuple[Any, ...], list[Any]] = {}
+    for r in records:
         if r.meta.get("frame") is not None:
-            clips.setdefault((r.meta.get("us_region"), r.image.shape[:2]), []).append(i)
-    out: list[Any] = [None] * len(records)
-    for members in clips.values():
-        if len(members) < 2:
-            continue
-        fld = detect_clip_field([detection_gray(records[i].image) for i in members])
-        for i in members:
-            out[i] = fld
-    return out
+            clips.setdefault(_clip_key(r), []).append(r)
+    return {key: detect_clip_field([detection_gray(r.image) for r in members])
+            for key, members in clips.items() if len(members) >= 2}
+
+
+def clip_fields(records: Sequence[Any]) -> list[Any]:
+    """:func:`clip_field_map` per record, in order (``None`` where the record is detected alone)."""
+    known = clip_field_map(records)
+    return [known.get(_clip_key(r)) if r.meta.get("frame") is not None else None for r in records]
 
 
 def _where(meta: dict[str, Any]) -> str:
