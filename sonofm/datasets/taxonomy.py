@@ -374,23 +374,16 @@ class Taxonomy:
         organs = [o for r in regions for o in self.regions[r]]
         organ_parent = [regions.index(self.organ_region[o]) for o in organs]
         for s in self._sources.values():
-            if s.organ is None:
+            organ = _organ_node(s)
+            if organ not in organs:  # a placeholder (known organs are all listed already)
                 region = s.region or UNLABELLED
                 if region not in regions:
                     regions.append(region)
-                placeholder = f"{region}/{UNLABELLED}" if region != UNLABELLED else UNLABELLED
-                if placeholder not in organs:
-                    organs.append(placeholder)
-                    organ_parent.append(regions.index(region))
+                organs.append(organ)
+                organ_parent.append(regions.index(region))
         o_idx = {o: i for i, o in enumerate(organs)}
 
-        def organ_of(s: SourceInfo) -> str:
-            if s.organ is not None:
-                return s.organ
-            region = s.region or UNLABELLED
-            return f"{region}/{UNLABELLED}" if region != UNLABELLED else UNLABELLED
-
-        sources = sorted(self._sources.values(), key=lambda s: o_idx[organ_of(s)])  # stable: file order per organ
+        sources = sorted(self._sources.values(), key=lambda s: o_idx[_organ_node(s)])  # stable: file order per organ
         nodes: dict[str, list[tuple[str, dict[str, int]]]] = {
             "region": [(r, {"region": i}) for i, r in enumerate(regions)],
             "organ": [(o, {"region": organ_parent[i], "organ": i}) for i, o in enumerate(organs)],
@@ -398,7 +391,7 @@ class Taxonomy:
             "leaf": [],
         }
         for si, s in enumerate(sources):
-            oi = o_idx[organ_of(s)]
+            oi = o_idx[_organ_node(s)]
             anc = {"region": organ_parent[oi], "organ": oi, "source": si}
             nodes["source"].append((s.name, anc))
             for label in s.labels or [None]:
@@ -465,6 +458,13 @@ class Taxonomy:
             if out["organ"] >= 0 and out["region"] < 0 and organ in self.organ_region:
                 out["region"] = index["region"][self.organ_region[organ]]
         return {lv: out[lv] for lv in levels}
+
+
+def _organ_node(info: SourceInfo) -> str:
+    """The organ node a source hangs under: its organ, else the placeholder of its region."""
+    if info.organ is not None:
+        return info.organ
+    return f"{info.region}/{UNLABELLED}" if info.region else UNLABELLED
 
 
 def regions_of(info: SourceInfo) -> dict[str, list[str]]:
