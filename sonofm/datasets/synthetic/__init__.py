@@ -14,7 +14,7 @@ from __future__ import annotations
 from .contact_sheet import make_contact_sheet
 from .imaging import RAYLEIGH_MEAN_STD, simulate_homogeneous_envelope
 from .render import SyntheticSample, render_sample
-from .sources import LABELS, SOURCES, SYNTHETIC_SOURCES, SourceSpec
+from .sources import LABELS, SOURCES, SYNTHETIC_SOURCES, SyntheticSource
 from .writer import MANIFEST_COLUMNS, generate_corpus, plan
 
 __all__ = [
@@ -23,8 +23,8 @@ __all__ = [
     "RAYLEIGH_MEAN_STD",
     "SOURCES",
     "SYNTHETIC_SOURCES",
-    "SourceSpec",
     "SyntheticSample",
+    "SyntheticSource",
     "generate_corpus",
     "make_contact_sheet",
     "plan",

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.fft import next_fast_len
 
-from .sources import SOURCES, SourceSpec
+from .sources import SOURCES, SyntheticSource
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,7 +97,7 @@ class Geometry:
         return out.reshape(self.size, self.size)
 
 
-def psf_sigmas(spec: SourceSpec, dr_mm: float, lateral_step_mm: float) -> tuple[float, float, float]:
+def psf_sigmas(spec: SyntheticSource, dr_mm: float, lateral_step_mm: float) -> tuple[float, float, float]:
     """PSF widths in grid samples: axial, lateral at focus, lateral far from focus.
 
     Here, not in :mod:`.imaging` (which filters with them), because the beam grid's padding is sized
@@ -111,14 +111,14 @@ def psf_sigmas(spec: SourceSpec, dr_mm: float, lateral_step_mm: float) -> tuple[
     return sa, sl, sl * spec.defocus
 
 
-def _psf_pad(spec: SourceSpec, dr: float, lateral_step_mm: float) -> tuple[int, int]:
+def _psf_pad(spec: SyntheticSource, dr: float, lateral_step_mm: float) -> tuple[int, int]:
     """Padding that keeps FFT wrap-around of the widest PSF out of the field."""
     sa, _, sl_wide = psf_sigmas(spec, dr, lateral_step_mm)
     return int(math.ceil(3.5 * sa)) + 1, int(math.ceil(3.5 * sl_wide)) + 1
 
 
 def _finish(
-    spec: SourceSpec, size: int, s: float, r0: float, c0: float, na: int, nl: int, dr: float,
+    spec: SyntheticSource, size: int, s: float, r0: float, c0: float, na: int, nl: int, dr: float,
     lateral_step_mm: float, to_grid, grid_xy,
 ) -> Geometry:
     """Pad the beam grid to FFT-friendly sizes and build the scan-conversion tables."""
@@ -153,7 +153,7 @@ def _finish(
     )
 
 
-def _linear(spec: SourceSpec, size: int) -> Geometry:
+def _linear(spec: SyntheticSource, size: int) -> Geometry:
     top = round(0.075 * size)
     bottom = round(0.03 * size)
     side = round(0.14 * size)
@@ -177,7 +177,7 @@ def _linear(spec: SourceSpec, size: int) -> Geometry:
     return _finish(spec, size, s, r0, c0, na, nl, dr, s, to_grid, grid_xy)
 
 
-def _convex(spec: SourceSpec, size: int) -> Geometry:
+def _convex(spec: SyntheticSource, size: int) -> Geometry:
     R, D = spec.radius_mm, spec.depth_mm
     tm = math.radians(spec.half_angle_deg)
     top = round(0.075 * size)

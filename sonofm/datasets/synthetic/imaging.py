@@ -30,7 +30,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from .geometry import Geometry, geometry, psf_sigmas
-from .sources import SOURCES, SourceSpec
+from .sources import SOURCES, SyntheticSource
 
 #: mean/std of a Rayleigh envelope: what a homogeneous, fully developed speckle region shows.
 RAYLEIGH_MEAN_STD = math.sqrt(math.pi / (4.0 - math.pi))
@@ -61,13 +61,13 @@ def _filters(source: str, size: int) -> tuple[np.ndarray, np.ndarray, float, np.
     return h1.astype(np.float32), h2.astype(np.float32), rho, np.concatenate([(1 - w) / norm, w / norm], 1).astype(np.float32)
 
 
-def tgc_db(spec: SourceSpec, g: Geometry) -> np.ndarray:
+def tgc_db(spec: SyntheticSource, g: Geometry) -> np.ndarray:
     """Time-gain compensation per sample row, dB (two-way, a fraction of the mean tissue loss)."""
     return (spec.tgc * 2.0 * spec.alpha_db * spec.freq_mhz * g.depth / 10.0).astype(np.float32)
 
 
 def beamform(
-    spec: SourceSpec, g: Geometry, echo: np.ndarray, atten: np.ndarray, rng: np.random.Generator
+    spec: SyntheticSource, g: Geometry, echo: np.ndarray, atten: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
     """Squared envelope (power, linear, TGC applied) on the unpadded beam grid.
 
@@ -93,7 +93,7 @@ def beamform(
     return env2 * np.power(np.float32(10.0), tgc * np.float32(0.1))
 
 
-def log_compress(env2: np.ndarray, spec: SourceSpec, gain_db: float = 0.0) -> np.ndarray:
+def log_compress(env2: np.ndarray, spec: SyntheticSource, gain_db: float = 0.0) -> np.ndarray:
     """Display values 0..255 (float32) from squared envelope: dB, gain, dynamic-range window.
 
     Reference tissue (0 dB) sits at mid-grey, as on a scanner's default preset. A light 5x5

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .geometry import Geometry
-from .sources import SourceSpec
+from .sources import SyntheticSource
 
 
 @lru_cache(maxsize=8)
@@ -83,7 +83,7 @@ def _place_text(
 
 
 def draw_marks(
-    spec: SourceSpec, g: Geometry, rng: np.random.Generator, patient: int, lesion_cm: float | None
+    spec: SyntheticSource, g: Geometry, rng: np.random.Generator, patient: int, lesion_cm: float | None
 ) -> np.ndarray:
     """(size, size) uint8 layer of annotations, zero on and around the acoustic field."""
     size = g.size

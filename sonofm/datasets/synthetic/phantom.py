@@ -21,7 +21,7 @@ import numpy as np
 
 from .geometry import Geometry
 from .shapes import Shape, draw_harmonics, lesion_shape, view_of
-from .sources import LABELS, SourceSpec
+from .sources import LABELS, SyntheticSource
 from .texture import draw_waves, ridges, smooth_noise, wavy
 
 FLUID_ECHO = 3e-5
@@ -85,7 +85,7 @@ def _layered(
     return echo, layer
 
 
-def _lesion_echo(spec: SourceSpec, p: dict[str, Any], label: str, anatomy: str) -> dict[str, float]:
+def _lesion_echo(spec: SyntheticSource, p: dict[str, Any], label: str, anatomy: str) -> dict[str, float]:
     """Echogenicity and attenuation of the patient's lesion, by class (and organ for benign)."""
     rng = np.random.default_rng([p["lesion_seed"], 1])  # a stream apart from the one drawing the shape
     a0 = spec.alpha_db * p["alpha_scale"]
@@ -112,7 +112,7 @@ def _paint_lesion(c: _Canvas, shape: Shape, le: dict[str, float], tex: np.ndarra
 # ----------------------------------------------------------------------------------------- patient
 
 
-def patient_params(spec: SourceSpec, rng: np.random.Generator) -> dict[str, Any]:
+def patient_params(spec: SyntheticSource, rng: np.random.Generator) -> dict[str, Any]:
     """Everything shared by all images of one synthetic patient (including the lesion class)."""
     w = np.asarray(spec.label_weights, dtype=np.float64)
     label = LABELS[int(rng.choice(len(LABELS), p=w / w.sum()))]
@@ -183,7 +183,7 @@ def patient_params(spec: SourceSpec, rng: np.random.Generator) -> dict[str, Any]
 # ------------------------------------------------------------------------------------------ organs
 
 
-def _breast(spec: SourceSpec, g: Geometry, p: dict[str, Any], rng: np.random.Generator) -> tuple[_Canvas, Shape | None]:
+def _breast(spec: SyntheticSource, g: Geometry, p: dict[str, Any], rng: np.random.Generator) -> tuple[_Canvas, Shape | None]:
     shift = rng.uniform(-30, 30)
     bounds = [wavy(g.lat, b * rng.uniform(0.93, 1.07), w, shift) for b, w in zip(p["bounds"], p["waves"])]
     t1 = smooth_noise(spec.name, g.size, rng, *p["streak_cell"])
@@ -215,7 +215,7 @@ def _breast(spec: SourceSpec, g: Geometry, p: dict[str, Any], rng: np.random.Gen
     return c, shape
 
 
-def _thyroid(spec: SourceSpec, g: Geometry, p: dict[str, Any], rng: np.random.Generator) -> tuple[_Canvas, Shape | None]:
+def _thyroid(spec: SyntheticSource, g: Geometry, p: dict[str, Any], rng: np.random.Generator) -> tuple[_Canvas, Shape | None]:
     shift = rng.uniform(-30, 30)
     bounds = [wavy(g.lat, b * rng.uniform(0.93, 1.07), w, shift) for b, w in zip(p["bounds"], p["waves"])]
     t1 = smooth_noise(spec.name, g.size, rng, 0.4, 4.0)
@@ -258,7 +258,7 @@ def _thyroid(spec: SourceSpec, g: Geometry, p: dict[str, Any], rng: np.random.Ge
     return c, shape
 
 
-def _liver(spec: SourceSpec, g: Geometry, p: dict[str, Any], rng: np.random.Generator) -> tuple[_Canvas, Shape | None]:
+def _liver(spec: SyntheticSource, g: Geometry, p: dict[str, Any], rng: np.random.Generator) -> tuple[_Canvas, Shape | None]:
     shift = rng.uniform(-40, 40)
     bounds = [wavy(g.lat, b * rng.uniform(0.93, 1.07), w, shift) for b, w in zip(p["bounds"], p["waves"])]
     t1 = smooth_noise(spec.name, g.size, rng, 1.0, 10.0)
@@ -309,7 +309,7 @@ def _liver(spec: SourceSpec, g: Geometry, p: dict[str, Any], rng: np.random.Gene
 _ORGANS = {"breast": _breast, "thyroid": _thyroid, "liver": _liver}
 
 
-def draw_phantom(spec: SourceSpec, g: Geometry, p: dict[str, Any], rng: np.random.Generator) -> Phantom:
+def draw_phantom(spec: SyntheticSource, g: Geometry, p: dict[str, Any], rng: np.random.Generator) -> Phantom:
     """One view of the patient ``p``: echo and attenuation maps plus the lesion indicator."""
     c, shape = _ORGANS[spec.anatomy](spec, g, p, rng)
     np.maximum(c.echo, np.float32(0.0), out=c.echo)

@@ -22,7 +22,7 @@ LABELS: tuple[str, ...] = ("normal", "cyst", "benign", "malignant")
 
 
 @dataclass(frozen=True)
-class SourceSpec:
+class SyntheticSource:
     """Imaging preset of one synthetic source; distances in mm, frequencies in MHz."""
 
     name: str
@@ -48,38 +48,38 @@ class SourceSpec:
     label_weights: tuple[float, float, float, float] = (0.2, 0.25, 0.3, 0.25)
 
 
-_SPECS: tuple[SourceSpec, ...] = (
-    SourceSpec(
+_SPECS: tuple[SyntheticSource, ...] = (
+    SyntheticSource(
         name="synth_breast_linear_a", organ="synth_breast", region="synth_thorax", anatomy="breast",
         probe="linear", model="L12-5", depth_mm=40.0, width_mm=42.0, freq_mhz=10.0, axial_res_mm=0.16,
         lateral_res_mm=0.32, alpha_db=0.7, tgc=0.75, dynamic_range_db=58.0, gain_db=1.0,
         noise_db=-62.0,
     ),
-    SourceSpec(
+    SyntheticSource(
         name="synth_breast_linear_b", organ="synth_breast", region="synth_thorax", anatomy="breast",
         probe="linear", model="9L4", depth_mm=48.0, width_mm=40.0, freq_mhz=7.0, axial_res_mm=0.26,
         lateral_res_mm=0.5, defocus=2.6, alpha_db=0.75, tgc=0.75, dynamic_range_db=48.0, gain_db=-1.0,
         noise_db=-55.0,
     ),
-    SourceSpec(
+    SyntheticSource(
         name="synth_thyroid_linear_a", organ="synth_thyroid", region="synth_neck", anatomy="thyroid",
         probe="linear", model="L14-5", depth_mm=36.0, width_mm=40.0, freq_mhz=11.0, axial_res_mm=0.14,
         lateral_res_mm=0.3, alpha_db=0.6, tgc=0.75, dynamic_range_db=60.0, gain_db=0.0,
         noise_db=-58.0,
     ),
-    SourceSpec(
+    SyntheticSource(
         name="synth_thyroid_linear_b", organ="synth_thyroid", region="synth_neck", anatomy="thyroid",
         probe="linear", model="ML6-15", depth_mm=42.0, width_mm=48.0, freq_mhz=8.0, axial_res_mm=0.22,
         lateral_res_mm=0.45, defocus=2.5, alpha_db=0.6, tgc=0.7, dynamic_range_db=50.0, gain_db=2.0,
         noise_db=-50.0,
     ),
-    SourceSpec(
+    SyntheticSource(
         name="synth_liver_convex_a", organ="synth_liver", region="synth_abdomen", anatomy="liver",
         probe="convex", model="C5-1", depth_mm=150.0, radius_mm=55.0, half_angle_deg=33.0,
         freq_mhz=3.5, axial_res_mm=0.45, lateral_res_mm=1.0, defocus=2.4, focus_frac=0.5, alpha_db=0.5,
         tgc=0.85, dynamic_range_db=60.0, gain_db=0.0, noise_db=-60.0,
     ),
-    SourceSpec(
+    SyntheticSource(
         name="synth_liver_convex_b", organ="synth_liver", region="synth_abdomen", anatomy="liver",
         probe="convex", model="C6-2", depth_mm=130.0, radius_mm=40.0, half_angle_deg=38.0,
         freq_mhz=4.5, axial_res_mm=0.6, lateral_res_mm=1.4, defocus=2.0, focus_frac=0.4, alpha_db=0.55,
@@ -88,7 +88,7 @@ _SPECS: tuple[SourceSpec, ...] = (
 )
 
 #: Every synthetic source by name.
-SOURCES: dict[str, SourceSpec] = {s.name: s for s in _SPECS}
+SOURCES: dict[str, SyntheticSource] = {s.name: s for s in _SPECS}
 
 #: Taxonomy entry of every synthetic source (what ``configs/taxonomy.yaml`` lists for them).
 SYNTHETIC_SOURCES: dict[str, dict] = {
