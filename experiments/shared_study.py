@@ -73,6 +73,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sonofm.checkpoints import STATE_FILE, locate_checkpoint
 from sonofm.evaluation.features import cached_features, extract_features, fingerprint
 from sonofm.evaluation.metrics import classification_metrics
 from sonofm.evaluation.probe import group_kfold, knn_probe, linear_probe, write_json
@@ -106,14 +107,14 @@ def build_shards(data: Path, out: Path, threads: int) -> Path:
 
 
 def run_complete(run_dir: Path) -> bool:
-    """A pretraining run is complete when its ``checkpoints/last`` step equals its configured steps."""
-    import yaml
+    """A pretraining run is complete when its latest checkpoint's step equals its configured steps."""
+    from sonofm.checkpoints import latest_checkpoint, read_state
+    from sonofm.config import PretrainConfig, load_config
 
-    cfg_file, state = run_dir / "config.yaml", run_dir / "checkpoints" / "last" / "state.json"
-    if not (cfg_file.is_file() and state.is_file()):
+    cfg_file, ckpt = run_dir / "config.yaml", latest_checkpoint(run_dir)
+    if not cfg_file.is_file() or ckpt is None:
         return False
-    steps = int(yaml.safe_load(cfg_file.read_text())["steps"])
-    return int(json.loads(state.read_text())["step"]) >= steps
+    return read_state(ckpt)["step"] >= load_config(PretrainConfig, cfg_file).steps
 
 
 def pretrain(run_dir: Path, shards: Path, args: argparse.Namespace, hier_weight: float) -> Path:
@@ -523,10 +524,9 @@ def resolve_encoder(key: str, args: argparse.Namespace, shards: Path, out: Path)
     if given and Path(given).name.startswith("step-"):  # one checkpoint of a run (e.g. a matched-step comparison)
         step_dir = Path(given).resolve()
         t0 = time.time()
-        while args.wait and not (step_dir / "state.json").is_file() and time.time() - t0 < args.wait:
+        while args.wait and not (step_dir / STATE_FILE).is_file() and time.time() - t0 < args.wait:
             time.sleep(20)
-        if not (step_dir / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{step_dir}: no model.safetensors")
+        locate_checkpoint(step_dir)  # a clear error when it is not a complete checkpoint
         return str(step_dir)
     run_dir = Path(given).resolve() if given else out / f"pretrain_{key}"
     if given and args.wait:

@@ -31,6 +31,15 @@ from torch import nn
 
 from sonofm import __version__
 from sonofm.atomic_io import fsync_dir, fsync_tree, save_safetensors
+from sonofm.checkpoints import (
+    EMA_FILE,
+    MODEL_FILE,
+    STATE_FILE,
+    checkpoints_dir,
+    contiguous_state,
+    latest_checkpoint,
+    read_state,
+)
 from sonofm.config import PretrainConfig, load_config
 from sonofm.errors import UserError
 from sonofm.model_card import CardInfo, load_results, model_licence, read_data_summary, render_card
@@ -41,7 +50,6 @@ from sonofm.models.loading import (
     load_strict,
     pretrain_encoder_weights,
 )
-from sonofm.pretrain.checkpoint import STATE_FILE, contiguous_state, latest_checkpoint
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -277,17 +285,17 @@ def export_backbone(
     cfg = load_config(PretrainConfig, cfg_file)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
-        raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no complete checkpoint (step-N/{STATE_FILE})")
+        raise FileNotFoundError(f"{checkpoints_dir(run_dir)}: no complete checkpoint (step-N/{STATE_FILE})")
     try:
-        state = json.loads((ckpt / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"{ckpt / STATE_FILE}: unreadable checkpoint state ({e})") from e
+        state = read_state(ckpt)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     try:
         results_data = load_results(results) if results is not None else None
     except ValueError as e:
         raise ExportError(str(e)) from None
 
-    weights_file = ckpt / ("ema.safetensors" if use_ema else "model.safetensors")
+    weights_file = ckpt / (EMA_FILE if use_ema else MODEL_FILE)
     if not weights_file.is_file():
         if use_ema:
             raise FileNotFoundError(

@@ -127,10 +127,10 @@ def _weights_id(spec: str) -> dict[str, Any]:
 
     if spec.startswith("random:"):
         return {"spec": spec, "input_norm": [INPUT_MEAN, INPUT_STD]}
-    from sonofm.pretrain.checkpoint import latest_checkpoint
+    from sonofm.checkpoints import MODEL_FILE, latest_checkpoint
 
     ckpt = latest_checkpoint(spec)
-    st = (ckpt / "model.safetensors").stat() if ckpt is not None else None
+    st = (ckpt / MODEL_FILE).stat() if ckpt is not None else None
     return {"spec": spec, "checkpoint": ckpt.name if ckpt else None, "mtime": st.st_mtime_ns if st else None,
             "input_norm": [INPUT_MEAN, INPUT_STD]}
 
@@ -294,8 +294,8 @@ def _config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def _check_same_recipe(cfg: Any, ignore: tuple[str, ...] = ()) -> None:
     """Refuse to resume a run folder made with another recipe (e.g. ``--small`` then the full run)."""
+    from sonofm.checkpoints import latest_checkpoint
     from sonofm.config import PretrainConfig, load_config
-    from sonofm.pretrain.checkpoint import latest_checkpoint
 
     run_dir = Path(cfg.run_dir)
     saved = run_dir / "config.yaml"
@@ -312,7 +312,7 @@ def _check_same_recipe(cfg: Any, ignore: tuple[str, ...] = ()) -> None:
 
 
 def _pretrain_stage(cfg: Any, stage: _Stages) -> Path:
-    from sonofm.pretrain.checkpoint import latest_checkpoint
+    from sonofm.checkpoints import latest_checkpoint
     from sonofm.pretrain.engine import run_pretraining
 
     _check_same_recipe(cfg)

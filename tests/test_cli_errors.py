@@ -123,8 +123,8 @@ def test_os_errors_are_one_line_with_the_path_and_what_to_do() -> None:
 
 def _checkpoint(run: Path, step: int, model: str, decoder_dim: int = 32) -> Path:
     """A real checkpoint of a small pretraining model (as the engine writes it), without training."""
+    from sonofm.checkpoints import save_checkpoint
     from sonofm.config import PretrainConfig, load_config
-    from sonofm.pretrain.checkpoint import save_checkpoint
     from sonofm.pretrain.engine import build_model
 
     cfg = load_config(PretrainConfig, None, [f"model.name={model}", f"decoder.dim={decoder_dim}",

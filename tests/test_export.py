@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from sonofm.checkpoints import save_checkpoint
 from sonofm.config import PretrainConfig, save_config
 from sonofm.config.schema import DataConfig, DecoderConfig, HierarchyConfig, ModelConfig
 from sonofm.export import EXPORT_FILES, ExportError, export_backbone, input_normalisation
@@ -26,7 +27,6 @@ from sonofm.model_card import load_results, results_table
 from sonofm.models.encoder import masked_forward_features
 from sonofm.models.loading import IncompatibleCheckpointError
 from sonofm.models.pretrain_model import PretrainModel
-from sonofm.pretrain.checkpoint import save_checkpoint
 
 SIZE = 64
 ARCH = "convnextv2_atto"

@@ -13,8 +13,8 @@ import pytest
 import timm
 import torch
 import yaml
-from safetensors.torch import save_file
 
+from sonofm.checkpoints import save_checkpoint
 from sonofm.evaluation.features import pooled_features
 from sonofm.finetune.prompt_model import Prompt, PromptModel
 from sonofm.finetune.upernet import SegModel, encoder_pyramid
@@ -34,10 +34,7 @@ def run(tmp_path_factory):
         for p in model.encoder.parameters():
             p.add_(0.05 * torch.randn_like(p))
     run = tmp_path_factory.mktemp("run")
-    step = run / "checkpoints" / "step-00000001"
-    step.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(step / "model.safetensors"))
-    (run / "checkpoints" / "last").write_text("step-00000001\n")
+    save_checkpoint(run, 1, model.state_dict(), None, {})
     (run / "config.yaml").write_text(yaml.safe_dump({"model": {"name": NAME, "in_chans": 1}}))
     return run, model
 

@@ -1,7 +1,7 @@
 """The layering contract (DESIGN.md): stages import only earlier stages, nothing imports the
 command line, and the module graph has no import cycle.
 
-Stages, earliest first: root helpers (``sonofm.paths``, ``errors``, ``atomic_io``, ``faults``,
+Stages, earliest first: root helpers (``sonofm.paths``, ``errors``, ``atomic_io``, ``checkpoints``, ``faults``,
 ``config``) -> data (``sonofm.datasets``) -> models -> training core (``sonofm.train``) ->
 pretrain / evaluation / finetune -> export (``sonofm.export``, ``sonofm.model_card``) -> command
 line (``sonofm.cli``, ``sonofm.quickstart``, ``sonofm.__main__``). Pretraining and the downstream
@@ -28,6 +28,7 @@ STAGES: dict[str, int] = {
     "sonofm.paths": 0,
     "sonofm.errors": 0,
     "sonofm.atomic_io": 0,
+    "sonofm.checkpoints": 0,
     "sonofm.faults": 0,
     "sonofm.config": 0,
     "sonofm.datasets": 1,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import timm
@@ -11,6 +10,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from sonofm.checkpoints import save_checkpoint
 from sonofm.models.loading import IncompatibleCheckpointError, load_encoder
 
 NAME = "convnextv2_atto"
@@ -22,19 +22,18 @@ def _timm(name: str = NAME, in_chans: int = 1, seed: int = 0) -> torch.nn.Module
 
 
 def _run_dir(tmp_path, enc, cfg_model, last="link", prefix="encoder."):
+    """A pretraining run written through the checkpoint owner, its ``last`` pointer in each form."""
     run = tmp_path / "run"
-    step = run / "checkpoints" / "step-00000010"
-    step.mkdir(parents=True)
     state = {prefix + k: v.contiguous() for k, v in enc.state_dict().items()}
     state["decoder.proj.weight"] = torch.zeros(3, 3)  # other PretrainModel parts are ignored
-    save_file(state, str(step / "model.safetensors"))
     ema = {k: v + 1.0 if v.is_floating_point() else v for k, v in state.items()}
-    save_file(ema, str(step / "ema.safetensors"))
+    step = save_checkpoint(run, 10, state, None, {}, ema_state=ema)
     (run / "checkpoints" / "step-00000005").mkdir()  # older, incomplete: must not be picked
-    if last == "link":
-        os.symlink("step-00000010", run / "checkpoints" / "last")
-    elif last == "file":
-        (run / "checkpoints" / "last").write_text("step-00000010\n")
+    pointer = run / "checkpoints" / "last"
+    if last != "link":  # save_checkpoint wrote a symlink
+        pointer.unlink()
+    if last == "file":
+        pointer.write_text("step-00000010\n")
     (run / "config.yaml").write_text(yaml.safe_dump({"model": cfg_model}))
     return run, step
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from sonofm.checkpoints import latest_checkpoint, load_checkpoint
 from sonofm.config import PretrainConfig, load_config
-from sonofm.pretrain.checkpoint import latest_checkpoint, load_checkpoint
 from sonofm.pretrain.loggers import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sonofm.pretrain.checkpoint import latest_checkpoint
+from sonofm.checkpoints import latest_checkpoint
 from sonofm.quickstart import KNOWN, SPLITS, find_datasets, run_quickstart
 
 REPO = Path(__file__).resolve().parents[1]

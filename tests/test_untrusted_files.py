@@ -28,9 +28,9 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from sonofm.checkpoints import STATE_FILE, load_checkpoint
 from sonofm.datasets.stream import StreamSpec, discover_shards, make_eval_loader
 from sonofm.models.loading import load_encoder
-from sonofm.pretrain.checkpoint import STATE_FILE, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "sonofm"
@@ -113,7 +113,7 @@ def test_load_encoder_refuses_a_pickle(evil: tuple[bytes, Path], tmp_path: Path,
         (spec / ("model.safetensors" if layout == "exported_safetensors" else "pytorch_model.bin")).write_bytes(data)
     # a pickle named model.safetensors is refused naming it; a folder with only pytorch_model.bin is
     # neither an export nor a run (it is never unpickled to find out)
-    message = "no checkpoints/last" if layout == "exported_bin_only" else "model.safetensors: not a readable"
+    message = "no complete checkpoint" if layout == "exported_bin_only" else "model.safetensors: not a readable"
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         load_encoder(str(spec))
     assert not marker.exists(), f"loading the encoder from {layout} ran code"

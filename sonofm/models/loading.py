@@ -6,8 +6,8 @@
 - a sonofm pretraining run dir (``<run>/config.yaml`` + ``<run>/checkpoints/``) or one checkpoint
   dir (``<run>/checkpoints/step-N/``): ``model.safetensors`` holds the PretrainModel state dict,
   encoder weights under the prefix ``encoder.``; ``ema.safetensors`` (same layout) is used when
-  ``weights="ema"``. The run's ``checkpoints/last`` (symlink or text file) names the latest step;
-  without it the highest ``step-N`` is used.
+  ``weights="ema"``. :func:`sonofm.checkpoints.locate_checkpoint` finds the step (``last``, else the
+  highest complete ``step-N``).
 - an exported timm dir: ``config.json`` (``architecture``, optional ``in_chans``, also looked up in
   ``pretrained_cfg``) + ``model.safetensors`` with timm key names.
 
@@ -24,7 +24,6 @@ every downstream number meaningless. Only safetensors files are read (no pickle)
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import yaml
 from safetensors.torch import load_file
 from torch import nn
 
+from sonofm.checkpoints import locate_checkpoint
 from sonofm.errors import UserError
 from sonofm.models.input_norm import INPUT_MEAN, INPUT_STD, set_input_stats
 
@@ -44,7 +44,6 @@ __all__ = [
     "load_encoder",
     "load_strict",
     "pretrain_encoder_weights",
-    "resolve_checkpoint",
 ]
 
 #: Classifier keys an exported model may carry; the downstream encoder is headless (num_classes=0).
@@ -89,32 +88,6 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], where: str) ->
     """Load ``state`` into ``model`` only when every key and shape matches (else the error lists them)."""
     check_state_dict(model, state, where)
     model.load_state_dict(state, strict=True)
-
-
-def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
-    """``(run_dir, step_dir)`` for a run dir, its ``checkpoints/`` dir or one ``step-N`` dir."""
-    path = Path(path)
-    if (path / "model.safetensors").is_file() and path.name.startswith("step-"):
-        return path.parent.parent, path
-    ckpts = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    run_dir = ckpts.parent
-    last = ckpts / "last"
-    if last.is_symlink() or last.is_dir():
-        step = last.resolve()
-    elif last.is_file():
-        name = last.read_text().strip()
-        step = Path(name) if Path(name).is_absolute() else ckpts / name
-    else:
-        steps = sorted(
-            (p for p in ckpts.glob("step-*") if (p / "model.safetensors").is_file()),
-            key=lambda p: int(re.sub(r"\D", "", p.name) or 0),
-        )
-        if not steps:
-            raise FileNotFoundError(f"{path}: no checkpoints/last and no step-N/model.safetensors found")
-        step = steps[-1]
-    if not (step / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{last}: points to {step}, which has no model.safetensors")
-    return run_dir, step
 
 
 def pretrain_encoder_weights(weights_file: Path, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -204,7 +177,7 @@ def load_encoder(
                 raise IncompatibleCheckpointError(f"{cfg_file}: pretrained_cfg mean/std: {e}") from None
             info.update(kind="timm", name=name, source=str(path), dropped_classifier_keys=dropped)
         else:
-            run_dir, step_dir = resolve_checkpoint(path)
+            run_dir, step_dir = locate_checkpoint(path)
             cfg_file = run_dir / "config.yaml"
             if not cfg_file.is_file():
                 raise FileNotFoundError(f"{spec}: pretraining run has no config.yaml at {cfg_file}")

@@ -22,20 +22,22 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from sonofm.checkpoints import (
+    MODEL_FILE,
+    load_checkpoint,
+    older_checkpoints,
+    read_state,
+    resolve_checkpoint,
+    save_checkpoint,
+    save_rank_rng,
+    set_rng_state,
+)
 from sonofm.config import PretrainConfig, save_config
 from sonofm.datasets.shards import write_json_atomic
 from sonofm.errors import UnreadableFileError, UserError
 from sonofm.faults import maybe_kill
 from sonofm.models.loading import IncompatibleCheckpointError
 from sonofm.models.pretrain_model import PretrainModel, count_params, param_groups
-from sonofm.pretrain.checkpoint import (
-    STATE_FILE,
-    load_checkpoint,
-    resolve_checkpoint,
-    save_checkpoint,
-    save_rank_rng,
-    set_rng_state,
-)
 from sonofm.pretrain.loggers import MetricsLogger
 from sonofm.pretrain.visualize import plot_loss_curve, save_reconstruction_grid
 from sonofm.train.ema import ModelEMA
@@ -176,12 +178,10 @@ def _load_for_resume(ckpt: Path, cfg: PretrainConfig, rank: int, accelerator: Ac
     A corrupt checkpoint is reported rather than skipped: checkpoints are written atomically, so a
     bad file means a damaged disk or copy, which the user should see before steps are trained again.
     """
-    state_file = ckpt / STATE_FILE
     try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UnreadableFileError(f"{state_file}: unreadable checkpoint state ({e}); "
-                                  f"{_fallback_hint(ckpt)}") from e
+        state = read_state(ckpt)
+    except ValueError as e:
+        raise UnreadableFileError(f"{e}; {_fallback_hint(ckpt)}") from e
     for key, mine in (("model", cfg.model.name), ("in_chans", cfg.model.in_chans)):
         theirs = state.get(key)
         if theirs is not None and theirs != mine:
@@ -201,7 +201,7 @@ def _load_for_resume(ckpt: Path, cfg: PretrainConfig, rank: int, accelerator: Ac
 
 def _fallback_hint(ckpt: Path) -> str:
     """What to do about a damaged checkpoint: the previous complete one, if there is one."""
-    older = sorted(p for p in ckpt.parent.glob("step-*") if p.name < ckpt.name and (p / STATE_FILE).is_file())
+    older = older_checkpoints(ckpt)
     if older:
         return (f"delete {ckpt} to resume from the previous complete checkpoint {older[-1]} with --resume auto "
                 f"(or pass --resume {older[-1]})")
@@ -239,7 +239,7 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
         except RuntimeError as e:  # torch's key / size mismatch report
             detail = " ".join(str(e).split())
             raise IncompatibleCheckpointError(
-                f"{ckpt / 'model.safetensors'}: the checkpoint's weights do not fit the model this config builds "
+                f"{ckpt / MODEL_FILE}: the checkpoint's weights do not fit the model this config builds "
                 f"({detail[:300]}{'...' if len(detail) > 300 else ''}); resume with the config the run was started with ({run_dir / 'config.yaml'}), "
                 "or start a new run_dir"
             ) from e
@@ -395,7 +395,7 @@ def _checkpoint(accelerator: Accelerator, model: PretrainModel, optimizer, ema, 
                                keep_last=cfg.checkpoint.keep_last)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
-        from sonofm.pretrain.checkpoint import latest_checkpoint
+        from sonofm.checkpoints import latest_checkpoint
 
         latest = latest_checkpoint(run_dir)
         if latest is not None:

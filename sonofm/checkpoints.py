@@ -1,4 +1,9 @@
-"""Atomic, resumable checkpoints: ``run_dir/checkpoints/step-N/`` plus a ``last`` pointer.
+"""The checkpoint directory of a run, ``run_dir/checkpoints/step-N/`` plus a ``last`` pointer.
+
+The only module that knows this layout: training writes and resumes through it, downstream code
+(encoder loading, export, the quickstart, experiments) finds and reads checkpoints through it. It
+sits below every stage (torch, safetensors and :mod:`sonofm.atomic_io` only), so the models layer
+can locate a run's weights without importing a training loop.
 
 A checkpoint directory is assembled under a hidden temporary name and renamed into place only
 when every file is written and flushed, so a crash (even ``kill -9``) leaves either the previous
@@ -29,6 +34,8 @@ from sonofm.faults import maybe_kill
 CKPT_DIR = "checkpoints"
 LAST = "last"
 STATE_FILE = "state.json"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
 
 
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
@@ -91,9 +98,9 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_safetensors(contiguous_state(model_state), tmp / "model.safetensors")
+    save_safetensors(contiguous_state(model_state), tmp / MODEL_FILE)
     if ema_state is not None:
-        save_safetensors(contiguous_state(ema_state), tmp / "ema.safetensors")
+        save_safetensors(contiguous_state(ema_state), tmp / EMA_FILE)
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
     maybe_kill("in_checkpoint", step)  # fault injection: half-written checkpoint (tests only)
@@ -149,6 +156,40 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return steps[-1] if steps else None
 
 
+def locate_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(run_dir, step_dir)`` for a run dir, its ``checkpoints/`` dir or one ``step-N`` dir.
+
+    The same rule for "latest" as :func:`latest_checkpoint` (``last``, else the highest complete
+    ``step-N``); a clear error names the path when there is no complete checkpoint.
+    """
+    path = Path(path)
+    if path.name.startswith("step-") and (path / STATE_FILE).is_file():
+        return path.parent.parent, path
+    run_dir = path.parent if path.name == CKPT_DIR else path
+    step = latest_checkpoint(run_dir)
+    if step is None:
+        raise FileNotFoundError(f"{path}: no complete checkpoint ({CKPT_DIR}/step-N/{STATE_FILE}) found")
+    return run_dir, step
+
+
+def older_checkpoints(ckpt: Path) -> list[Path]:
+    """Complete checkpoints of the same run older than ``ckpt``, oldest first (fallbacks after damage)."""
+    return sorted(p for p in ckpt.parent.glob("step-*") if p.name < ckpt.name and (p / STATE_FILE).is_file())
+
+
+def read_state(ckpt: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's ``state.json`` (step, samples seen, what it was trained with), read without
+    the weights; a missing or damaged file is a ``ValueError`` naming it."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable checkpoint state ({e})") from e
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise ValueError(f"{path}: unreadable checkpoint state (no integer 'step')")
+    return state
+
+
 def resolve_checkpoint(run_dir: str | os.PathLike, resume: str | None) -> Path | None:
     """``auto`` → latest of ``run_dir`` (None when the run is new); a path → that checkpoint."""
     if resume in (None, "", "none"):
@@ -178,11 +219,11 @@ def load_checkpoint(ckpt: Path, rank: int = 0, map_location: str | torch.device 
     ckpt = Path(ckpt)
     device = str(map_location)
     out: dict[str, Any] = {
-        "model": _read(ckpt / "model.safetensors", lambda p: load_file(str(p), device=device)),
+        "model": _read(ckpt / MODEL_FILE, lambda p: load_file(str(p), device=device)),
         "state": _read(ckpt / STATE_FILE, lambda p: json.loads(p.read_text())),
     }
-    if (ckpt / "ema.safetensors").is_file():
-        out["ema"] = _read(ckpt / "ema.safetensors", lambda p: load_file(str(p), device=device))
+    if (ckpt / EMA_FILE).is_file():
+        out["ema"] = _read(ckpt / EMA_FILE, lambda p: load_file(str(p), device=device))
     if (ckpt / "optimizer.pt").is_file():
         out["optimizer"] = _read(ckpt / "optimizer.pt",
                                  lambda p: torch.load(p, map_location=map_location, weights_only=True))
