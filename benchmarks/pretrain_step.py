@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from sonofm.models import PretrainModel, create_encoder, param_groups
+from sonofm.models import PretrainModel, create_encoder
+from sonofm.train.optim import param_groups
 
 
 def _tree() -> dict:

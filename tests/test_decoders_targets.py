@@ -10,11 +10,11 @@ from sonofm.models import (
     create_decoder,
     make_target,
     masked_patch_loss,
-    param_groups,
     patchify,
     unpatchify,
 )
 from sonofm.models.targets import gaussian_blur
+from sonofm.train.optim import param_groups
 
 DIMS = [40, 80, 160, 320]  # convnext(v2)_atto
 

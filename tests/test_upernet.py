@@ -62,7 +62,7 @@ def test_dice_loss_values():
 
 
 def test_layer_decay_groups_for_convnext_atto():
-    from sonofm.finetune.lr_decay import convnext_layer_id, param_groups
+    from sonofm.finetune.lr_decay import convnext_layer_id, layer_decay_groups
 
     depths = [2, 2, 6, 2]
     assert convnext_layer_id("stem.0.weight", depths) == 0
@@ -73,7 +73,7 @@ def test_layer_decay_groups_for_convnext_atto():
     assert convnext_layer_id("stages.3.blocks.1.gamma", depths) == 5
     assert convnext_layer_id("head.norm.weight", depths) == 6
     model = SegModel(_encoder(), num_classes=2, channels=16)
-    groups = param_groups(model, weight_decay=0.05, layer_decay=0.5)
+    groups = layer_decay_groups(model, weight_decay=0.05, layer_decay=0.5)
     by_name = {n: g for g in groups for n in g["names"]}
     assert by_name["encoder.stem.0.weight"]["lr_scale"] == pytest.approx(0.5**6)
     assert by_name["decoder.classifier.weight"]["lr_scale"] == 1.0

@@ -5,8 +5,7 @@ later layers and the new heads need to move most. Layer ids follow the ConvNeXt 
 generalised to any depth: stem 0, stage 0 -> 1, stage 1 -> 2, stage 2 in groups of three blocks
 -> 3, 4, ..., stage 3 -> the next id, anything after the encoder (norms of the head, decoders,
 heads) -> the last id. A stage's downsample layer shares the id of its first block. The rate of
-layer ``i`` is ``lr * decay ** (last - i)``. Norms, biases, GRN and gate parameters (ndim <= 1)
-get no weight decay.
+layer ``i`` is ``lr * decay ** (last - i)``; what gets weight decay is the training core's rule.
 """
 
 from __future__ import annotations
@@ -17,7 +16,9 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["convnext_layer_id", "num_layer_ids", "param_groups"]
+from sonofm.train.optim import param_groups
+
+__all__ = ["convnext_layer_id", "layer_decay_groups", "num_layer_ids"]
 
 
 def num_layer_ids(depths: Sequence[int]) -> int:
@@ -51,7 +52,7 @@ def _depths(encoder: nn.Module) -> list[int]:
     return [len(s.blocks) for s in stages]
 
 
-def param_groups(
+def layer_decay_groups(
     model: nn.Module,
     weight_decay: float = 0.05,
     layer_decay: float = 1.0,
@@ -60,8 +61,8 @@ def param_groups(
     """AdamW parameter groups with ``lr_scale`` (layer decay) and ``weight_decay`` per group.
 
     Parameters of ``model.<encoder_attr>`` get the ConvNeXt layer ids; everything else (decoder,
-    heads, prompt biases) gets the top id (scale 1). Frozen parameters are left out. Use with
-    :func:`sonofm.train.schedule.apply_lr`, which multiplies the rate by each group's ``lr_scale``.
+    heads, prompt biases) gets the top id (scale 1). The decay rule is the training core's
+    (:func:`sonofm.train.optim.param_groups`).
     """
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
@@ -69,21 +70,9 @@ def param_groups(
     depths = _depths(encoder) if encoder is not None else [1, 1, 1, 1]
     top = num_layer_ids(depths)
     prefix = f"{encoder_attr}."
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        layer = convnext_layer_id(name[len(prefix):], depths) if encoder is not None and name.startswith(prefix) else top
-        no_decay = p.ndim <= 1 or name.endswith(".bias")
-        key = (layer, no_decay)
-        if key not in groups:
-            groups[key] = {
-                "params": [],
-                "names": [],
-                "layer_id": layer,
-                "lr_scale": layer_decay ** (top - layer),
-                "weight_decay": 0.0 if no_decay else weight_decay,
-            }
-        groups[key]["params"].append(p)
-        groups[key]["names"].append(name)
-    return [groups[k] for k in sorted(groups)]
+
+    def layer_of(name: str) -> int:
+        inside = encoder is not None and name.startswith(prefix)
+        return convnext_layer_id(name[len(prefix):], depths) if inside else top
+
+    return param_groups(model, weight_decay, layer_of, lambda layer: layer_decay ** (top - layer))

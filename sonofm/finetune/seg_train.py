@@ -37,7 +37,7 @@ from sonofm.evaluation.metrics import segmentation_metrics
 from sonofm.evaluation.plots import save_overlay
 from sonofm.finetune.data import Sample, iterate_batches, logits_to_original
 from sonofm.finetune.losses import seg_loss
-from sonofm.finetune.lr_decay import param_groups
+from sonofm.finetune.lr_decay import layer_decay_groups
 from sonofm.finetune.upernet import SegModel
 from sonofm.train.ema import ModelEMA
 from sonofm.train.schedule import apply_lr, lr_at
@@ -77,7 +77,7 @@ def make_optimizer(
     model: nn.Module, lr: float, weight_decay: float = 0.05, layer_decay: float = 1.0, betas=(0.9, 0.999)
 ) -> torch.optim.AdamW:
     """AdamW over layer-decayed groups; the rate itself is set each step by :func:`apply_lr`."""
-    groups = param_groups(model, weight_decay, layer_decay)
+    groups = layer_decay_groups(model, weight_decay, layer_decay)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))

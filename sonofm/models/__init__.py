@@ -16,7 +16,7 @@ from sonofm.models.encoder import (
 )
 from sonofm.models.hierarchical import HierarchicalClassifier, masked_mean_pool, validate_tree
 from sonofm.models.masking import patch_field_fraction, patches_in_field, random_patch_mask
-from sonofm.models.pretrain_model import PretrainModel, param_groups
+from sonofm.models.pretrain_model import PretrainModel
 from sonofm.models.targets import TARGET_KINDS, make_target, masked_patch_loss, patchify, unpatchify
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "masked_forward_features",
     "masked_mean_pool",
     "masked_patch_loss",
-    "param_groups",
     "patch_field_fraction",
     "patches_in_field",
     "patchify",

@@ -161,20 +161,6 @@ class PretrainModel(nn.Module):
         return {"masked": images * m, "target": target, "pred": pred, "pasted": images * m + pred * (1 - m)}
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay for weight matrices/kernels; none for norms, biases, GRN, layer scale
-    (all 1-D) and mask tokens. Frozen parameters are left out."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim <= 1 or name.endswith(".bias") or "mask_token" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def count_params(params: Iterable[nn.Parameter]) -> int:
     """Number of scalars in ``params`` (for logs)."""
     return sum(p.numel() for p in params)

@@ -37,10 +37,11 @@ from sonofm.datasets.shards import write_json_atomic
 from sonofm.errors import UnreadableFileError, UserError
 from sonofm.faults import maybe_kill
 from sonofm.models.loading import IncompatibleCheckpointError
-from sonofm.models.pretrain_model import PretrainModel, count_params, param_groups
+from sonofm.models.pretrain_model import PretrainModel, count_params
 from sonofm.pretrain.loggers import MetricsLogger
 from sonofm.pretrain.visualize import plot_loss_curve, save_reconstruction_grid
 from sonofm.train.ema import ModelEMA
+from sonofm.train.optim import param_groups
 from sonofm.train.schedule import apply_lr, lr_at, scaled_lr
 
 #: The hierarchical classifier's tree (names, sizes, parents), saved in the run directory.
