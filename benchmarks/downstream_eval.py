@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from sonofm.datasets.adapters import get_adapter
-from sonofm.evaluation.probe import group_kfold, run_probe, write_json
+from sonofm.datasets.splits import stratified_group_kfold
+from sonofm.evaluation.probe import run_probe, write_json
 from sonofm.finetune.data import iterate_batches, load_samples
 from sonofm.finetune.seg_train import run_seg_finetune
 from sonofm.paths import shared_data_dir
@@ -48,7 +49,7 @@ def busi_probe(samples, spec: str, out: Path, args) -> dict:
 
 def cca_seg(samples, spec: str, out: Path, args) -> dict:
     groups = [s.group for s in samples]
-    folds = group_kfold(np.zeros(len(samples), int), groups, args.seg_folds, args.seed)
+    folds = stratified_group_kfold(np.zeros(len(samples), int), groups, args.seg_folds, args.seed)
     per_fold = []
     for i, (tr, te) in enumerate(folds):
         rep = run_seg_finetune(

@@ -74,9 +74,10 @@ import numpy as np
 import torch
 
 from sonofm.checkpoints import STATE_FILE, locate_checkpoint
+from sonofm.datasets.splits import stratified_group_kfold
 from sonofm.evaluation.features import cached_features, extract_features, fingerprint
 from sonofm.evaluation.metrics import classification_metrics
-from sonofm.evaluation.probe import group_kfold, knn_probe, linear_probe, write_json
+from sonofm.evaluation.probe import knn_probe, linear_probe, write_json
 from sonofm.finetune.data import Sample, iterate_batches, samples_from_shards
 from sonofm.finetune.label_efficiency import select_groups
 from sonofm.finetune.seg_train import evaluate_segmentation, sample_batches, train_segmentation
@@ -224,7 +225,7 @@ def test_split_probe(
     g = np.array([samples[i].group for i in keep])
     is_test = np.array([samples[i].meta.get("split") == "test" for i in keep])
     test_idx = np.flatnonzero(is_test)
-    splits = group_kfold(y[test_idx], g[test_idx], folds, seed)
+    splits = stratified_group_kfold(y[test_idx], g[test_idx], folds, seed)
     out: dict[str, Any] = {"n_labelled": len(keep), "n_test": int(len(test_idx)), "n_dropped": len(samples) - len(keep),
                            "n_test_groups": len(set(g[test_idx])), "methods": {}}
     for method in ("linear", "knn"):

@@ -7,21 +7,22 @@ import json
 import numpy as np
 import pytest
 
-from sonofm.evaluation.probe import cross_validate, group_kfold, knn_probe, linear_probe, run_probe
+from sonofm.datasets.splits import stratified_group_kfold
+from sonofm.evaluation.probe import cross_validate, knn_probe, linear_probe, run_probe
 
 
 def test_group_kfold_never_splits_a_group():
     rng = np.random.default_rng(0)
     groups = rng.integers(0, 30, size=200).astype(str)
     labels = rng.integers(0, 3, size=200)
-    splits = group_kfold(labels, groups, folds=5, seed=1)
+    splits = stratified_group_kfold(labels, groups, folds=5, seed=1)
     assert len(splits) == 5
     seen = np.concatenate([te for _, te in splits])
     assert sorted(seen.tolist()) == list(range(200))  # every sample tested exactly once
     for tr, te in splits:
         assert not set(groups[tr]) & set(groups[te])
     with pytest.raises(ValueError, match="groups"):
-        group_kfold(labels[:4], ["a", "a", "b", "b"], folds=3)
+        stratified_group_kfold(labels[:4], ["a", "a", "b", "b"], folds=3)
 
 
 def test_knn_hand_values():

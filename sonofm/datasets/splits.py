@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -84,3 +85,29 @@ def group_kfold(
     fold = fold_of_group[inverse]
     idx = np.arange(len(g))
     return [(idx[fold != f], idx[fold == f]) for f in range(k)]
+
+
+def stratified_group_kfold(
+    labels: np.ndarray, groups: Sequence[Any], folds: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``folds`` (train_idx, test_idx) pairs with no group on both sides, stratified by ``labels`` when every
+    class spans ``folds`` groups and shuffled by ``seed`` (sklearn); for probes, where class balance per
+    fold matters more than the equal fold sizes :func:`group_kfold` gives."""
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold  # heavy: only when cross-validating
+
+    labels = np.asarray(labels)
+    groups = np.asarray([str(g) for g in groups])
+    n_groups = len(set(groups))
+    if folds < 2 or n_groups < folds:
+        raise ValueError(f"need at least {max(folds, 2)} groups for {folds}-fold CV, got {n_groups} groups")
+    groups_per_class = [len(set(groups[labels == c])) for c in np.unique(labels)]
+    if min(groups_per_class) >= folds:
+        splitter: Any = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    else:
+        splitter = GroupKFold(n_splits=folds)
+    splits = [(np.asarray(tr), np.asarray(te)) for tr, te in splitter.split(np.zeros(len(labels)), labels, groups)]
+    for i, (tr, te) in enumerate(splits):
+        shared = set(groups[tr]) & set(groups[te])
+        if shared:  # guard: a bug here would inflate every reported number
+            raise AssertionError(f"fold {i}: groups on both sides: {sorted(shared)[:5]}")
+    return splits

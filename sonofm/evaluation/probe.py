@@ -25,15 +25,14 @@ from typing import Any
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from sonofm.atomic_io import write_json
+from sonofm.datasets.splits import stratified_group_kfold
 from sonofm.evaluation.metrics import balanced_accuracy, classification_metrics, confusion_matrix
 
 __all__ = [
-    "group_kfold",
     "linear_probe",
     "knn_probe",
     "cross_validate",
@@ -45,35 +44,13 @@ DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
 
 
-def group_kfold(
-    labels: np.ndarray, groups: Sequence[Any], folds: int, seed: int = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``folds`` (train_idx, test_idx) pairs with no group on both sides; stratified when possible."""
-    labels = np.asarray(labels)
-    groups = np.asarray([str(g) for g in groups])
-    n_groups = len(set(groups))
-    if folds < 2 or n_groups < folds:
-        raise ValueError(f"need at least {max(folds, 2)} groups for {folds}-fold CV, got {n_groups} groups")
-    groups_per_class = [len(set(groups[labels == c])) for c in np.unique(labels)]
-    if min(groups_per_class) >= folds:
-        splitter: Any = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    else:
-        splitter = GroupKFold(n_splits=folds)
-    splits = [(np.asarray(tr), np.asarray(te)) for tr, te in splitter.split(np.zeros(len(labels)), labels, groups)]
-    for i, (tr, te) in enumerate(splits):
-        shared = set(groups[tr]) & set(groups[te])
-        if shared:  # guard: a bug here would inflate every reported number
-            raise AssertionError(f"fold {i}: groups on both sides: {sorted(shared)[:5]}")
-    return splits
-
-
 def _inner_split(y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
     n_groups = len(set(groups))
     if n_groups < 3:
         return None
     k = min(4, n_groups)
     try:
-        return group_kfold(y, groups, k, seed)[0]
+        return stratified_group_kfold(y, groups, k, seed)[0]
     except ValueError:
         return None
 
@@ -179,7 +156,7 @@ def cross_validate(
     if unknown:
         raise ValueError(f"unknown probe method(s) {unknown}; valid: linear, knn")
     n_cls = int(num_classes or y.max() + 1)
-    splits = group_kfold(y, g, folds, seed)
+    splits = stratified_group_kfold(y, g, folds, seed)
     report: dict[str, Any] = {
         "n_samples": int(len(y)),
         "n_groups": int(len(set(g))),
