@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sonofm.atomic_io import to_jsonable
 from sonofm.datasets.build import SourceSpec, parse_source_arg, parse_sources
 from sonofm.datasets.records import META_KEYS
 from sonofm.datasets.shards import (
+    EncodedSample,
     ResumeMismatch,
-    Sample,
     ShardSetWriter,
     TarShard,
     encode_png,
@@ -25,19 +26,18 @@ from sonofm.datasets.shards import (
     sample_meta,
     shard_name,
     shard_pattern,
-    to_jsonable,
 )
 from sonofm.datasets.shards import (
     tmp_path as shard_tmp_path,
 )
 
 
-def _sample(i: int, split: str = "train", mask: bool = True) -> Sample:
+def _sample(i: int, split: str = "train", mask: bool = True) -> EncodedSample:
     rng = np.random.default_rng(i)
     img = rng.integers(0, 255, size=(24, 32), dtype=np.uint8)
     meta = sample_meta({"source": "toy", "split": split, "group": f"g{i}", "path": f"d/{i}.png",
                         "extra": np.float32(1.5)})
-    return Sample(
+    return EncodedSample(
         key=sample_key("toy", f"d/{i}.png"),
         meta=meta,
         png=encode_png(img),

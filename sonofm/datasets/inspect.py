@@ -7,7 +7,6 @@ problems before they cost a pretraining run.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Iterable
@@ -18,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from sonofm.atomic_io import atomic_file
-from sonofm.datasets.shards import iter_tar_samples, load_indexes
+from sonofm.datasets.shards import decode_png, iter_tar_samples, load_indexes
 from sonofm.datasets.taxonomy import display
 
 TILE = 128
@@ -125,14 +124,14 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def _tile(sample: dict[str, Any]) -> Image.Image:
-    img = np.asarray(Image.open(io.BytesIO(sample["png"])).convert("L"))
+    img = decode_png(sample["png"], "image")
     rgb = np.repeat(img[..., None], 3, axis=2)
     if "field.png" in sample:
-        field = np.asarray(Image.open(io.BytesIO(sample["field.png"])).convert("L"))
+        field = decode_png(sample["field.png"], "field")
         if field.shape == img.shape:
             rgb[_outline(field)] = (0, 200, 0)
     if "mask.png" in sample:
-        mask = np.asarray(Image.open(io.BytesIO(sample["mask.png"])).convert("L"))
+        mask = decode_png(sample["mask.png"], "mask")
         if mask.shape == img.shape:
             rgb[_outline(mask)] = (255, 40, 40)
     im = Image.fromarray(rgb)

@@ -1,5 +1,8 @@
 """Streaming shards into training and evaluation batches.
 
+Which shards a set holds is :mod:`sonofm.datasets.shard_discovery`; reading and decoding a shard's
+samples is :mod:`sonofm.datasets.shard_reader`. This module mixes, plans, shuffles and batches.
+
 Training stream (``make_train_loader``), infinite and reproducible
 -----------------------------------------------------------------
 Every consumer (one DataLoader worker of one rank) produces its own sequence of *rounds*. A round
@@ -47,41 +50,32 @@ a round (or an evaluation rank) that yields nothing raise :class:`StreamError`.
 
 from __future__ import annotations
 
-import glob
-import io
-import json
 import logging
-import multiprocessing
 import os
-import re
-import tarfile
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import braceexpand
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sonofm.datasets.augment import AugmentConfig, augment_sample, eval_sample
-from sonofm.datasets.imageio import MAX_PIXELS
-from sonofm.errors import UserError
+from sonofm.datasets.shard_discovery import Shard, StreamError, discover_shards, shard_indexes
+from sonofm.datasets.shard_names import base_key
+from sonofm.datasets.shard_reader import (
+    CORRUPT_KINDS,
+    CorruptCounter,
+    CorruptSample,
+    decode_sample,
+    iter_tar_samples,
+)
 
 log = logging.getLogger(__name__)
 
 TargetFn = Callable[[dict[str, Any]], dict[str, Any]]
-Shard = tuple[str, int]  # (url, sample count; -1 when unknown)
-
-CORRUPT_KINDS: tuple[str, ...] = ("image", "json", "mask", "field", "tar")
 _PLAN, _ROUND, _AUG = 1, 2, 3  # seed-sequence tags: independent streams for planning, mixing, augmentation
-
-
-class StreamError(UserError, RuntimeError):
-    """The stream cannot produce data: empty split, unreadable shard, or nothing but corrupt samples."""
 
 
 @dataclass
@@ -110,156 +104,7 @@ class StreamSpec:
             raise ValueError(f"StreamSpec.temperature must be > 0, got {self.temperature}")
 
 
-# --------------------------------------------------------------------------- discovery
-
-
-def _is_url(s: str) -> bool:
-    return "://" in s or s.startswith("pipe:")
-
-
-def _read_index(url: str) -> dict[str, Any]:
-    try:
-        if _is_url(url):
-            from webdataset.gopen import gopen
-
-            with gopen(url) as f:
-                index = json.loads(f.read())
-        else:
-            with open(url, encoding="utf-8") as f:
-                index = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{url}: cannot read shard index: {e}") from e
-    shards = index.get("shards") if isinstance(index, dict) else None
-    if not isinstance(shards, list) or not all(
-        isinstance(s, dict) and {"file", "split", "count"} <= set(s) for s in shards
-    ):
-        raise ValueError(f"{url}: not a shard index (needs 'shards': [{{'file', 'split', 'count'}}, ...])")
-    return index
-
-
-_INDEX_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-
-
-def _index_file(index_url: str, name: Any) -> str:
-    """An index's ``file`` entry, which must be a plain file name beside the index.
-
-    An index is data (it may come with downloaded shards): letting it name a ``pipe:`` command, a URL,
-    an absolute path or ``../`` would let a shard folder run commands or read files elsewhere. Only
-    the user's own arguments may be URLs or ``pipe:`` commands.
-    """
-    if not isinstance(name, str) or not _INDEX_FILE_RE.match(name) or ".." in name:
-        raise ValueError(f"{index_url}: refusing shard entry {name!r}: an index may only name shard files in "
-                         "its own folder (no paths, URLs or pipe: commands)")
-    return name
-
-
-def _index_shards(index_url: str, split: str | None) -> list[Shard]:
-    index = _read_index(index_url)
-    base = index_url.rsplit("/", 1)[0] if "/" in index_url else "."
-    out = []
-    for s in index["shards"]:
-        if split is None or s["split"] == split:
-            url = f"{base}/{_index_file(index_url, s['file'])}"
-            if not _is_url(url) and not os.path.isfile(url):
-                raise ValueError(f"{index_url}: lists shard {s['file']} but {url} does not exist")
-            out.append((url, int(s["count"])))
-    return out
-
-
-def _scan_count(path: str) -> int:
-    """Number of samples in a local tar, from its headers only (seeks over the data)."""
-    keys = set()
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for m in tar:
-                if m.isreg():
-                    keys.add(_split_name(m.name)[0])
-    except (OSError, tarfile.TarError) as e:
-        log.warning("%s: could not scan the whole shard (%s); counted %d samples", path, e, len(keys))
-    return len(keys)
-
-
-def _sibling_counts(path: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for idx in glob.glob(os.path.join(os.path.dirname(path) or ".", "*.index.json")):
-        for url, n in _index_shards(idx, None):
-            counts[os.path.abspath(url)] = n
-    return counts
-
-
-def shard_indexes(paths: str | os.PathLike | Sequence[str]) -> list[dict[str, Any]]:
-    """The index of every source in these shard sets (what later stages read the taxonomy from).
-
-    A directory gives its ``*.index.json``, an index path or URL itself, a local brace pattern the
-    indexes beside the shards it names; remote shard URLs without an index give none.
-    """
-    if not isinstance(paths, (str, os.PathLike)):
-        out: list[dict[str, Any]] = []
-        for p in paths:
-            out.extend(shard_indexes(p))
-        return out
-    spec = str(paths)
-    if "::" in spec:
-        return shard_indexes(spec.split("::"))
-    if os.path.isdir(spec):
-        return [_read_index(idx) for idx in sorted(glob.glob(os.path.join(spec, "*.index.json")))]
-    if spec.endswith(".index.json"):
-        return [_read_index(spec)]
-    folders = sorted({os.path.dirname(u) or "." for u in braceexpand.braceexpand(spec) if not _is_url(u)})
-    found = []
-    for folder in folders:
-        for idx in sorted(glob.glob(os.path.join(folder, "*.index.json"))):
-            index = _read_index(idx)
-            if any(re.fullmatch(rf"{re.escape(str(index.get('source')))}-.*\.tar", os.path.basename(u))
-                   for u in braceexpand.braceexpand(spec)):
-                found.append(index)
-    return found
-
-
-def discover_shards(path_or_urls: str | os.PathLike | Sequence[str], split: str | None) -> list[Shard]:
-    """List ``(url, sample_count)`` of one shard set; the count is -1 when no index knows it.
-
-    A directory reads its ``*.index.json`` files (falling back to ``*-{split}-*.tar`` scanned for
-    counts), an ``*.index.json`` path or URL reads that index, anything else is a brace pattern or a
-    ``::``-separated list of shard URLs taken as given (``split`` does not filter explicit URLs).
-    """
-    if not isinstance(path_or_urls, (str, os.PathLike)):
-        return [s for p in path_or_urls for s in discover_shards(p, split)]
-    spec = str(path_or_urls)
-    if "::" in spec:
-        return [s for p in spec.split("::") for s in discover_shards(p, split)]
-    if os.path.isdir(spec):
-        indexes = sorted(glob.glob(os.path.join(spec, "*.index.json")))
-        if indexes:
-            shards = [s for idx in indexes for s in _index_shards(idx, split)]
-        else:
-            pattern = f"*-{split}-*.tar" if split else "*.tar"
-            tars = sorted(glob.glob(os.path.join(spec, pattern)))
-            if tars:
-                log.warning("%s: no *.index.json; counting samples of %d shards by scanning", spec, len(tars))
-            shards = [(t, _scan_count(t)) for t in tars]
-        if not shards:
-            raise StreamError(f"{spec}: no shards of split {split!r} (looked for *.index.json and {split}-*.tar)")
-        return shards
-    if spec.endswith(".index.json"):
-        shards = _index_shards(spec, split)
-        if not shards:
-            raise StreamError(f"{spec}: the index lists no shard of split {split!r}")
-        return shards
-    urls = list(braceexpand.braceexpand(spec))
-    known: dict[str, int] = {}
-    out = []
-    for url in urls:
-        if _is_url(url):
-            out.append((url, -1))
-            continue
-        if not os.path.isfile(url):
-            raise StreamError(f"{url}: shard file not found (from {spec!r})")
-        if not known:
-            known = _sibling_counts(url)
-        n = known.get(os.path.abspath(url))
-        out.append((url, n if n is not None else _scan_count(url)))
-    return out
+# --------------------------------------------------------------------------- mixing
 
 
 def mixing_probabilities(sizes: Sequence[int], weights: Sequence[float] | None = None,
@@ -274,6 +119,8 @@ def mixing_probabilities(sizes: Sequence[int], weights: Sequence[float] | None =
         if w.shape != (len(sizes),) or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
             raise ValueError(f"mixing weights must be {len(sizes)} non-negative numbers, not all zero: {weights}")
         return w / w.sum()
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     n = np.asarray(sizes, dtype=np.float64)
     if np.any(n <= 0):
         raise ValueError(
@@ -281,137 +128,6 @@ def mixing_probabilities(sizes: Sequence[int], weights: Sequence[float] | None =
         )
     w = np.power(n, 1.0 / temperature)
     return w / w.sum()
-
-
-# --------------------------------------------------------------------------- corrupt-sample counter
-
-
-class CorruptCounter:
-    """Counts of skipped corrupt data by kind, in shared memory so DataLoader workers can add to it."""
-
-    def __init__(self) -> None:
-        self._values = multiprocessing.get_context().Array("q", len(CORRUPT_KINDS))
-
-    def add(self, kind: str, url: str, key: str | None, reason: str) -> None:
-        with self._values.get_lock():
-            self._values[CORRUPT_KINDS.index(kind)] += 1
-        log.warning("corrupt %s skipped: shard %s, key %s: %s", kind, url, key or "-", reason)
-
-    def as_dict(self) -> dict[str, int]:
-        with self._values.get_lock():
-            out = {k: int(v) for k, v in zip(CORRUPT_KINDS, self._values[:])}
-        out["total"] = sum(out.values())
-        return out
-
-
-# --------------------------------------------------------------------------- reading shards
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    """``dir/key.mask.png`` -> (``dir/key``, ``mask.png``): keys never contain dots."""
-    head, _, base = name.rpartition("/")
-    key, _, suffix = base.partition(".")
-    return (f"{head}/{key}" if head else key), suffix.lower()
-
-
-def _read_shard(url: str, counter: CorruptCounter, stride: int = 1, offset: int = 0,
-                report_tar: bool = True) -> Iterator[dict[str, Any]]:
-    """Raw samples (dicts of bytes) of one tar shard, in file order, keeping indices ``offset::stride``.
-
-    A read error (truncated or unreadable tar) drops the sample in progress, is counted once per
-    shard (by the reader with ``report_tar``) and ends the shard; samples already read are kept.
-    """
-    from webdataset.gopen import gopen
-
-    index, current, stream = 0, None, None  # index: position of ``current`` in the shard
-
-    try:
-        stream = gopen(url)
-        tar = tarfile.open(fileobj=stream, mode="r|*")
-        for member in tar:
-            if member.isdir():
-                continue
-            if not member.isreg() or member.name.startswith("/") or ".." in member.name.split("/"):
-                if report_tar:  # never written by the builder: a tampered or foreign tar
-                    counter.add("tar", url, member.name, "member skipped: not a regular file with a relative "
-                                "name (symlink, link, device, absolute or '..' path)")
-                continue
-            key, suffix = _split_name(member.name)
-            if key.startswith("__") or not suffix:
-                continue
-            if current is not None and key != current["__key__"]:
-                if index % stride == offset:
-                    yield current
-                current, index = None, index + 1
-            if current is None:
-                current = {"__key__": key, "__url__": url}
-            # Samples of other consumers are not read: the stream skips over their bytes.
-            current[suffix] = tar.extractfile(member).read() if index % stride == offset else b""
-            tar.members = []  # stream mode keeps every TarInfo otherwise: memory would grow per shard
-        if current is not None and index % stride == offset:
-            yield current
-    except (OSError, EOFError, tarfile.TarError, ValueError) as e:
-        if report_tar:
-            key = current["__key__"] if current is not None else None
-            counter.add("tar", url, key, f"{type(e).__name__}: {e} (shard ends here)")
-    finally:
-        if stream is not None:
-            try:
-                stream.close()
-            except Exception as e:  # a pipe: command that failed reports here
-                if report_tar:
-                    counter.add("tar", url, None, f"closing failed: {e}")
-
-
-class _Corrupt(Exception):
-    def __init__(self, kind: str, reason: str) -> None:
-        super().__init__(reason)
-        self.kind = kind
-
-
-def _decode_png(data: bytes, kind: str) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below
-            im = Image.open(io.BytesIO(data))
-        with im:
-            if im.width * im.height > MAX_PIXELS:  # the build never writes one: a decompression bomb
-                raise ValueError(f"{im.width}x{im.height} exceeds the {MAX_PIXELS / 1e6:.0f} MP limit")
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im).astype(np.float64)
-                top = max(arr.max(), 1.0)
-                return (arr * (255.0 / top)).astype(np.uint8) if top > 255 else arr.astype(np.uint8)
-            if im.mode != "L":
-                im = im.convert("L")
-            return np.asarray(im)
-    except Exception as e:  # PIL raises many types for bad bytes: all mean the same here
-        raise _Corrupt(kind, f"{kind} PNG does not decode: {type(e).__name__}: {e}") from e
-
-
-def _decode(raw: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, Any]]:
-    """Image, field (bool or None), mask (uint8 or None) and metadata of one raw sample."""
-    if "png" not in raw:
-        raise _Corrupt("image", f"no image member (has {sorted(k for k in raw if not k.startswith('__'))})")
-    image = _decode_png(raw["png"], "image")
-    if "json" not in raw:
-        raise _Corrupt("json", "no json member")
-    try:
-        meta = json.loads(raw["json"])
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _Corrupt("json", f"bad JSON: {e}") from e
-    if not isinstance(meta, dict):
-        raise _Corrupt("json", f"JSON is a {type(meta).__name__}, not an object")
-    mask = field = None
-    if "mask.png" in raw:
-        mask = _decode_png(raw["mask.png"], "mask")
-        if mask.shape != image.shape:
-            raise _Corrupt("mask", f"mask size {mask.shape} differs from image size {image.shape}")
-    if "field.png" in raw:
-        field = _decode_png(raw["field.png"], "field") > 127
-        if field.shape != image.shape:
-            raise _Corrupt("field", f"field size {field.shape} differs from image size {image.shape}")
-    return image, field, mask, meta
 
 
 # --------------------------------------------------------------------------- batching
@@ -473,15 +189,15 @@ class _Base(IterableDataset):
 
     def _sample(self, raw: dict[str, Any], transform: Callable[..., dict[str, Any]]) -> dict[str, Any] | None:
         try:
-            image, field, mask, meta = _decode(raw)
+            image, field, mask, meta = decode_sample(raw)
             targets = self._targets(meta)
-        except _Corrupt as e:
+        except CorruptSample as e:
             self.counter.add(e.kind, raw["__url__"], raw["__key__"], str(e))
             return None
         out = transform(image, field, mask)
         out.pop("box", None)
         out.pop("flip", None)
-        out["key"] = raw["__key__"].rpartition("/")[2]
+        out["key"] = base_key(raw["__key__"])
         out["targets"] = targets
         out["meta"] = meta if self.return_meta else None
         return out
@@ -498,7 +214,7 @@ class _Base(IterableDataset):
         try:
             return dict(self.target_fn(meta))
         except Exception as e:  # noqa: BLE001 - whatever the target function raises, the sample is unusable
-            raise _Corrupt("json", f"metadata rejected by the targets: {type(e).__name__}: {e}") from e
+            raise CorruptSample("json", f"metadata rejected by the targets: {type(e).__name__}: {e}") from e
 
 
 def _worker() -> tuple[int, int]:
@@ -579,7 +295,7 @@ class _TrainStream(_Base):
 
         def chain(shards: list[Shard]) -> Iterator[dict[str, Any]]:
             for url, _ in shards:
-                for raw in _read_shard(url, self.counter):
+                for raw in iter_tar_samples(url, self.counter):
                     checker.raw[url] += 1
                     yield raw
 
@@ -694,7 +410,7 @@ class _EvalStream(_Base):
         for j, stride, offset in eval_assignment(len(self.shards), consumer, self.world_size * n_workers):
             url, n = self.shards[j]
             checker.expected[url] += len(range(offset, n, stride)) if n >= 0 else -1
-            for raw in _read_shard(url, self.counter, stride, offset, report_tar=offset == 0):
+            for raw in iter_tar_samples(url, self.counter, stride, offset, report_tar=offset == 0):
                 checker.raw[url] += 1
                 sample = self._sample(raw, lambda im, f, m: eval_sample(im, f, m, self.img_size, self.transform))
                 if sample is None:

@@ -11,10 +11,7 @@ not against a resized copy. Records are decoded once and kept in memory (dataset
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from sonofm.datasets.augment import AugmentConfig, augment_sample, eval_sample, letterbox_window
@@ -154,13 +150,6 @@ def iterate_batches(
         yield batch
 
 
-def _png(data: bytes, where: str) -> np.ndarray:
-    try:
-        return np.asarray(Image.open(io.BytesIO(data)))
-    except Exception as e:  # PIL raises many types for bad data
-        raise ValueError(f"{where}: PNG does not decode: {type(e).__name__}: {e}") from e
-
-
 def samples_from_shards(
     paths: str | os.PathLike | Sequence[str | os.PathLike], split: str, binary_mask: bool = False
 ) -> list[Sample]:
@@ -169,8 +158,8 @@ def samples_from_shards(
     Used to evaluate segmentation at the stored size of shard data and to finetune from shards
     without the streaming machinery; the stored (preprocessed) image is the "original" here.
     """
-    from sonofm.datasets.shards import iter_tar_samples
-    from sonofm.datasets.stream import discover_shards
+    from sonofm.datasets.shard_discovery import discover_shards
+    from sonofm.datasets.shards import CorruptSample, base_key, decode_sample, iter_tar_samples
 
     path_list = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     samples: list[Sample] = []
@@ -178,23 +167,15 @@ def samples_from_shards(
         for url, _ in discover_shards(str(p), split):
             if not Path(url).is_file():
                 raise FileNotFoundError(f"{url}: samples_from_shards reads local shard files only")
-            try:
-                members = {m.pop("__key__"): m for m in iter_tar_samples(url)}
-            except tarfile.TarError as e:
-                raise ValueError(f"{url}: unreadable shard: {e}") from e
-            for key, m in members.items():
-                where = f"{url}:{key}"
-                if "png" not in m or "json" not in m:
-                    raise ValueError(f"{where}: sample lacks png or json (has {sorted(m)})")
-                image = _png(m["png"], where)
-                if image.ndim != 2:
-                    image = to_gray(image[..., :3])
-                mask = _png(m["mask.png"], where + ".mask") if "mask.png" in m else None
+            for raw in iter_tar_samples(url):
+                try:
+                    image, _, mask, meta = decode_sample(raw)
+                except CorruptSample as e:
+                    raise ValueError(f"{url}:{raw['__key__']}: {e}") from e
                 if mask is not None and binary_mask:
                     mask = (mask > 0).astype(np.uint8)
-                meta = json.loads(m["json"])
-                meta.setdefault("key", key)
-                samples.append(Sample(image.astype(np.uint8), mask, meta))
+                meta.setdefault("key", base_key(raw["__key__"]))
+                samples.append(Sample(image, mask, meta))
     if not samples:
         raise ValueError(f"no samples of split {split!r} in {path_list}")
     return samples
