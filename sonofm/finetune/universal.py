@@ -77,16 +77,11 @@ class TaskSpec:
 
 def dataset_probabilities(sizes: Sequence[int], weights: Sequence[float | None] | None = None,
                           temperature: float = 1.0) -> np.ndarray:
-    """Sampling probability per dataset: normalised ``weights`` if all given, else ``size ** (1/T)``."""
-    if weights is not None and all(w is not None for w in weights):
-        w = np.asarray(weights, dtype=float)
-    else:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        w = np.asarray(sizes, dtype=float) ** (1.0 / temperature)
-    if (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"dataset weights must be non-negative with a positive sum, got {w.tolist()}")
-    return w / w.sum()
+    """Sampling probability per dataset: the stream's mixing rule, ``weights`` only if all are given."""
+    from sonofm.datasets.stream import mixing_probabilities
+
+    given = weights is not None and all(w is not None for w in weights)
+    return mixing_probabilities(sizes, weights if given else None, temperature)
 
 
 def _prompt(spec: TaskSpec, kind: str = "whole") -> Prompt:
