@@ -115,9 +115,9 @@ def test_eval_transforms_are_deterministic_and_keep_the_content() -> None:
 
 
 def test_config_from_dict_rejects_unknown_keys() -> None:
-    assert AugmentConfig.from_any({"hflip": 0.0, "gamma": [0.9, 1.1]}).gamma == (0.9, 1.1)
+    assert AugmentConfig.from_any({"hflip": 0.0, "gamma": (0.9, 1.1)}).gamma == [0.9, 1.1]
     assert AugmentConfig.from_any(None) == AugmentConfig()
     with pytest.raises(ValueError, match="unknown augmentation keys.*valid keys"):
         AugmentConfig.from_any({"vflip": 0.5})
     with pytest.raises(ValueError, match="crop_scale"):
-        AugmentConfig(crop_scale=(0.5, 0.2))
+        AugmentConfig.from_any({"crop_scale": (0.5, 0.2)})

@@ -37,6 +37,7 @@ BAD: dict[str, list[tuple[str, str]]] = {
     "data.augment.hflip": [("2", "<= 1"), ("-1", ">= 0")],
     "data.augment.gamma": [("[1.2,0.8]", "increasing"), ("[0,1]", "> 0"), ("[1,2,3]", "list of 2")],
     "data.augment.gain": [("[1.1,0.9]", "increasing"), ("[-0.5,1]", "> 0")],
+    "data.augment.max_tries": [("0", ">= 1")],
     # PretrainConfig
     "run_dir": [("''", "non-empty")],
     "seed": [("-1", ">= 0"), ("4294967296", "< 2147483648")],
@@ -276,14 +277,20 @@ def test_the_schema_patch_is_the_encoders_stride() -> None:
     assert PATCH == ENCODER_PATCH
 
 
-def test_the_augment_ranges_agree_with_the_stream() -> None:
-    """What the schema accepts, the loader's own AugmentConfig accepts too (and the reverse for the edges)."""
+def test_the_loader_augments_with_the_schemas_config() -> None:
+    """One AugmentConfig: the stream's is the schema's, and one built by hand is held to the same ranges."""
+    from sonofm.config.schema import AugmentConfig as SchemaAugment
     from sonofm.datasets.augment import AugmentConfig
 
+    assert AugmentConfig is SchemaAugment
+    assert AugmentConfig().crop_ratio == [3 / 4, 4 / 3]
     for over in (["data.augment.crop_scale=[1.0,1.0]"], ["data.augment.hflip=0"], ["data.augment.gamma=[1,1]"],
                  ["data.augment.min_field_fraction=1"]):
         cfg = load_config(PretrainConfig, None, over)
-        AugmentConfig.from_any(dataclasses.asdict(cfg.data.augment))
-    for bad in ({"crop_scale": (0.5, 1.2)}, {"gamma": (1.2, 0.8)}, {"hflip": 1.5}):
-        with pytest.raises(ValueError):
-            AugmentConfig(**bad)  # type: ignore[arg-type]
+        assert AugmentConfig.from_any(dataclasses.asdict(cfg.data.augment)) == cfg.data.augment
+    for bad, key in (({"crop_scale": (0.5, 1.2)}, "crop_scale"), ({"gamma": (1.2, 0.8)}, "gamma"),
+                     ({"hflip": 1.5}, "hflip"), ({"max_tries": 0}, "max_tries")):
+        with pytest.raises(ValueError, match=f"AugmentConfig.{key}"):
+            AugmentConfig.from_any(bad)
+    with pytest.raises(ValueError, match="unknown augmentation keys"):
+        AugmentConfig.from_any({"hflp": 0.5})

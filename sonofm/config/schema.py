@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 #: Field-metadata key holding a key's :class:`Check`.
@@ -134,16 +134,40 @@ DECAY = {"ge": 0.0, "lt": 1.0, "why": "0 disables it"}
 
 @dataclass
 class AugmentConfig:
-    """Augmentation applied in the loader workers (pretraining and finetuning)."""
+    """Augmentation applied in the loader workers (pretraining and finetuning); the one definition,
+    used by :mod:`sonofm.datasets.augment`. Set a range to [1, 1] or a probability to 0 to disable a part."""
 
     crop_scale: list[float] = checked(factory=_pair(0.35, 1.0), length=2, increasing=True, gt=0.0, le=1.0,
                                       why="crop area / the field's bounding box")
-    crop_ratio: list[float] = checked(factory=_pair(0.75, 1.3333), length=2, increasing=True, gt=0.0,
-                                      why="crop width / height")
-    min_field_fraction: float = checked(0.5, **PROBABILITY)
-    hflip: float = checked(0.5, **PROBABILITY, why="a probability")
-    gamma: list[float] = checked(factory=_pair(0.8, 1.25), length=2, increasing=True, gt=0.0)
-    gain: list[float] = checked(factory=_pair(0.85, 1.15), length=2, increasing=True, gt=0.0)
+    crop_ratio: list[float] = checked(factory=_pair(3 / 4, 4 / 3), length=2, increasing=True, gt=0.0,
+                                      why="crop width / height, drawn log-uniformly")
+    min_field_fraction: float = checked(0.5, **PROBABILITY, why="share of the crop box inside the field")
+    hflip: float = checked(0.5, **PROBABILITY, why="a probability; never vertical: depth has a direction")
+    gamma: list[float] = checked(factory=_pair(0.8, 1.25), length=2, increasing=True, gt=0.0,
+                                 why="intensity exponent, drawn log-uniformly")
+    gain: list[float] = checked(factory=_pair(0.85, 1.15), length=2, increasing=True, gt=0.0,
+                                why="intensity multiplier")
+    max_tries: int = checked(10, **COUNT, why="crop boxes tried before the best one seen is taken")
+
+    @classmethod
+    def from_any(cls, aug: AugmentConfig | dict[str, Any] | None) -> AugmentConfig:
+        """A checked config from a config, a plain dict (e.g. from YAML; unknown keys are an error) or
+        None (defaults): code that builds one by hand gets the same ranges as a recipe."""
+        if aug is None:
+            aug = cls()
+        elif isinstance(aug, dict):
+            valid = {f.name for f in fields(cls)}
+            unknown = sorted(set(aug) - valid)
+            if unknown:
+                raise ValueError(f"unknown augmentation keys {unknown}; valid keys: {sorted(valid)}")
+            aug = cls(**{k: list(v) if isinstance(v, tuple) else v for k, v in aug.items()})
+        elif not isinstance(aug, cls):
+            raise TypeError(f"aug must be AugmentConfig, dict or None, got {type(aug).__name__}")
+        for f in fields(cls):
+            check = f.metadata.get(CHECK)
+            if check is not None and not check.ok(getattr(aug, f.name)):
+                raise ValueError(f"AugmentConfig.{f.name} = {getattr(aug, f.name)!r}: must be {check.describe()}")
+        return aug
 
 
 @dataclass

@@ -13,57 +13,15 @@ Everything works on numpy/PIL and returns torch tensors, so it runs inside DataL
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from sonofm.config.schema import AugmentConfig  # the one definition; re-exported for the stream
+
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels of the source image
-
-
-@dataclass
-class AugmentConfig:
-    """Training augmentation; set a range to (1.0, 1.0) or a probability to 0 to disable a part."""
-
-    crop_scale: tuple[float, float] = (0.35, 1.0)  # crop area / area of the field's bounding box
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # width / height, drawn log-uniformly
-    min_field_fraction: float = 0.5  # share of the crop box that must lie inside the field
-    hflip: float = 0.5  # probability of a horizontal flip (never vertical: depth has a direction)
-    gamma: tuple[float, float] = (0.8, 1.25)  # intensity exponent, drawn log-uniformly
-    gain: tuple[float, float] = (0.85, 1.15)  # intensity multiplier, drawn uniformly
-    max_tries: int = 10  # crop boxes tried before falling back to the best one seen
-
-    def __post_init__(self) -> None:
-        for name in ("crop_scale", "crop_ratio", "gamma", "gain"):
-            lo, hi = (float(v) for v in getattr(self, name))
-            if not (0 < lo <= hi):
-                raise ValueError(f"AugmentConfig.{name} must be (low, high) with 0 < low <= high, got {(lo, hi)}")
-            setattr(self, name, (lo, hi))
-        if self.crop_scale[1] > 1.0:
-            raise ValueError(f"AugmentConfig.crop_scale upper bound must be <= 1, got {self.crop_scale}")
-        if not 0.0 <= self.min_field_fraction <= 1.0:
-            raise ValueError(f"AugmentConfig.min_field_fraction must be in [0, 1], got {self.min_field_fraction}")
-        if not 0.0 <= self.hflip <= 1.0:
-            raise ValueError(f"AugmentConfig.hflip must be a probability, got {self.hflip}")
-        if self.max_tries < 1:
-            raise ValueError(f"AugmentConfig.max_tries must be >= 1, got {self.max_tries}")
-
-    @classmethod
-    def from_any(cls, aug: AugmentConfig | dict[str, Any] | None) -> AugmentConfig:
-        """Accept a config, a plain dict (e.g. from YAML; unknown keys are an error) or None (defaults)."""
-        if aug is None:
-            return cls()
-        if isinstance(aug, cls):
-            return aug
-        if isinstance(aug, dict):
-            valid = {f.name for f in fields(cls)}
-            unknown = sorted(set(aug) - valid)
-            if unknown:
-                raise ValueError(f"unknown augmentation keys {unknown}; valid keys: {sorted(valid)}")
-            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()})
-        raise TypeError(f"aug must be AugmentConfig, dict or None, got {type(aug).__name__}")
 
 
 def _bbox(field: np.ndarray) -> tuple[int, int, int, int]:
