@@ -27,9 +27,9 @@ def test_frames_of_a_clip_share_the_field_found_from_all_of_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffer: int
 ) -> None:
     """``buffer`` 3: only the first three frames are held to find the field; the rest stream through."""
-    import sonofm.datasets.build as build
+    import sonofm.datasets.build_workers as build_workers
 
-    monkeypatch.setattr(build, "CLIP_BUFFER", buffer)
+    monkeypatch.setattr(build_workers, "CLIP_BUFFER", buffer)
     sc = render_screen("linear", 2, n_frames=6, hard_first=True)
     write_us_dicom(tmp_path / "cine" / "loop.dcm", np.stack(sc.frames), photometric="RGB", frame_time_ms=40.0)
     build_shards([f"dicom:{tmp_path / 'cine'}?source=cine&frames_per_video=null&dedup_threshold=0"],
