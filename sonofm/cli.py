@@ -44,9 +44,20 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--config", default=default, help=f"YAML recipe (default: {default})")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=3e-4")
+#: Per command: override examples it accepts (tests/test_cli_help.py checks each against the command's schema).
+OVERRIDE_EXAMPLES: dict[str, str] = {
+    "shards build": "samples_per_shard=500 workers=4 max_side=512",
+    "pretrain": "steps=2000 data.batch_size=64 optim.base_lr=1.5e-4",
+    "probe": "encoder=runs/pretrain data.shards=[shards/busi] folds=5",
+    "finetune seg": "encoder=runs/pretrain data.shards=[shards/busi] steps=200",
+    "finetune universal": "encoder=runs/pretrain datasets=[shards/busi,shards/cca] steps=500",
+}
+
+
+def _add_config_args(p: argparse.ArgumentParser, default: str | None, command: str) -> None:
+    p.add_argument("--config", default=default, help=f"YAML recipe (default: {default or 'the built-in defaults'})")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help=f"config overrides, e.g. {OVERRIDE_EXAMPLES[command]}")
 
 
 def _need(values: Sequence[str], key: str, example: str) -> None:
@@ -127,7 +138,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from sonofm.config import FinetuneConfig, load_config
 
-    overrides = [f"task={args.task}", *args.overrides]
+    overrides = [f"task={args.finetune_command}", *args.overrides]
     cfg = load_config(FinetuneConfig, args.config, overrides)
     if cfg.task == "universal":
         _need(cfg.datasets, "datasets", "datasets=[shards/busi,shards/cca]  (one shard folder per dataset)")
@@ -198,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a taxonomy YAML extending the built-in one (new regions, organs, sources, labels)")
     b.add_argument("--out", help="output folder (default from config: shards)")
     b.add_argument("--workers", type=_count(1), default=None, help="processes")
-    _add_config_args(b, None)
+    _add_config_args(b, None, "shards build")
     b.set_defaults(func=_cmd_shards_build)
     i = shards.add_parser("inspect", parents=[common], help="print a shard folder's index and save contact sheets")
     i.add_argument("dir", help="shard folder")
@@ -208,20 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", parents=[common], help="masked-image-modelling pretraining of a ConvNeXt encoder",
                        description="Pretrain a ConvNeXt encoder with masked image modelling plus a hierarchical "
                        "classifier under Accelerate. Launch on several GPUs with 'accelerate launch -m sonofm pretrain ...'.")
-    _add_config_args(p, "configs/pretrain/quickstart.yaml")
+    _add_config_args(p, "configs/pretrain/quickstart.yaml", "pretrain")
     p.add_argument("--resume", default=None, help="'auto' (continue the last checkpoint of run_dir) or a checkpoint dir")
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("probe", parents=[common], help="linear probe and kNN on frozen features",
                        description="Evaluate a frozen encoder with a linear probe and kNN under group-aware k-fold CV.")
-    _add_config_args(p, "configs/finetune/probe.yaml")
+    _add_config_args(p, "configs/finetune/probe.yaml", "probe")
     p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("finetune", parents=[common], help="UPerNet segmentation or universal prompt finetuning",
                        description="Finetune an encoder: 'seg' (UPerNet) or 'universal' (prompt-conditioned, several datasets).")
-    p.add_argument("task", choices=["seg", "universal"])
-    _add_config_args(p, None)
-    p.set_defaults(func=_cmd_finetune)
+    tasks = p.add_subparsers(dest="finetune_command", metavar="<task>", required=True)
+    f = tasks.add_parser("seg", parents=[common], help="UPerNet segmentation on one shard set",
+                         description="Finetune an encoder with a UPerNet decoder on the masks of data.shards "
+                         "(train split), keeping the best checkpoint by validation Dice.")
+    _add_config_args(f, "configs/finetune/seg.yaml", "finetune seg")
+    f.set_defaults(func=_cmd_finetune)
+    f = tasks.add_parser("universal", parents=[common], help="one prompt-conditioned model over several datasets",
+                         description="Finetune one prompt-conditioned model over several shard sets (segmentation "
+                         "and classification), drawing each batch's dataset by weight or size.")
+    _add_config_args(f, "configs/finetune/universal.yaml", "finetune universal")
+    f.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("export", parents=[common], help="export a pretrained backbone in timm's format",
                        description="Write config.json + model.safetensors + README.md loadable with "
@@ -245,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_name(args: argparse.Namespace) -> str:
-    sub = getattr(args, "shards_command", None)
+    sub = getattr(args, "shards_command", None) or getattr(args, "finetune_command", None)
     return f"{args.command} {sub}" if sub else str(args.command)
 
 

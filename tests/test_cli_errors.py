@@ -92,8 +92,8 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_empty_shard_list_fails_before_the_stage(capsys: pytest.CaptureFixture[str]) -> None:
     rc, err = _run(["pretrain", "--config", "configs/pretrain/gpu_tiny_224.yaml"], capsys)  # ships shards: []
     _one_line(rc, err, "pretrain", "data.shards is empty")
-    rc, err = _run(["finetune", "universal"], capsys)
-    _one_line(rc, err, "finetune", "datasets is empty")
+    rc, err = _run(["finetune", "universal", "datasets=[]"], capsys)
+    _one_line(rc, err, "finetune universal", "datasets is empty")
     rc, err = _run(["probe", "data.shards=[]"], capsys)
     _one_line(rc, err, "probe", "data.shards is empty")
 

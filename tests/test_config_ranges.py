@@ -158,7 +158,7 @@ def test_cli_bad_value_is_one_line_and_exit_2(schema: str, key: str, value: str,
     assert rc == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    command = "shards build" if schema == "shards" else "finetune" if schema == "finetune" else schema
+    command = "shards build" if schema == "shards" else "finetune seg" if schema == "finetune" else schema
     assert lines[0].startswith(f"sonofm {command}: error: "), lines[0]
     assert f"'{key}'" in lines[0] and text in lines[0]
     assert "Traceback" not in err
