@@ -139,3 +139,44 @@ def test_add_source_at_run_time() -> None:
     assert tax.annotate({"source": "my_liver", "label": "a"})["region"] == "abdomen"
     with pytest.raises(TaxonomyError, match="already"):
         tax.add_source("busi", "breast")
+
+
+def test_source_facts_come_from_the_builtin_file(tax: Taxonomy) -> None:
+    """Display name, unit of splitting, licence and layout of a known collection are data, not code."""
+    from sonofm.datasets.taxonomy import Licence, builtin_facts, source_facts
+
+    busi = tax.source_facts("busi")
+    assert busi is not None and busi == source_facts("busi")
+    assert (busi.display, busi.group, busi.tasks) == ("BUSI", "image", ("probe", "seg"))
+    assert busi.licence == Licence(busi.licence.text, "cc0-1.0", "free") and "CC0" in busi.licence.text
+    assert tax.source_facts("pocus").licence.kind == "noncommercial"
+    assert tax.source_facts("hc18").licence is None  # no licence recorded: unknown to sonofm
+    assert tax.source_facts("busbra") is None and source_facts("my_own_scans") is None
+    assert all(f.licence.id == "apache-2.0" for n, f in builtin_facts().items() if n.startswith("synth_"))
+    assert "licence" not in tax.source("busi").to_dict()  # facts are never stored in shard indexes
+
+
+def test_user_files_carry_no_facts(tmp_path: Path) -> None:
+    """A user's taxonomy file cannot give facts (the model card never sees it), and a source it
+    redeclares loses the built-in source's facts."""
+    user = tmp_path / "mine.yaml"
+    user.write_text("regions: {thorax: [breast]}\nsources:\n  mine: {organ: breast, licence: {text: t, id: mit, kind: free}}\n")
+    with pytest.raises(TaxonomyError, match=r"unknown key\(s\) \['licence'\].*built-in sources only"):
+        Taxonomy.load(user)
+    user.write_text("regions: {thorax: [breast]}\nsources:\n  mine: {organ: breast}\n  busi: {organ: breast, labels: []}\n")
+    tax = Taxonomy.with_user_files(user)
+    assert tax.source_facts("mine") is None and tax.source_facts("busi") is None
+    assert tax.source_facts("cca").display == "CCA"
+    assert Taxonomy.load("configs/taxonomy.yaml").source_facts("cca").display == "CCA"  # the built-in file by path
+
+
+def test_bad_facts_are_named() -> None:
+    base = {"regions": {"thorax": ["breast"]}}
+    for entry, match in (
+        ({"licence": {"text": "t", "id": "x", "kind": "shareware"}}, r"licence\.kind 'shareware' is not one of"),
+        ({"licence": {"text": "t"}}, r"sources\.s\.licence must be a mapping of non-empty text, id and kind"),
+        ({"tasks": ["detect"]}, r"sources\.s\.tasks must be a list of \['probe', 'seg'\]"),
+        ({"display": ""}, r"sources\.s\.display must be a non-empty string"),
+    ):
+        with pytest.raises(TaxonomyError, match=match):
+            Taxonomy.from_dict({**base, "sources": {"s": {"organ": "breast", **entry}}}, facts=True)

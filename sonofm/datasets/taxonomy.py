@@ -11,17 +11,24 @@ a taxonomy file in the working directory.
 A source of unknown organ (the typical unlabelled pretraining archive) hangs under a placeholder
 node (``unlabelled``) in the classifier's tree: its samples train the source level only, and their
 organ and region targets stay unknown (-1), so the hierarchical loss skips those levels.
+
+The built-in file also keeps *facts* about the collections sonofm knows (:class:`SourceFacts`: the
+name reports show, the unit of splitting, the licence, the on-disk layout its adapter recognises),
+so that the model card and ``quickstart`` read them from one place instead of holding per-dataset
+tables in code. Facts are not part of the tree and are not stored in shard indexes (changing one
+rebuilds nothing); a user or self-describing source has none.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -33,6 +40,12 @@ BUILTIN_FILE = "taxonomy.yaml"
 UNLABELLED = "unlabelled"
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _SOURCE_KEYS = {"organ", "region", "labels", "probe", "description"}
+#: Keys of a source entry that are facts (:class:`SourceFacts`), accepted in the built-in file only.
+_FACT_KEYS = {"display", "group", "licence", "layout", "tasks"}
+#: How restrictive a licence is, least first; the model card takes the most restrictive one.
+LICENCE_KINDS: tuple[str, ...] = ("free", "attribution", "noncommercial")
+#: Downstream tasks a source's facts may name (what ``quickstart --data`` evaluates on it).
+FACT_TASKS: tuple[str, ...] = ("probe", "seg")
 
 
 class TaxonomyError(UserError, ValueError):
@@ -65,6 +78,27 @@ class SourceInfo:
         return cls(**{k: v for k, v in data.items() if k in keys})
 
 
+class Licence(NamedTuple):
+    """The terms of a source's data as the model card states them; ``kind`` is one of :data:`LICENCE_KINDS`.
+
+    A tuple, so ``text, licence_id, kind = model_card.source_licence(name)`` keeps working."""
+
+    text: str
+    id: str  # the Hub's licence identifier ("cc-by-4.0", ...)
+    kind: str
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    """What sonofm knows about a built-in source beyond its place in the tree (see the module docstring)."""
+
+    display: str  # name shown in tables and messages ("BUSI")
+    group: str | None = None  # what a group is, the unit of splitting ("patient", "recording", "video")
+    licence: Licence | None = None  # None: unknown to sonofm
+    layout: str | None = None  # the folder layout the adapter of the same name recognises, told to users
+    tasks: tuple[str, ...] = ()  # downstream tasks on its labels / masks, from :data:`FACT_TASKS`
+
+
 def display(value: Any) -> str:
     """A label, organ or region as people read it: ``unlabelled`` when unknown."""
     return UNLABELLED if value is None or value == "" else str(value)
@@ -73,7 +107,8 @@ def display(value: Any) -> str:
 class Taxonomy:
     """The tree: ``regions: {region: [organ, ...]}`` and ``sources: {name: SourceInfo}``."""
 
-    def __init__(self, regions: dict[str, list[str]], sources: dict[str, SourceInfo], path: str = "<memory>"):
+    def __init__(self, regions: dict[str, list[str]], sources: dict[str, SourceInfo], path: str = "<memory>",
+                 facts: dict[str, SourceFacts] | None = None):
         self.path = path
         self.regions: dict[str, list[str]] = {}
         self.organ_region: dict[str, str] = {}
@@ -84,6 +119,7 @@ class Taxonomy:
         self._index_cache: dict[str, dict[str, int]] | None = None
         for info in sources.values():
             self._add(info)
+        self._facts: dict[str, SourceFacts] = {k: v for k, v in (facts or {}).items() if k in self._sources}
 
     def _add_region(self, region: str, organs: Iterable[str], path: str) -> None:
         _check_name(region, "region", path)
@@ -105,12 +141,14 @@ class Taxonomy:
         """Read one complete taxonomy file; ``None`` reads the built-in one shipped with sonofm."""
         from sonofm.paths import config_path, packaged_configs
 
-        p = packaged_configs() / BUILTIN_FILE if path is None else config_path(path)
+        builtin = packaged_configs() / BUILTIN_FILE
+        p = builtin if path is None else config_path(path)
         try:
             data = yaml.safe_load(Path(p).read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as e:
             raise TaxonomyError(f"{p}: cannot read taxonomy ({e})") from e
-        return cls.from_dict(data, str(Path(p).resolve()))
+        resolved = Path(p).resolve()
+        return cls.from_dict(data, str(resolved), facts=resolved == builtin.resolve())
 
     @classmethod
     def with_user_files(cls, files: str | os.PathLike | Iterable[str | os.PathLike] | None) -> Taxonomy:
@@ -124,8 +162,12 @@ class Taxonomy:
         return tax
 
     @classmethod
-    def from_dict(cls, data: Any, path: str = "<memory>") -> Taxonomy:
-        """Build from the parsed YAML structure (``regions`` and ``sources`` mappings)."""
+    def from_dict(cls, data: Any, path: str = "<memory>", facts: bool = False) -> Taxonomy:
+        """Build from the parsed YAML structure (``regions`` and ``sources`` mappings).
+
+        ``facts``: the entries may carry :class:`SourceFacts` keys (only the built-in file does: the model
+        card of an export reads facts from there and never sees a user's taxonomy file).
+        """
         if not isinstance(data, dict) or not isinstance(data.get("regions", {}), dict):
             raise TaxonomyError(f"{path}: expected a mapping with 'regions' and 'sources'")
         regions = {}
@@ -134,14 +176,22 @@ class Taxonomy:
                 raise TaxonomyError(f"{path}: regions.{region} must be a list of organs, got {organs!r}")
             regions[str(region)] = [str(o) for o in organs]
         sources = {}
+        found_facts: dict[str, SourceFacts] = {}
         for name, entry in (data.get("sources") or {}).items():
             if not isinstance(entry, dict):
                 raise TaxonomyError(f"{path}: sources.{name} must be a mapping (organ, region, labels, ...)")
-            unknown = set(entry) - _SOURCE_KEYS
+            unknown = set(entry) - _SOURCE_KEYS - (_FACT_KEYS if facts else set())
             if unknown:
+                note = ""
+                if unknown & _FACT_KEYS:
+                    note = (f" ({', '.join(sorted(unknown & _FACT_KEYS))}: facts sonofm keeps for its built-in "
+                            "sources only; the model card cannot see a user taxonomy file)")
                 raise TaxonomyError(
                     f"{path}: sources.{name}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SOURCE_KEYS)}"
+                    + note
                 )
+            if facts and set(entry) & _FACT_KEYS:
+                found_facts[str(name)] = _parse_facts(str(name), entry, path)
             labels = entry.get("labels") or []
             if not isinstance(labels, list):
                 raise TaxonomyError(f"{path}: sources.{name}.labels must be a list, got {labels!r}")
@@ -153,7 +203,7 @@ class Taxonomy:
                 probe=entry.get("probe"),
                 description=str(entry.get("description") or ""),
             )
-        return cls(regions, sources, path)
+        return cls(regions, sources, path, facts=found_facts)
 
     def extend(self, other: Taxonomy) -> Taxonomy:
         """Add ``other``'s regions, organs and sources (a source it also lists is replaced by its entry)."""
@@ -161,7 +211,9 @@ class Taxonomy:
             self._add_region(region, organs, other.path)
         for info in other._sources.values():
             self._sources.pop(info.name, None)
+            self._facts.pop(info.name, None)  # a source redeclared by the other file is that file's source
             self._add(SourceInfo(**asdict(info)))
+        self._facts.update(other._facts)
         self.path = f"{self.path} + {other.path}"
         return self
 
@@ -276,6 +328,10 @@ class Taxonomy:
                 f"labels: [...]}}` (organs: {', '.join(self.organ_region)}; taxonomy: {self.path})"
             )
         return info
+
+    def source_facts(self, name: str) -> SourceFacts | None:
+        """The facts this taxonomy's file gives about source ``name``; None for any other source."""
+        return self._facts.get(name)
 
     def describe(
         self,
@@ -458,6 +514,45 @@ class Taxonomy:
             if out["organ"] >= 0 and out["region"] < 0 and organ in self.organ_region:
                 out["region"] = index["region"][self.organ_region[organ]]
         return {lv: out[lv] for lv in levels}
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_facts() -> dict[str, SourceFacts]:
+    tax = Taxonomy.load()
+    return {name: f for name in tax.sources if (f := tax.source_facts(name)) is not None}
+
+
+def builtin_facts() -> dict[str, SourceFacts]:
+    """Facts of every built-in source that has some, in the built-in file's order (read once)."""
+    return dict(_builtin_facts())
+
+
+def source_facts(name: str) -> SourceFacts | None:
+    """Facts of a built-in source; None for a user's or a self-describing source (sonofm knows nothing of it)."""
+    return _builtin_facts().get(name)
+
+
+def _parse_facts(name: str, entry: dict[str, Any], path: str) -> SourceFacts:
+    where = f"{path}: sources.{name}"
+    texts = {}
+    for key in ("display", "group", "layout"):
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise TaxonomyError(f"{where}.{key} must be a non-empty string, got {value!r}")
+        texts[key] = value
+    tasks = entry.get("tasks") or []
+    if not isinstance(tasks, list) or not set(tasks) <= set(FACT_TASKS):
+        raise TaxonomyError(f"{where}.tasks must be a list of {list(FACT_TASKS)}, got {tasks!r}")
+    licence = entry.get("licence")
+    if licence is not None:
+        if not isinstance(licence, dict) or set(licence) != {"text", "id", "kind"} or not all(
+                isinstance(v, str) and v for v in licence.values()):
+            raise TaxonomyError(f"{where}.licence must be a mapping of non-empty text, id and kind, got {licence!r}")
+        if licence["kind"] not in LICENCE_KINDS:
+            raise TaxonomyError(f"{where}.licence.kind {licence['kind']!r} is not one of {list(LICENCE_KINDS)}")
+        licence = Licence(text=licence["text"], id=licence["id"], kind=licence["kind"])
+    return SourceFacts(display=texts["display"] or name, group=texts["group"], licence=licence,
+                       layout=texts["layout"], tasks=tuple(tasks))
 
 
 def _organ_node(info: SourceInfo) -> str:
