@@ -162,8 +162,10 @@ def layering_violations(graph: dict[str, set[str]]) -> list[str]:
             there = _owner(target, STAGES)
             if there is None:
                 continue  # reported as unplaced on its own line
-            if _owner(target, COMMAND_LINE):
-                if mod not in MAY_IMPORT_COMMAND_LINE:
+            line = _owner(target, COMMAND_LINE)
+            if line:
+                # the modules of one command-line package (sonofm.quickstart.*) may import each other
+                if mod not in MAY_IMPORT_COMMAND_LINE and _owner(mod, COMMAND_LINE) != line:
                     out.append(f"imports the command line: {mod} -> {target}")
                     continue
             if STAGES[there] > STAGES[home]:
@@ -235,6 +237,19 @@ def test_checker_reports_imports_of_the_command_line() -> None:
         "import cycle among: sonofm.cli, sonofm.export, sonofm.quickstart",
         "imports the command line: sonofm.export -> sonofm.cli",
         "imports the command line: sonofm.quickstart -> sonofm.cli",
+    ]
+
+
+def test_checker_lets_a_command_line_package_import_its_own_modules() -> None:
+    graph = _clean_graph()
+    graph["sonofm.quickstart"].add("sonofm.quickstart.report")
+    graph["sonofm.quickstart.report"] = {"sonofm.quickstart.plan"}
+    graph["sonofm.quickstart.plan"] = set()
+    assert layering_violations(graph) == []
+    graph["sonofm.quickstart.plan"].add("sonofm.cli")
+    assert layering_violations(graph) == [
+        "import cycle among: sonofm.cli, sonofm.quickstart, sonofm.quickstart.plan, sonofm.quickstart.report",
+        "imports the command line: sonofm.quickstart.plan -> sonofm.cli",
     ]
 
 

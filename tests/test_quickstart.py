@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from sonofm.checkpoints import latest_checkpoint
-from sonofm.quickstart import KNOWN, SPLITS, find_datasets, run_quickstart
+from sonofm.quickstart import SPLITS, find_datasets, known_layouts, run_quickstart
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,10 +151,35 @@ def test_data_without_known_layout_lists_what_was_looked_for(tmp_path: Path) -> 
         find_datasets(tmp_path)
     msg = str(err.value)
     assert str(tmp_path) in msg
-    for name, (display, _, _, _, _) in KNOWN.items():
-        assert display in msg and name in msg
+    known = known_layouts()
+    assert list(known) == ["busi", "cca", "pocus", "hc18"]
+    for name, facts in known.items():
+        assert facts.display in msg and name in msg and facts.layout in msg
     with pytest.raises(FileNotFoundError, match="not a folder"):
         run_quickstart(data=tmp_path / "missing", out=tmp_path / "out", small=True)
+
+
+def test_known_layouts_are_the_taxonomy_facts_of_sources_with_an_adapter() -> None:
+    """Discovery reads display name, layout, unit of splitting and tasks from ``configs/taxonomy.yaml``."""
+    from sonofm.datasets.adapters import ADAPTERS
+    from sonofm.datasets.taxonomy import source_facts
+    from sonofm.quickstart.discovery import tasks_of
+
+    for name, facts in known_layouts().items():
+        assert name in ADAPTERS, f"{name}: a layout in the taxonomy needs an adapter of the same name"
+        assert facts == source_facts(name) and facts.group and facts.tasks
+    busi = tasks_of("busi", Path("shards/busi"))
+    assert [(t.name, t.kind, t.group_desc) for t in busi] == [("BUSI", "probe", "image"), ("BUSI", "seg", "image")]
+    assert [(t.name, t.kind, t.group_desc) for t in tasks_of("cca", Path("x"))] == [("CCA", "seg", "recording")]
+
+
+def test_a_split_without_samples_gives_none(small_run: tuple[dict, Path, str]) -> None:
+    """The shard indexes say a split is empty: no samples, and no error to recognise by its text."""
+    from sonofm.quickstart.stages import _split
+
+    _, out, _ = small_run
+    assert _split(out / "shards", "no_such_split") == []
+    assert _split(out / "shards", "test")
 
 
 # ----------------------------------------------------------------------------------- --data (real)
