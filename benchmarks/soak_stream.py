@@ -41,7 +41,8 @@ MB = 1024 * 1024
 
 def build(source: str, n: int, max_side: int, out: Path) -> Path:
     """Shards of ``source`` (synthetic corpus of ``n`` images, or BUSI) with every sample in ``train``."""
-    from sonofm.datasets.build import SourceSpec, build_shards
+    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.source_specs import SourceSpec
 
     if source == "synthetic":
         from sonofm.datasets.synthetic import generate_corpus

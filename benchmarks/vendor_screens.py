@@ -31,7 +31,7 @@ from PIL import Image
 
 from sonofm.datasets import preprocess as pp
 from sonofm.datasets.adapters import get_adapter
-from sonofm.datasets.build import clip_fields
+from sonofm.datasets.build_workers import clip_fields
 from sonofm.datasets.preprocess import preprocess
 from sonofm.datasets.records import Record
 from sonofm.datasets.synthetic.screens import LAYOUTS, Screen, render_screen, score_field

@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sonofm.datasets.build import SourceSpec, build_shards
+from sonofm.datasets.build import build_shards
 from sonofm.datasets.inspect import inspect_shards
 from sonofm.datasets.shards import file_sha256, iter_tar_samples, load_indexes, progress_path
+from sonofm.datasets.source_specs import SourceSpec
 
 pytestmark = pytest.mark.realdata
 

@@ -39,7 +39,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def shards(corpus: Path) -> Path:
-    from sonofm.datasets.build import SourceSpec, build_shards
+    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.source_specs import SourceSpec
 
     out = corpus.parent / "shards"
     build_shards([SourceSpec(adapter="synthetic", root=corpus)], out, max_side=96, samples_per_shard=8,

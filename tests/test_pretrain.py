@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def synth_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sonofm.datasets.build import SourceSpec, build_shards
+    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.source_specs import SourceSpec
     from sonofm.datasets.synthetic import generate_corpus
 
     root = tmp_path_factory.mktemp("synth")

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from sonofm.atomic_io import to_jsonable
-from sonofm.datasets.build import SourceSpec, parse_source_arg, parse_sources
 from sonofm.datasets.records import META_KEYS
 from sonofm.datasets.shards import (
     EncodedSample,
@@ -30,6 +29,7 @@ from sonofm.datasets.shards import (
 from sonofm.datasets.shards import (
     tmp_path as shard_tmp_path,
 )
+from sonofm.datasets.source_specs import SourceSpec, parse_source_arg, parse_sources
 
 
 def _sample(i: int, split: str = "train", mask: bool = True) -> EncodedSample:
