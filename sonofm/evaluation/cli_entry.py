@@ -11,13 +11,35 @@ from typing import Any
 import torch
 
 
+def groups_in_split(shards: list[str], split: str) -> int | None:
+    """Groups of ``split`` over these shard sets from their indexes (an upper bound: sources may share
+    group names, and unlabelled samples are left out later), or None when an index lacks the count."""
+    from sonofm.datasets.stream import shard_indexes
+
+    total = 0
+    indexes = shard_indexes(shards)
+    for index in indexes:
+        per_split = (index.get("counts") or {}).get("groups")
+        if not isinstance(per_split, dict):
+            return None
+        total += int(per_split.get(split, 0))
+    return total if indexes else None
+
+
 def probe_from_config(cfg: Any) -> dict[str, Any]:
-    """Run the probe described by a ``ProbeConfig``; returns the report written to ``out_dir/probe.json``."""
+    """Run the probe described by a ``ProbeConfig``; returns the report written to ``out_dir/probe.json``.
+
+    Fewer groups in the split than folds stop here, before the encoder is loaded or a feature extracted.
+    """
     from sonofm.datasets.stream import StreamSpec, make_eval_loader
-    from sonofm.evaluation.probe import run_probe
+    from sonofm.evaluation.probe import run_probe, too_few_groups
 
     if not cfg.data.shards:
         raise ValueError("probe: data.shards is empty; give the shard folder(s) to evaluate on")
+    if cfg.group_key == "group":  # the unit the build counts per split
+        n_groups = groups_in_split(list(cfg.data.shards), cfg.data.split)
+        if n_groups is not None and n_groups < cfg.folds:
+            raise too_few_groups(n_groups, cfg.folds, f"probe on {list(cfg.data.shards)} split {cfg.data.split!r}")
     spec = StreamSpec(list(cfg.data.shards), split=cfg.data.split)
     loader = make_eval_loader(
         spec, batch_size=cfg.data.batch_size, img_size=cfg.data.img_size, num_workers=cfg.data.num_workers,

@@ -47,12 +47,22 @@ def extract_features(
     concat_prev: bool = False,
     device: str | torch.device = "cpu",
     keep: tuple[str, ...] = ("key",),
+    progress: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Run the frozen encoder over ``batches`` (``image`` ``[B,C,S,S]``) and stack the pooled features.
 
     Returns ``features`` (float32 ``[N, D]``) plus, for every name in ``keep``, the per-sample values
-    found in the batch (lists such as ``key``, or 1-D tensors).
+    found in the batch (lists such as ``key``, or 1-D tensors). ``progress`` titles a bar over the
+    batches (on stderr; none by default).
     """
+    if progress:
+        from tqdm.auto import tqdm
+
+        try:
+            total: int | None = len(batches)  # type: ignore[arg-type]
+        except TypeError:  # an endless or unsized iterator
+            total = None
+        batches = tqdm(batches, total=total, desc=progress, unit="batch", dynamic_ncols=True, leave=False)
     was_training = encoder.training
     encoder.eval().to(device)
     feats: list[np.ndarray] = []

@@ -30,15 +30,32 @@ from threadpoolctl import threadpool_limits
 
 from sonofm.atomic_io import write_json
 from sonofm.datasets.splits import stratified_group_kfold
+from sonofm.errors import UserError
 from sonofm.evaluation.metrics import balanced_accuracy, classification_metrics, confusion_matrix
 
 __all__ = [
+    "TooFewGroupsError",
     "linear_probe",
     "knn_probe",
     "cross_validate",
     "format_table",
     "run_probe",
 ]
+
+
+
+class TooFewGroupsError(UserError, ValueError):
+    """Fewer groups (patients, recordings) than folds: group-aware cross-validation cannot split them."""
+
+
+def too_few_groups(n_groups: int, folds: int, where: str) -> TooFewGroupsError:
+    """The error, with what to change: fewer folds, or a split that holds more groups."""
+    return TooFewGroupsError(
+        f"{where}: {n_groups} group(s) cannot fill {folds} folds (no group may sit on both sides of a fold); "
+        f"pass folds={max(2, n_groups)} or fewer, or probe a split with more groups (e.g. data.split=train)"
+        + (" — with fewer than 2 groups there is nothing to cross-validate" if n_groups < 2 else "")
+    )
+
 
 DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc")
@@ -156,6 +173,8 @@ def cross_validate(
     if unknown:
         raise ValueError(f"unknown probe method(s) {unknown}; valid: linear, knn")
     n_cls = int(num_classes or y.max() + 1)
+    if len(set(g)) < max(2, folds):
+        raise too_few_groups(len(set(g)), folds, "probe")
     splits = stratified_group_kfold(y, g, folds, seed)
     report: dict[str, Any] = {
         "n_samples": int(len(y)),
@@ -252,7 +271,8 @@ def run_probe(
                                for m, k in zip(b["meta"], b["key"])]
                 yield b
 
-        return extract_features(model, with_fields(batches), concat_prev_stage, device, keep=("key", "_label", "_group"))
+        return extract_features(model, with_fields(batches), concat_prev_stage, device, keep=("key", "_label", "_group"),
+                                progress=f"features ({info['spec']})" if print_table else None)
 
     data = cached_features(cache if cache is not None else out / "features.npz", fp, compute)
     raw_labels = data["_label"].astype(str)
@@ -276,4 +296,7 @@ def run_probe(
                        title=f"{method} probe ({info['spec']})")
     if print_table:
         print(format_table(report, title=f"probe: {info['spec']} ({report['n_samples']} samples, {folds} folds)"))
+        figures = ", ".join(f"confusion_{m}.png" for m in report["methods"])
+        print(f"wrote {out / 'probe.json'} and {figures} in {out}; features cached in "
+              f"{cache if cache is not None else out / 'features.npz'}")
     return report
