@@ -64,7 +64,6 @@ import json
 import shlex
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,11 +72,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from sonofm.checkpoints import STATE_FILE, locate_checkpoint
+from sonofm.atomic_io import write_json
+from sonofm.checkpoints import STATE_FILE, latest_checkpoint, locate_checkpoint, read_state
+from sonofm.config import PretrainConfig, load_config
+from sonofm.datasets.shards import base_key, iter_tar_samples, load_indexes
 from sonofm.datasets.splits import stratified_group_kfold
 from sonofm.evaluation.features import cached_features, extract_features, fingerprint
 from sonofm.evaluation.metrics import classification_metrics
-from sonofm.evaluation.probe import knn_probe, linear_probe, write_json
+from sonofm.evaluation.probe import knn_probe, linear_probe
 from sonofm.finetune.data import Sample, iterate_batches, samples_from_shards
 from sonofm.finetune.label_efficiency import select_groups
 from sonofm.finetune.seg_train import evaluate_segmentation, sample_batches, train_segmentation
@@ -109,9 +111,6 @@ def build_shards(data: Path, out: Path, threads: int) -> Path:
 
 def run_complete(run_dir: Path) -> bool:
     """A pretraining run is complete when its latest checkpoint's step equals its configured steps."""
-    from sonofm.checkpoints import latest_checkpoint, read_state
-    from sonofm.config import PretrainConfig, load_config
-
     cfg_file, ckpt = run_dir / "config.yaml", latest_checkpoint(run_dir)
     if not cfg_file.is_file() or ckpt is None:
         return False
@@ -138,8 +137,8 @@ def pretrain(run_dir: Path, shards: Path, args: argparse.Namespace, hier_weight:
 
 
 def _shard_keys(path: Path) -> set[str]:
-    with tarfile.open(path) as tar:
-        return {Path(m.name).name.partition(".")[0] for m in tar if m.isfile()}
+    """The sample keys of one shard, read by the shard format's owner."""
+    return {base_key(sample["__key__"]) for sample in iter_tar_samples(path)}
 
 
 def verify_no_test_leak(run_dir: Path, shards: Path) -> dict[str, Any]:
@@ -149,21 +148,14 @@ def verify_no_test_leak(run_dir: Path, shards: Path) -> dict[str, Any]:
     resolves to are all indexed as train; train and test groups of every source are disjoint; the
     sample keys the run logged (``keys/rank*.txt``, when present) are all train keys.
     """
-    import yaml
+    from sonofm.datasets.shard_discovery import discover_shards
 
-    from sonofm.datasets.stream import discover_shards
-
-    if run_dir.name.startswith("step-"):  # a checkpoint inside <run>/checkpoints/
-        run_dir = run_dir.parent.parent
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    data_cfg = cfg["data"]
-    assert data_cfg["split"] == "train", f"{run_dir}: pretraining split is {data_cfg['split']!r}, not 'train'"
-    used = [Path(p).resolve() for p in data_cfg["shards"]]
+    run_dir, _ = locate_checkpoint(run_dir)  # a run dir, or one checkpoint inside <run>/checkpoints/
+    data_cfg = load_config(PretrainConfig, run_dir / "config.yaml").data
+    assert data_cfg.split == "train", f"{run_dir}: pretraining split is {data_cfg.split!r}, not 'train'"
+    used = [Path(p).resolve() for p in data_cfg.shards]
     assert used == [shards.resolve()], f"{run_dir}: pretraining read {used}, expected only {shards}"
-    split_of: dict[str, str] = {}
-    for index in sorted(shards.glob("*.index.json")):
-        for entry in json.loads(index.read_text())["shards"]:
-            split_of[entry["file"]] = entry["split"]
+    split_of = {entry["file"]: entry["split"] for index in load_indexes(shards) for entry in index["shards"]}
     streamed = [Path(url).name for url, _ in discover_shards(str(shards), "train")]
     bad = [f for f in streamed if split_of.get(f) != "train"]
     assert streamed and not bad, f"{run_dir}: the train stream resolves to non-train shards {bad}"
@@ -178,7 +170,7 @@ def verify_no_test_leak(run_dir: Path, shards: Path) -> dict[str, Any]:
         shared = groups[src]["train"] & groups[src]["test"]
         assert not shared, f"{src}: groups in both train and test: {sorted(shared)[:5]}"
     evidence: dict[str, Any] = {
-        "run": str(run_dir), "split": data_cfg["split"], "streamed_shards": streamed,
+        "run": str(run_dir), "split": data_cfg.split, "streamed_shards": streamed,
         "n_train_keys": len(keys["train"]), "n_test_keys": len(keys["test"]),
         "groups": {src: {sp: len(g) for sp, g in d.items()} for src, d in groups.items()},
     }
@@ -214,7 +206,7 @@ def probe_features(spec: str, samples: list[Sample], size: int, cache: Path, dat
     return data["features"]
 
 
-def test_split_probe(
+def probe_test_split(
     feats: np.ndarray, samples: list[Sample], classes: Sequence[str], folds: int, seed: int
 ) -> dict[str, Any]:
     """Probe every test-split sample once: test groups cut into ``folds`` folds, each predicted by a
@@ -363,10 +355,11 @@ def plot_pretrain_losses(runs: dict[str, Path], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
+    from sonofm.pretrain.loggers import read_metrics
+
     for name, run in runs.items():
-        if run.name.startswith("step-"):
-            run = run.parent.parent
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        run, _ = locate_checkpoint(run)  # a run dir, or one of its checkpoints
+        rows = read_metrics(run / "metrics.jsonl")
         ax.plot([r["step"] for r in rows], [r["loss_rec"] for r in rows], label=f"{name}: reconstruction")
         if any(r.get("loss_hier", 0) for r in rows):
             ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], "--", label=f"{name}: total")
@@ -470,27 +463,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             t = time.time()
             fb = probe_features(spec, busi_all, args.img_size, out / "features" / f"{safe}_busi.npz",
                                 f"{shards}:busi:{len(busi_all)}", args.device)
-            r["busi_probe"] = test_split_probe(fb, busi_all, BUSI_CLASSES, args.folds, args.seed)
+            r["busi_probe"] = probe_test_split(fb, busi_all, BUSI_CLASSES, args.folds, args.seed)
             fp = probe_features(spec, pocus_all, args.img_size, out / "features" / f"{safe}_pocus.npz",
                                 f"{shards}:pocus:{len(pocus_all)}", args.device)
-            r["pocus_probe"] = test_split_probe(fp, pocus_all, POCUS_CLASSES, args.folds, args.seed)
+            r["pocus_probe"] = probe_test_split(fp, pocus_all, POCUS_CLASSES, args.folds, args.seed)
             timings[f"{name}/probes"] = time.time() - t
             log(f"{name}: BUSI linear bal.acc {ms(r['busi_probe']['methods']['linear']['summary']['balanced_accuracy'])}"
                 f", POCUS linear bal.acc {ms(r['pocus_probe']['methods']['linear']['summary']['balanced_accuracy'])}")
-            write_json(results, out / "results.json")
+            write_json(out / "results.json", results)
         if "seg" not in skip:
             t = time.time()
             r["cca_seg"] = seg_run(spec, ds["cca"]["train"], ds["cca"]["test"], args, seed=args.seed)
             log(f"{name}: CCA Dice {ms(r['cca_seg']['dice'])} HD95 {ms(r['cca_seg']['hd95'], 1)}")
-            write_json(results, out / "results.json")
+            write_json(out / "results.json", results)
             r["busi_seg"] = {}
             for frac in sorted(fractions, reverse=True):
                 r["busi_seg"][f"{frac:g}"] = seg_run(spec, busi_seg["train"], busi_seg["test"], args, frac, args.seed)
                 log(f"{name}: BUSI {100 * frac:g}% Dice {ms(r['busi_seg'][f'{frac:g}']['dice'])}")
-                write_json(results, out / "results.json")
+                write_json(out / "results.json", results)
             timings[f"{name}/seg"] = time.time() - t
     timings["total_seconds"] = time.time() - t_start
-    write_json(results, out / "results.json")
+    write_json(out / "results.json", results)
     if "seg" not in skip:
         plot_label_efficiency_bars(results, out / "label_efficiency.png")
     text = tables(results)
@@ -515,12 +508,8 @@ def _wait_complete(run_dir: Path, timeout_s: float) -> None:
 
 def resolve_encoder(key: str, args: argparse.Namespace, shards: Path, out: Path) -> str:
     """The ``load_encoder`` spec of one study encoder, pretraining it first when needed."""
-    import yaml
-
     if key == "random":
-        recipe = yaml.safe_load(Path(REPO_ROOT / args.recipe if not Path(args.recipe).exists()
-                                     else args.recipe).read_text())
-        return f"random:{recipe['model']['name']}"
+        return f"random:{load_config(PretrainConfig, args.recipe).model.name}"
     given = args.fcmae_run if key == "fcmae" else args.full_run
     if given and Path(given).name.startswith("step-"):  # one checkpoint of a run (e.g. a matched-step comparison)
         step_dir = Path(given).resolve()
