@@ -146,7 +146,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         _need(cfg.data.shards, "data.shards", "data.shards=[shards/shared]")
     from sonofm.finetune.cli_entry import finetune_from_config
 
-    finetune_from_config(cfg)
+    finetune_from_config(cfg, resume=args.resume)
     return 0
 
 
@@ -235,11 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Finetune an encoder with a UPerNet decoder on the masks of data.shards "
                          "(train split), keeping the best checkpoint by validation Dice.")
     _add_config_args(f, "configs/finetune/seg.yaml", "finetune seg")
+    f.add_argument("--resume", default=None,
+                   help="'auto' (continue the last checkpoint of out_dir) or a checkpoint dir")
     f.set_defaults(func=_cmd_finetune)
     f = tasks.add_parser("universal", parents=[common], help="one prompt-conditioned model over several datasets",
                          description="Finetune one prompt-conditioned model over several shard sets (segmentation "
                          "and classification), drawing each batch's dataset by weight or size.")
     _add_config_args(f, "configs/finetune/universal.yaml", "finetune universal")
+    f.add_argument("--resume", default=None,
+                   help="'auto' (continue the last checkpoint of out_dir) or a checkpoint dir")
     f.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("export", parents=[common], help="export a pretrained backbone in timm's format",

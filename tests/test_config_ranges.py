@@ -78,6 +78,7 @@ BAD: dict[str, list[tuple[str, str]]] = {
     "knn_temperature": [("0", "> 0")],
     # FinetuneConfig
     "eval_every": [("-1", ">= 0")],
+    "prompt.p_whole": [("1.5", "<= 1"), ("-0.1", ">= 0")],
     "layer_decay": [("0", "> 0 and <= 1"), ("1.5", "<= 1")],
     "label_fraction": [("0", "> 0 and <= 1"), ("2", "<= 1")],
     "dataset_weights": [("[-1]", ">= 0")],
@@ -174,7 +175,6 @@ CROSS = [
     ("pretrain", ["data.weights=[0,0]"], ("data.weights",), "not all be 0"),
     ("pretrain", ["hierarchy.levels=[]", "hierarchy.weight=0.5"], ("hierarchy.levels", "hierarchy.weight"),
      "at least one level"),
-    ("finetune", ["optim.accum_steps=2"], ("optim.accum_steps",), "does not accumulate"),
     ("finetune", ["datasets=[a,b]", "dataset_weights=[1]"], ("dataset_weights", "datasets"), "one weight per dataset"),
     ("finetune", ["dataset_weights=[0]"], ("dataset_weights",), "not all be 0"),
     ("finetune", ["seg.ce_weight=0", "seg.dice_weight=0"], ("seg.ce_weight", "seg.dice_weight"), "loss weight"),

@@ -334,11 +334,18 @@ class SegConfig:
 @dataclass
 class PromptConfig:
     enabled: bool = True
+    gate: str = "scalar"  # "scalar" | "channel": one gate per injection point, or one per channel
+    p_whole: float = checked(0.5, **PROBABILITY, why="share of training samples shown whole (else local / location)")
 
 
 @dataclass
 class FinetuneConfig:
-    """Supervised finetuning: UPerNet segmentation, prompt classifier, universal training."""
+    """Supervised finetuning: UPerNet segmentation, prompt classifier, universal training.
+
+    Streams ``data.shards`` (seg) or ``datasets`` (universal, one shard set each) like pretraining,
+    under Accelerate (processes, ``precision``, ``optim.accum_steps``); ``data.batch_size`` is per
+    process and micro-batch, the learning rate follows the global batch unless ``optim.lr`` is set.
+    """
 
     task: str = "seg"  # "seg" | "universal"
     out_dir: str = checked("runs/finetune", nonempty=True)
@@ -357,11 +364,11 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(base_lr=1e-3, warmup_steps=50, betas=[0.9, 0.999]))
     seg: SegConfig = field(default_factory=SegConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    # resumable checkpoints out_dir/checkpoints/step-N/ every N steps and at the end (--resume auto)
+    checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=100, keep_last=2))
+    log_keys: bool = False  # audit the data order: sample keys per step in out_dir/keys/rank<r>.txt
 
     def cross_checks(self, at: str) -> Iterator[Problem]:
-        if self.optim.accum_steps != 1:
-            yield ((f"{at}optim.accum_steps",),
-                   "finetuning does not accumulate gradients: keep it 1 and raise data.batch_size instead")
         if self.dataset_weights is not None:
             if self.datasets and len(self.dataset_weights) != len(self.datasets):
                 yield ((f"{at}dataset_weights", f"{at}datasets"),
@@ -407,5 +414,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "hierarchy.levels": ("region", "organ", "source", "leaf"),
     "data.split": ("train", "val", "test"),
     "task": ("seg", "universal"),
+    "prompt.gate": ("scalar", "channel"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
 }

@@ -1,29 +1,25 @@
-"""UPerNet segmentation finetuning (``sonofm finetune seg``) and full-resolution evaluation.
+"""UPerNet segmentation finetuning (``sonofm finetune seg``) and evaluation at the stored size.
 
-Training reads any iterator of batches ``{"image": [B,1,S,S], "mask": [B,S,S]}`` (the stream's
-training loader, or :func:`sample_batches` over in-memory samples). AdamW with layer-wise lr decay
-(:mod:`sonofm.finetune.lr_decay`), linear warm-up then per-step cosine, gradient clipping,
-optional EMA (evaluated and saved instead of the raw weights when enabled).
+:func:`finetune_segmentation` takes a typed ``FinetuneConfig``: training batches stream from
+``data.shards`` (split ``train``) or come from in-memory samples, through the finetuning loop under
+Accelerate (:mod:`sonofm.finetune.engine`: processes, precision, accumulation, EMA, ``--resume``).
 
-Evaluation is done on :class:`~sonofm.finetune.data.Sample` objects: each image is letterboxed to
-``S``, the logits are cropped to the letterbox window and resized back to the sample's original
-``(H, W)`` before the argmax, and Dice / IoU / HD95 are computed against the original mask (HD95 in
-mm too when ``meta["pixel_spacing_mm"]`` is known). Figures are means over images. For shard data
-the "original" size is the stored (preprocessed) size.
+Evaluation: each image is letterboxed to ``S``, the logits are cropped to the letterbox window and
+resized back to the sample's stored ``(H, W)`` before the argmax, and Dice / IoU / HD95 are computed
+against the stored mask (HD95 in mm too when ``meta["pixel_spacing_mm"]`` is known). Figures are
+means over images. Every rank scores its share of the split (the stream's exactly-once assignment,
+or samples ``rank::W``) and the per-sample results are gathered, so one and several processes give
+the same numbers. For shard data the "original" size is the stored (preprocessed) size.
 
-The best checkpoint by validation Dice is written as ``best/model.safetensors`` (the whole
-``SegModel`` state dict; encoder keys under ``encoder.``) with ``best/meta.json``, atomically.
+The best checkpoint by validation Dice is ``best/model.safetensors`` (the whole ``SegModel`` state
+dict; encoder keys under ``encoder.``) with ``best/meta.json``, written atomically.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import os
-import shutil
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,68 +27,90 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sonofm.atomic_io import save_safetensors, temp_dir, write_json
+from sonofm.atomic_io import write_json
 from sonofm.datasets.augment import AugmentConfig
 from sonofm.evaluation.metrics import segmentation_metrics
 from sonofm.evaluation.plots import save_overlay
-from sonofm.finetune.data import Sample, iterate_batches, logits_to_original
+from sonofm.finetune.data import Sample, SampleBatches, logits_to_original, sample_eval_batches
+from sonofm.finetune.engine import (
+    LoopSettings,
+    gather_results,
+    make_accelerator,
+    make_optimizer,
+    run_loop,
+    save_weights,
+)
 from sonofm.finetune.losses import seg_loss
-from sonofm.finetune.lr_decay import layer_decay_groups
 from sonofm.finetune.upernet import SegModel
-from sonofm.train.ema import ModelEMA
-from sonofm.train.schedule import apply_lr, lr_at
 
 __all__ = [
     "sample_batches",
     "make_optimizer",
     "evaluate_segmentation",
-    "fit",
+    "evaluate_segmentation_batches",
+    "seg_loss_fn",
     "train_segmentation",
     "save_weights",
+    "finetune_segmentation",
     "run_seg_finetune",
+    "loss_summary",
 ]
 
 
-def sample_batches(
-    samples: Sequence[Sample],
-    size: int,
-    batch_size: int,
-    seed: int = 0,
-    augment: bool = True,
-    aug: AugmentConfig | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Endless batches: a fresh permutation each epoch, augmented (field-aware crop, flip, gamma, gain)."""
-    if not samples:
-        raise ValueError("sample_batches: no samples")
-    rng = np.random.default_rng(seed)
-    bs = min(batch_size, len(samples))
-    while True:
-        order = rng.permutation(len(samples))
-        for start in range(0, len(order) - bs + 1, bs):
-            idx = order[start : start + bs].tolist()
-            yield next(iterate_batches(samples, size, bs, idx, rng if augment else None, aug))
+def sample_batches(samples: Sequence[Sample], size: int, batch_size: int, seed: int = 0, augment: bool = True,
+                   aug: AugmentConfig | None = None) -> Iterator[dict[str, Any]]:
+    """Endless batches of one process: a fresh permutation each epoch, augmented (see :class:`SampleBatches`)."""
+    return iter(SampleBatches(samples, size, batch_size, seed, augment, aug))
 
 
-def make_optimizer(
-    model: nn.Module, lr: float, weight_decay: float = 0.05, layer_decay: float = 1.0, betas=(0.9, 0.999)
-) -> torch.optim.AdamW:
-    """AdamW over layer-decayed groups; the rate itself is set each step by :func:`apply_lr`."""
-    groups = layer_decay_groups(model, weight_decay, layer_decay)
-    for g in groups:
-        g["lr"] = lr * g["lr_scale"]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "no":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None:
-        raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {precision!r}")
-    return torch.autocast(device_type=device.type, dtype=dtype)
+# --------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
+def evaluate_segmentation_batches(
+    predict: Callable[[Tensor], Tensor],
+    batches: Iterable[dict[str, Any]],
+    num_classes: int,
+    *,
+    device: str | torch.device = "cpu",
+    accelerator: Any | None = None,
+    overlay_dir: str | os.PathLike | None = None,
+    n_overlays: int = 0,
+) -> dict[str, Any]:
+    """Mean Dice / IoU / HD95 at each sample's stored size over evaluation batches (``image`` + ``stored``,
+    from :func:`~sonofm.finetune.data.shard_eval_loader` or :func:`~sonofm.finetune.data.sample_eval_batches`).
+
+    With an ``accelerator`` each rank scores its own batches and the per-sample results of all ranks
+    are gathered (every rank returns the same figures). ``missed``: share of images with a
+    foreground where nothing was predicted. Overlays: this process's first ``n_overlays`` samples.
+    """
+    device = torch.device(device)
+    local: list[dict[str, Any]] = []
+    for batch in batches:
+        logits = predict(batch["image"].to(device)).float().cpu()
+        for j, st in enumerate(batch["stored"]):
+            mask = st["stored_mask"]
+            if mask is None:
+                raise ValueError(f"{st['key']}: no mask: cannot evaluate segmentation")
+            pred = logits_to_original(logits[j], st["stored_image"].shape).argmax(0).numpy()
+            spacing = st["meta"].get("pixel_spacing_mm")
+            m = segmentation_metrics(pred, mask, num_classes, spacing if spacing else None)
+            # a lesion present but nothing predicted: Dice 0 and HD95 = the image diagonal
+            missed = float(bool((mask > 0).any()) and not bool((pred > 0).any()))
+            local.append({"key": st["key"], "order": st["order"], "hw": list(pred.shape), **m, "missed": missed})
+            if overlay_dir is not None and len(local) <= n_overlays:
+                save_overlay(st["stored_image"], mask, pred, Path(overlay_dir) / f"{len(local):03d}.png",
+                             title=f"{st['key']}  Dice {m['dice']:.3f}")
+    per_sample = gather_results(local, accelerator)
+    if not per_sample:
+        raise ValueError("evaluate_segmentation: no samples")
+    keys = [k for k in per_sample[0] if k not in ("key", "hw", "order")]
+    out: dict[str, Any] = {k: float(np.mean([p[k] for p in per_sample])) for k in keys}
+    out["n"] = len(per_sample)
+    out["per_sample"] = [{k: v for k, v in p.items() if k != "order"} for p in per_sample]
+    return out
+
+
 def evaluate_segmentation(
     predict: Callable[[Tensor], Tensor],
     samples: Sequence[Sample],
@@ -102,266 +120,214 @@ def evaluate_segmentation(
     device: str | torch.device = "cpu",
     overlay_dir: str | os.PathLike | None = None,
     n_overlays: int = 4,
+    accelerator: Any | None = None,
 ) -> dict[str, Any]:
-    """Mean Dice / IoU / HD95 at each sample's original size (see the module docstring).
+    """:func:`evaluate_segmentation_batches` over in-memory samples (rank ``r`` of ``W`` scores ``r::W``).
 
     ``predict`` maps a ``[B,1,S,S]`` batch to ``[B,C,S,S]`` logits (a ``SegModel`` in eval mode, or a
-    closure around a prompt model). Returns the means (``missed``: share of images with a foreground
-    where nothing was predicted) plus ``per_sample`` entries.
+    closure around a prompt model). Returns the means plus ``per_sample`` entries in sample order.
     """
-    device = torch.device(device)
-    per_sample: list[dict[str, Any]] = []
-    for batch in iterate_batches(samples, size, batch_size):
-        logits = predict(batch["image"].to(device)).float().cpu()
-        for j, i in enumerate(batch["index"].tolist()):
-            s = samples[i]
-            if s.mask is None:
-                raise ValueError(f"{s.key}: no mask: cannot evaluate segmentation")
-            pred = logits_to_original(logits[j], s.image.shape).argmax(0).numpy()
-            spacing = s.meta.get("pixel_spacing_mm")
-            m = segmentation_metrics(pred, s.mask, num_classes, spacing if spacing else None)
-            # a lesion present but nothing predicted: Dice 0 and HD95 = the image diagonal
-            missed = float(bool((s.mask > 0).any()) and not bool((pred > 0).any()))
-            per_sample.append({"key": s.key, "hw": list(pred.shape), **m, "missed": missed})
-            if overlay_dir is not None and len(per_sample) <= n_overlays:
-                name = f"{len(per_sample):03d}.png"
-                save_overlay(s.image, s.mask, pred, Path(overlay_dir) / name, title=f"{s.key}  Dice {m['dice']:.3f}")
-    if not per_sample:
-        raise ValueError("evaluate_segmentation: no samples")
-    keys = [k for k in per_sample[0] if k not in ("key", "hw")]
-    out: dict[str, Any] = {k: float(np.mean([p[k] for p in per_sample])) for k in keys}
-    out["n"] = len(per_sample)
-    out["per_sample"] = per_sample
-    return out
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    batches = sample_eval_batches(samples, size, batch_size, rank, world, need_mask=True)
+    return evaluate_segmentation_batches(predict, batches, num_classes, device=device, accelerator=accelerator,
+                                         overlay_dir=overlay_dir, n_overlays=n_overlays)
 
 
-def save_weights(state: dict[str, Tensor], directory: str | os.PathLike, meta: dict[str, Any]) -> Path:
-    """Write ``directory/model.safetensors`` + ``meta.json`` atomically (temp dir, then rename)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(directory.parent, prefix=f".{directory.name}.tmp-")
-    try:
-        save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp / "model.safetensors")
-        write_json(tmp / "meta.json", meta)
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
+# --------------------------------------------------------------------------- training
 
 
-def fit(
-    model: nn.Module,
-    steps: int,
-    loss_fn: Callable[[int], tuple[Tensor, dict[str, Any]]],
-    *,
-    lr: float,
-    weight_decay: float,
-    layer_decay: float,
-    warmup_steps: int,
-    min_lr: float,
-    clip_grad: float | None,
-    ema: float,
-    device: torch.device,
-    precision: str,
-    eval_every: int,
-    evaluate: Callable[[nn.Module, int], float] | None,
-    log: Callable[[dict[str, Any]], None] | None,
-    betas: Sequence[float],
-) -> dict[str, Any]:
-    """The finetuning loop shared by segmentation and universal training.
+def seg_loss_fn(seg: Any) -> Callable[[nn.Module, dict[str, Any], int, int], tuple[Tensor, dict[str, Any]]]:
+    """The loop's loss for segmentation: CE + soft Dice with the weights of a ``SegConfig``."""
 
-    ``loss_fn(step) -> (loss, fields)`` draws a batch and runs the forward pass (under autocast here);
-    ``fields`` go into the step's log row. AdamW with layer decay, per-step warm-up + cosine LR,
-    gradient clipping, optional EMA; ``evaluate(module, step)`` every ``eval_every`` steps and at the
-    last step, with the EMA module when EMA is on. A non-finite loss stops before the weights change.
-    """
-    model.to(device).train()
-    opt = make_optimizer(model, lr, weight_decay, layer_decay, betas)
-    ema_model = ModelEMA(model, ema) if ema > 0 else None
-    losses: list[float] = []
-    evals: list[dict[str, Any]] = []
-    t0 = time.time()
-    for step in range(steps):
-        apply_lr(opt, lr_at(step, steps, lr, warmup_steps, min_lr))
-        with _autocast(device, precision):
-            loss, fields = loss_fn(step)
-        if not torch.isfinite(loss):
-            where = f" ({fields['dataset']})" if "dataset" in fields else ""
-            raise FloatingPointError(f"step {step}{where}: loss is {loss.item()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        opt.step()
-        if ema_model is not None:
-            ema_model.update(model)
-        losses.append(float(loss.item()))
-        if log is not None:
-            log({"step": step + 1, **fields, "loss": losses[-1], "lr": opt.param_groups[-1]["lr"],
-                 "time": time.time() - t0})
-        if evaluate is not None and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == steps):
-            evals.append({"step": step + 1, "score": evaluate(ema_model.module if ema_model else model, step + 1)})
-            model.train()
-    return {"losses": losses, "evals": evals, "ema": ema_model}
+    def loss_fn(model: nn.Module, batch: dict[str, Any], step: int, micro: int) -> tuple[Tensor, dict[str, Any]]:
+        device = next(model.parameters()).device
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["mask"].to(device, non_blocking=True)
+        return seg_loss(model(x).float(), y, seg.ce_weight, seg.dice_weight, per_image_dice=seg.dice_per_image), {}
+
+    return loss_fn
 
 
 def train_segmentation(
     model: nn.Module,
     batches: Iterable[dict[str, Any]],
     steps: int,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    layer_decay: float = 0.8,
-    warmup_steps: int = 0,
-    min_lr: float = 0.0,
-    ce_weight: float = 1.0,
-    dice_weight: float = 1.0,
-    clip_grad: float | None = 3.0,
-    ema: float = 0.0,
-    device: str | torch.device = "cpu",
-    precision: str = "no",
-    eval_every: int = 0,
+    *,
     evaluate: Callable[[nn.Module, int], float] | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
-    dice_per_image: bool = True,
-    betas: Sequence[float] = (0.9, 0.999),
+    device: str | torch.device | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Train ``model`` (logits at input size) for ``steps`` on ``batches``; returns losses and evals.
+    """Train ``model`` (logits at input size) for ``steps`` on any iterable of batches (no files written).
 
-    ``evaluate(module, step) -> score`` is called every ``eval_every`` steps and at the end with the
-    EMA module when EMA is on, else with ``model`` (see :func:`fit`).
+    ``settings``: keywords of :data:`sonofm.finetune.settings.KEYWORDS` (``lr``, ``warmup_steps``,
+    ``ema``, ``dice_per_image``...). ``evaluate(module, step) -> score`` every ``eval_every`` steps
+    and at the end, with the EMA module when EMA is on. Returns ``losses``, ``evals`` and ``ema``.
+    ``device`` is Accelerate's choice (the GPU when there is one); ``"cpu"`` forces the CPU.
     """
-    device = torch.device(device)
-    it = iter(batches)
+    from sonofm.finetune.settings import finetune_config
 
-    def loss_fn(step: int) -> tuple[Tensor, dict[str, Any]]:
-        batch = next(it)
-        x = batch["image"].to(device, non_blocking=True)
-        y = batch["mask"].to(device, non_blocking=True)
-        return seg_loss(model(x).float(), y, ce_weight, dice_weight, per_image_dice=dice_per_image), {}
+    cfg = finetune_config(defaults={"min_lr": 0.0, "warmup_steps": 0, "eval_every": 0}, steps=steps, **settings)
+    loop = LoopSettings.from_config(cfg)
+    accelerator = make_accelerator(cfg.precision, cpu=True if device is not None and str(device) == "cpu" else None)
+    ev = None
+    if evaluate is not None:
+        def ev(module: nn.Module, step: int, final: bool) -> dict[str, Any]:
+            return {"score": float(evaluate(module, step))}
+    res = run_loop(model, batches, seg_loss_fn(cfg.seg), loop, accelerator=accelerator, evaluate=ev, log=log)
+    return res.as_history()
 
-    return fit(model, steps, loss_fn, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
-               warmup_steps=warmup_steps, min_lr=min_lr, clip_grad=clip_grad, ema=ema, device=device,
-               precision=precision, eval_every=eval_every, evaluate=evaluate, log=log, betas=betas)
+
+def loss_summary(losses: Sequence[float], steps: int) -> dict[str, float]:
+    """The report's ``first_loss`` and ``last_loss`` (mean of the last tenth, at most 10 steps)."""
+    if not losses:
+        return {"first_loss": float("nan"), "last_loss": float("nan")}
+    return {"first_loss": float(losses[0]), "last_loss": float(np.mean(losses[-max(1, min(10, steps // 10)):]))}
 
 
-def _jsonl(path: Path) -> Callable[[dict[str, Any]], None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def finetune_segmentation(
+    cfg: Any,
+    train: Sequence[Sample] | None = None,
+    val: Sequence[Sample] | None = None,
+    *,
+    resume: str | None = None,
+    n_overlays: int = 4,
+    augment: bool = True,
+    progress: str | None = None,
+    checkpoints: bool = True,
+    accelerator: Any | None = None,
+) -> dict[str, Any]:
+    """``sonofm finetune seg``: UPerNet on ``cfg.encoder`` (any :func:`load_encoder` spec).
 
-    def write(rec: dict[str, Any]) -> None:
-        with open(path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+    Without ``train`` / ``val`` the data is ``cfg.data.shards``: training batches from the stream
+    (split ``train``, samples with a mask, ``label_fraction`` of the groups), validation on split
+    ``val`` at the stored size. With in-memory samples: ``train`` batched and augmented here
+    (``label_fraction`` keeps that share of whole groups), ``val`` evaluated at its original size.
+    ``progress``: the title of a progress bar. Writes ``out_dir/{metrics.jsonl, best/, overlays/,
+    checkpoints/, report.json}`` and returns the report.
+    """
+    from sonofm.finetune.data import StreamBatches, shard_eval_loader, split_groups, split_size
+    from sonofm.finetune.label_efficiency import select_groups
+    from sonofm.models.loading import load_encoder
 
-    return write
+    accelerator = accelerator if accelerator is not None else make_accelerator(cfg.precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    settings = LoopSettings.from_config(cfg, world, progress, checkpoints)
+    seg = cfg.seg
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    enc, info = load_encoder(cfg.encoder, in_chans=cfg.in_chans)
+    model = SegModel(enc, seg.num_classes, seg.decoder_channels)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed + rank)  # dropout differs across ranks, like their data
+    binary = seg.num_classes == 2
+    size, bs = cfg.data.img_size, cfg.data.batch_size
+
+    if (train is None) != (val is None):
+        raise ValueError("finetune_segmentation: give both train and val samples, or neither (stream the shards)")
+    if train is None:
+        if not cfg.data.shards:
+            raise ValueError("finetune seg: data.shards is empty")
+        paths = [str(p) for p in cfg.data.shards]
+        groups = None
+        if cfg.label_fraction < 1.0:
+            counts = split_groups(paths, "train", need_mask=True)
+            names = list(counts)
+            groups = frozenset(names[i] for i in select_groups(names, cfg.label_fraction, cfg.seed))
+            n_train = sum(counts[g] for g in groups)
+        else:
+            n_train = split_size(paths, "train")
+        batches: Any = StreamBatches(
+            paths, batch_size=bs, img_size=size, seed=cfg.seed, rank=rank, world_size=world,
+            num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, aug=asdict(cfg.data.augment),
+            weights=cfg.data.weights, temperature=cfg.data.temperature, groups=groups, need_mask=True,
+            binary_mask=binary)
+
+        def eval_batches() -> Iterable[dict[str, Any]]:
+            return shard_eval_loader(paths, "val", size=size, batch_size=bs, rank=rank, world_size=world,
+                                     num_workers=cfg.data.num_workers, binary_mask=binary, need_mask=True)
+    else:
+        chosen = (select_groups([s.group for s in train], cfg.label_fraction, cfg.seed)
+                  if cfg.label_fraction < 1 else range(len(train)))
+        train_samples = [train[i] for i in chosen]
+        n_train = len(train_samples)
+        batches = SampleBatches(train_samples, size, bs, cfg.seed, augment,
+                                AugmentConfig.from_any(asdict(cfg.data.augment)), rank, world)
+        val_samples = list(val)
+
+        def eval_batches() -> Iterable[dict[str, Any]]:
+            return sample_eval_batches(val_samples, size, bs, rank, world, need_mask=True)
+
+    def evaluate(module: nn.Module, step: int, final: bool) -> dict[str, Any]:
+        module.eval()
+        res = evaluate_segmentation_batches(
+            module, eval_batches(), seg.num_classes, device=accelerator.device, accelerator=accelerator,
+            overlay_dir=out / "overlays" if final and accelerator.is_main_process else None, n_overlays=n_overlays)
+        res["score"] = res["dice"]
+        return res
+
+    best_meta = {"encoder": info, "num_classes": seg.num_classes, "img_size": size,
+                 "decoder_channels": seg.decoder_channels}
+    identity = {"task": "seg", "encoder": cfg.encoder, "in_chans": cfg.in_chans, "num_classes": seg.num_classes}
+    res = run_loop(model, batches, seg_loss_fn(seg), settings, accelerator=accelerator, out_dir=out,
+                   evaluate=evaluate, best_meta=best_meta, identity=identity, resume=resume)
+    final = res.final
+    report = {
+        "encoder": info,
+        "n_train": n_train,
+        "n_val": final["n"],
+        "label_fraction": cfg.label_fraction,
+        "steps": cfg.steps,
+        **loss_summary(res.losses, cfg.steps),
+        "final": {k: v for k, v in final.items() if k not in ("per_sample", "score")},
+        "best": {"step": res.best["step"], **{k: v for k, v in res.best.items() if k not in ("step", "score")}},
+        "evals": res.evals,
+        "processes": res.world_size,
+        "global_batch": bs * res.world_size * cfg.optim.accum_steps,
+        "resumed_from": res.resumed_from,
+    }
+    if isinstance(batches, StreamBatches):
+        report["corrupt"] = _sum_counts(batches.corrupt_counts(), accelerator)
+    if accelerator.is_main_process:
+        write_json(out / "report.json", report)
+    return report
+
+
+def _sum_counts(counts: dict[str, int], accelerator: Any) -> dict[str, int]:
+    """Corrupt-sample counts of this rank summed over all ranks."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        total: dict[str, int] = {}
+        for c in gather_object([counts]):
+            for k, v in c.items():
+                total[k] = total.get(k, 0) + int(v)
+        return total
+    return dict(counts)
 
 
 def run_seg_finetune(
     encoder: str,
-    train: Sequence[Sample] | Iterable[dict[str, Any]],
+    train: Sequence[Sample],
     val: Sequence[Sample],
     out_dir: str | os.PathLike,
-    num_classes: int = 2,
-    img_size: int = 128,
-    steps: int = 500,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    layer_decay: float = 0.8,
-    warmup_steps: int = 50,
-    min_lr: float = 1e-6,
-    ce_weight: float = 1.0,
-    dice_weight: float = 1.0,
-    decoder_channels: int = 128,
-    ema: float = 0.0,
-    clip_grad: float | None = 3.0,
-    eval_every: int = 100,
-    label_fraction: float = 1.0,
-    in_chans: int = 1,
-    seed: int = 0,
-    device: str = "cpu",
-    precision: str = "no",
+    *,
     n_overlays: int = 4,
     augment: bool = True,
-    dice_per_image: bool = True,
-    aug: AugmentConfig | dict[str, Any] | None = None,
-    betas: Sequence[float] = (0.9, 0.999),
     progress: str | None = None,
+    resume: str | None = None,
+    checkpoints: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """``sonofm finetune seg``: UPerNet on ``encoder`` (any :func:`load_encoder` spec).
+    """:func:`finetune_segmentation` on in-memory samples with keyword settings (see
+    :func:`sonofm.finetune.settings.finetune_config`: ``img_size``, ``steps``, ``lr``, ...);
+    resumable checkpoints only with ``checkpoints=True``."""
+    from sonofm.finetune.settings import finetune_config
 
-    ``train``: samples (batched and augmented here; ``label_fraction`` keeps that share of whole
-    groups) or an iterator of ready batches (e.g. the stream's training loader; ``label_fraction``
-    must then be 1). ``val``: samples, evaluated at their original size. ``progress``: the title
-    of a progress bar over the steps (none by default). Writes
-    ``out_dir/{metrics.jsonl, best/, overlays/, report.json}`` and returns the report.
-    """
-    from sonofm.finetune.label_efficiency import select_groups
-    from sonofm.models.loading import load_encoder
-
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    torch.manual_seed(seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    enc, info = load_encoder(encoder, in_chans=in_chans)
-    model = SegModel(enc, num_classes, decoder_channels)
-    if isinstance(train, Sequence):
-        chosen = select_groups([s.group for s in train], label_fraction, seed) if label_fraction < 1 else None
-        train_samples = [train[i] for i in chosen] if chosen is not None else list(train)
-        batches: Iterable[dict[str, Any]] = sample_batches(train_samples, img_size, batch_size, seed, augment,
-                                                                    AugmentConfig.from_any(aug))
-        n_train = len(train_samples)
-    else:
-        if label_fraction != 1.0:
-            raise ValueError("label_fraction needs training samples (groups), not a batch iterator")
-        batches, n_train = train, -1
-    if progress:  # a bar named ``progress`` over the training steps
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, total=steps, desc=progress, dynamic_ncols=True, leave=False)
-    best: dict[str, Any] = {"dice": -math.inf, "step": 0}
-    log = _jsonl(out / "metrics.jsonl")
-
-    last: dict[str, Any] = {}
-
-    def evaluate(module: nn.Module, step: int) -> float:
-        module.eval()
-        final_step = step == steps  # the final evaluation: kept for the report, with overlays
-        res = evaluate_segmentation(module, val, img_size, num_classes, device=device,
-                                    overlay_dir=out / "overlays" if final_step else None, n_overlays=n_overlays)
-        if final_step:
-            last["res"] = res
-        summary = {k: v for k, v in res.items() if k != "per_sample"}
-        log({"step": step, "val": summary})
-        if res["dice"] > best["dice"]:
-            best.update(dice=res["dice"], step=step, metrics=summary)
-            save_weights(module.state_dict(), out / "best", {"step": step, "val": summary, "encoder": info,
-                                                              "num_classes": num_classes, "img_size": img_size,
-                                                              "decoder_channels": decoder_channels})
-        return res["dice"]
-
-    hist = train_segmentation(
-        model, batches, steps, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, warmup_steps=warmup_steps,
-        min_lr=min_lr, ce_weight=ce_weight, dice_weight=dice_weight, clip_grad=clip_grad, ema=ema, device=device,
-        precision=precision, eval_every=eval_every, evaluate=evaluate, log=log, dice_per_image=dice_per_image,
-        betas=betas,
-    )
-    final = last["res"]  # train_segmentation evaluates the final (EMA) weights at the last step
-    report = {
-        "encoder": info,
-        "n_train": n_train,
-        "n_val": len(val),
-        "label_fraction": label_fraction,
-        "steps": steps,
-        "first_loss": hist["losses"][0],
-        "last_loss": float(np.mean(hist["losses"][-max(1, min(10, steps // 10)) :])),
-        "final": {k: v for k, v in final.items() if k != "per_sample"},
-        "best": {"step": best["step"], **best.get("metrics", {})},
-        "evals": hist["evals"],
-    }
-    write_json(out / "report.json", report)
-    return report
+    if not isinstance(train, Sequence):
+        raise TypeError("run_seg_finetune takes training samples; to stream shards use finetune_segmentation(cfg)")
+    cfg = finetune_config(encoder=encoder, out_dir=out_dir, **settings)
+    return finetune_segmentation(cfg, train, val, resume=resume, n_overlays=n_overlays, augment=augment,
+                                 progress=progress, checkpoints=checkpoints)

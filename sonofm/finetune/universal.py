@@ -1,20 +1,31 @@
 """Universal finetuning (``sonofm finetune universal``): one prompt model, several datasets, both tasks.
 
-Each step draws one dataset with probability ``p_i`` (given weights, or ``n_i ** (1/T)`` over the
-training-set sizes, UniUSNet's weighted sampling) and takes a batch from it, so every batch has
-one task and one head. Samples get a training-time prompt type from their mask
-(:func:`sonofm.finetune.prompt_model.sample_type`); evaluation always uses ``whole``. Per-dataset
-metrics: Dice / IoU / HD95 at original size for segmentation, accuracy / balanced accuracy / macro
-F1 / AUROC for classification; each dataset's headline score (Dice, or balanced accuracy) and their
-mean pick the best checkpoint.
+Each micro-batch comes from one dataset, taken with share ``p_i`` (given weights, or ``n_i ** (1/T)``
+over the training-set sizes: the stream's mixing rule, UniUSNet's weighted sampling), from that
+dataset's own stream, so every batch has one task and one head. Which dataset is planned like the
+stream's rounds (:class:`MixingSchedule`): per round of ``K`` draws (``K`` datasets) each dataset earns
+``p_i * K`` credits, the largest credits win the round's draws, overdrawn credit carries over and the
+round's order is shuffled by ``(seed, round)``; long-run shares are exactly ``p_i`` and no dataset
+waits much longer than ``1 / p_i`` draws. The schedule is the same on every rank (a step's global
+batch is one task) and a function of the draw number (resume replays it by arithmetic); each rank
+reads its own shards of that dataset. Samples get a training-time prompt type from their mask
+(:func:`sonofm.finetune.prompt_model.sample_type`, seeded by ``(seed, rank, draw)``, applied in the
+training process to the stream's augmented tensors); evaluation always uses ``whole``.
+
+Per-dataset metrics: Dice / IoU / HD95 at the stored size for segmentation, accuracy / balanced
+accuracy / macro F1 / AUROC for classification, each over the whole validation split (every rank
+scores its share, results gathered); each dataset's headline score (Dice, or balanced accuracy) and
+their mean pick the best checkpoint. Datasets are shard sets (:func:`task_specs_from_shards`, read
+from their indexes without loading any image) or in-memory samples (:func:`infer_task_spec`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +38,19 @@ from sonofm.atomic_io import write_json
 from sonofm.datasets.augment import AugmentConfig
 from sonofm.datasets.taxonomy import UNLABELLED
 from sonofm.evaluation.metrics import classification_metrics
-from sonofm.finetune.data import Sample, iterate_batches
+from sonofm.finetune.data import Sample, SampleBatches, sample_eval_batches
+from sonofm.finetune.engine import LoopSettings, gather_results, make_accelerator, run_loop
 from sonofm.finetune.losses import seg_loss
 from sonofm.finetune.prompt_model import NATURES, Prompt, PromptModel, apply_type, sample_type
-from sonofm.finetune.seg_train import _jsonl, evaluate_segmentation, fit, save_weights
+from sonofm.finetune.seg_train import evaluate_segmentation_batches, loss_summary
 
 __all__ = [
     "TaskSpec",
     "dataset_probabilities",
-    "universal_batches",
+    "MixingSchedule",
+    "UniversalBatches",
     "evaluate_universal",
-    "train_universal",
+    "finetune_universal",
     "run_universal",
     "infer_task_spec",
     "task_specs_from_shards",
@@ -48,10 +61,11 @@ HEADLINE = {"seg": "dice", "cls": "balanced_accuracy"}
 
 @dataclass
 class TaskSpec:
-    """One dataset of a universal run.
+    """One dataset of a universal run: in-memory samples (``train`` / ``val``) or a shard set (``shards``).
 
     ``num_classes``: segmentation classes including background, or the number of labels (``classes``
-    names them; samples' ``label`` ids index it, -1 = unlabelled and ignored).
+    names them; samples' ``label`` ids index it, -1 = unlabelled and ignored). For a shard set,
+    ``n_train`` / ``n_val`` are its index's split sizes (``n_train`` sets the mixing share).
     """
 
     name: str
@@ -63,16 +77,27 @@ class TaskSpec:
     num_classes: int
     classes: list[str] | None = None
     weight: float | None = None
+    shards: str | None = None
+    n_train: int | None = None
+    n_val: int | None = None
 
     def __post_init__(self) -> None:
         if self.task not in HEADLINE:
             raise ValueError(f"{self.name}: task must be 'seg' or 'cls', got {self.task!r}")
         if self.nature not in NATURES:
             raise ValueError(f"{self.name}: nature must be one of {NATURES}, got {self.nature!r}")
-        if not self.train:
-            raise ValueError(f"{self.name}: no training samples")
-        if self.task == "seg" and any(s.mask is None for s in self.train):
-            raise ValueError(f"{self.name}: a segmentation dataset needs a mask on every sample")
+        if self.shards is None:
+            if not self.train:
+                raise ValueError(f"{self.name}: no training samples")
+            if self.task == "seg" and any(s.mask is None for s in self.train):
+                raise ValueError(f"{self.name}: a segmentation dataset needs a mask on every sample")
+            self.n_train, self.n_val = len(self.train), len(self.val)
+        elif self.n_train == 0:
+            raise ValueError(f"{self.name}: no training samples in {self.shards}")
+
+    @property
+    def binary(self) -> bool:
+        return self.task == "seg" and self.num_classes == 2
 
 
 def dataset_probabilities(sizes: Sequence[int], weights: Sequence[float | None] | None = None,
@@ -88,74 +113,163 @@ def _prompt(spec: TaskSpec, kind: str = "whole") -> Prompt:
     return Prompt(spec.organ, spec.task, kind, spec.nature)
 
 
-def universal_batches(
-    specs: Sequence[TaskSpec],
-    size: int,
-    batch_size: int,
-    seed: int = 0,
-    probs: np.ndarray | None = None,
-    p_whole: float = 0.5,
-    aug: AugmentConfig | None = None,
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Endless ``(dataset index, batch)``; batches carry ``prompts`` (one :class:`Prompt` per sample)."""
-    from sonofm.finetune.seg_train import sample_batches
+class MixingSchedule:
+    """Which dataset draw ``d`` takes (see the module docstring): exact shares ``probs``, seeded order."""
 
-    rng = np.random.default_rng(seed)
-    probs = dataset_probabilities([len(s.train) for s in specs]) if probs is None else probs
-    streams = [sample_batches(s.train, size, batch_size, seed + 1000 * (i + 1), True, aug) for i, s in enumerate(specs)]
-    while True:
-        i = int(rng.choice(len(specs), p=probs))
-        spec, batch = specs[i], next(streams[i])
-        images, masks, prompts = [], [], []
-        has_mask = "mask" in batch
-        for j in range(batch["image"].shape[0]):
-            m = batch["mask"][j] if has_mask else None
-            kind = sample_type(spec.task, m is not None and bool((m > 0).any()), rng, p_whole)
-            img, m2, applied = apply_type(batch["image"][j], m, kind)
-            images.append(img)
-            masks.append(m2)
-            prompts.append(_prompt(spec, applied))
-        batch["image"] = torch.stack(images)
-        if has_mask:
-            batch["mask"] = torch.stack(masks)
-        batch["prompts"] = prompts
-        yield i, batch
+    def __init__(self, probs: Sequence[float], seed: int = 0) -> None:
+        self.probs, self.seed = np.asarray(probs, dtype=np.float64), seed
+        self.k = len(self.probs)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._round, self._credit, self._order = -1, np.zeros(self.k), np.zeros(0, dtype=np.int64)
+
+    def _next_round(self) -> None:
+        self._round += 1
+        self._credit += self.probs * self.k
+        counts = np.floor(self._credit + 1e-9).astype(np.int64)
+        left = self.k - int(counts.sum())
+        if left > 0:  # the largest remaining credits take the rest of the round
+            counts[np.argsort(-(self._credit - counts), kind="stable")[:left]] += 1
+        elif left < 0:  # rounding gave too many: the smallest remaining credits give one back
+            counts[np.argsort(self._credit - counts, kind="stable")[:-left]] -= 1
+        self._credit -= counts
+        rng = np.random.default_rng([self.seed, self._round, 5])
+        self._order = rng.permutation(np.repeat(np.arange(self.k), counts))
+
+    def at(self, d: int) -> int:
+        r, i = divmod(d, self.k)
+        if r < self._round:
+            self._reset()
+        while self._round < r:
+            self._next_round()
+        return int(self._order[i])
+
+
+class UniversalBatches:
+    """Endless batches for one rank: draw ``d`` takes the dataset of a :class:`MixingSchedule` (the
+    same on every rank), that dataset's next batch, and gives each sample a prompt type.
+
+    ``sources``: one batch source per dataset (:class:`~sonofm.finetune.data.StreamBatches` or
+    :class:`~sonofm.finetune.data.SampleBatches`). Batches carry ``dataset`` (its index) and
+    ``prompts``. ``position()``: the draws made and each source's own position.
+    """
+
+    def __init__(self, specs: Sequence[TaskSpec], sources: Sequence[Any], probs: np.ndarray, seed: int = 0,
+                 rank: int = 0, p_whole: float = 0.5) -> None:
+        self.specs, self.sources, self.probs = list(specs), list(sources), np.asarray(probs, dtype=np.float64)
+        self.seed, self.rank, self.p_whole = seed, rank, p_whole
+        self.schedule = MixingSchedule(self.probs, seed)
+        self.draws = 0
+
+    def position(self) -> dict[str, Any]:
+        return {"draws": self.draws, "sources": [s.position() for s in self.sources]}
+
+    def seek(self, position: dict[str, Any]) -> None:
+        self.draws = int(position["draws"])
+        for s, p in zip(self.sources, position["sources"]):
+            s.seek(p)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        its = [iter(s) for s in self.sources]  # every loader starts now (and draws its torch seed)
+        return self._batches(its)
+
+    def _batches(self, its: list[Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        while True:
+            d = self.draws
+            i = self.schedule.at(d)
+            rng = np.random.default_rng([self.seed, self.rank, d, 1])
+            spec, batch = self.specs[i], next(its[i])
+            self.draws += 1
+            has_mask = batch.get("has_mask")
+            images, masks, prompts = [], [], []
+            for j in range(batch["image"].shape[0]):
+                m = batch["mask"][j] if "mask" in batch and (has_mask is None or bool(has_mask[j])) else None
+                kind = sample_type(spec.task, m is not None and bool((m > 0).any()), rng, self.p_whole)
+                img, m2, applied = apply_type(batch["image"][j], m, kind)
+                images.append(img)
+                masks.append(m2 if m2 is not None else (batch["mask"][j] if "mask" in batch else None))
+                prompts.append(_prompt(spec, applied))
+            batch["image"] = torch.stack(images)
+            if "mask" in batch:
+                batch["mask"] = torch.stack(masks)
+            batch["prompts"] = prompts
+            batch["dataset"] = i
+            yield batch
+
+
+def _loss_fn(specs: Sequence[TaskSpec], seg: Any):
+    def loss_fn(model: nn.Module, batch: dict[str, Any], step: int, micro: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        spec = specs[batch["dataset"]]
+        device = next(model.parameters()).device
+        use_prompts = getattr(model, "use_prompts", None)
+        if use_prompts is None:  # DDP wraps the model
+            use_prompts = model.module.use_prompts
+        prompts = batch["prompts"] if use_prompts else None
+        out = model(batch["image"].to(device), spec.name, spec.task, prompts)
+        if spec.task == "seg":
+            loss = seg_loss(out.float(), batch["mask"].to(device), seg.ce_weight, seg.dice_weight,
+                            per_image_dice=seg.dice_per_image)
+        else:
+            y = batch["targets"]["label"].to(device)
+            loss = F.cross_entropy(out.float(), y, ignore_index=-1) if (y >= 0).any() else out.sum() * 0.0
+        return loss, {"dataset": spec.name, "task": spec.task}
+
+    return loss_fn
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _eval_batches(spec: TaskSpec, size: int, batch_size: int, rank: int, world: int, num_workers: int):
+    from sonofm.finetune.data import shard_eval_loader
+
+    if spec.shards is not None:
+        return shard_eval_loader([spec.shards], "val", size=size, batch_size=batch_size, rank=rank, world_size=world,
+                                 num_workers=num_workers, binary_mask=spec.binary, need_mask=spec.task == "seg",
+                                 classes=spec.classes if spec.task == "cls" else None)
+    return sample_eval_batches(spec.val, size, batch_size, rank, world, need_mask=spec.task == "seg")
 
 
 @torch.no_grad()
 def evaluate_universal(
     model: PromptModel, specs: Sequence[TaskSpec], size: int, batch_size: int = 16,
     device: str | torch.device = "cpu", overlay_dir: str | os.PathLike | None = None, n_overlays: int = 0,
+    accelerator: Any | None = None, num_workers: int = 0,
 ) -> dict[str, Any]:
-    """Per-dataset metrics on ``spec.val`` (prompt type ``whole``), each dataset's ``score`` and their mean."""
+    """Per-dataset metrics on each validation split (prompt type ``whole``), each dataset's ``score``
+    and their mean. With an ``accelerator`` every rank scores its share and the results are gathered."""
     device = torch.device(device)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     model.eval()
     use = model.use_prompts
     out: dict[str, Any] = {"datasets": {}}
     for spec in specs:
-        if not spec.val:
+        if not spec.n_val:
             continue
 
         def predict(x: torch.Tensor, spec: TaskSpec = spec) -> torch.Tensor:
             prompts = [_prompt(spec)] * x.shape[0] if use else None
             return model(x, spec.name, spec.task, prompts)
 
+        batches = _eval_batches(spec, size, batch_size, rank, world, num_workers)
         if spec.task == "seg":
-            res = evaluate_segmentation(
-                predict, spec.val, size, spec.num_classes, batch_size, device,
-                Path(overlay_dir) / spec.name if overlay_dir is not None else None, n_overlays,
-            )
+            res = evaluate_segmentation_batches(
+                predict, batches, spec.num_classes, device=device, accelerator=accelerator,
+                overlay_dir=Path(overlay_dir) / spec.name if overlay_dir is not None else None, n_overlays=n_overlays)
             res.pop("per_sample")
         else:
-            labelled = [s for s in spec.val if s.label >= 0]
-            if not labelled:
+            local = []
+            for batch in batches:
+                probs = F.softmax(predict(batch["image"].to(device)).float(), 1).cpu().numpy()
+                for j, st in enumerate(batch["stored"]):
+                    local.append({"order": st["order"], "label": int(batch["targets"]["label"][j]),
+                                  "probs": probs[j]})
+            rows = [r for r in gather_results(local, accelerator) if r["label"] >= 0]
+            if not rows:
                 raise ValueError(f"{spec.name}: no labelled validation sample")
-            probs, ys = [], []
-            for batch in iterate_batches(labelled, size, batch_size):
-                probs.append(F.softmax(predict(batch["image"].to(device)).float(), 1).cpu().numpy())
-                ys.append(batch["targets"]["label"].numpy())
-            res = classification_metrics(np.concatenate(ys), np.concatenate(probs))
-            res["n"] = len(labelled)
+            res = classification_metrics(np.array([r["label"] for r in rows]), np.stack([r["probs"] for r in rows]))
+            res["n"] = len(rows)
         res["score"] = res[HEADLINE[spec.task]]
         out["datasets"][spec.name] = res
     scores = [d["score"] for d in out["datasets"].values() if not math.isnan(d["score"])]
@@ -163,107 +277,47 @@ def evaluate_universal(
     return out
 
 
-def train_universal(
-    model: PromptModel,
-    specs: Sequence[TaskSpec],
-    steps: int,
-    img_size: int,
-    batch_size: int,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    layer_decay: float = 0.8,
-    warmup_steps: int = 0,
-    min_lr: float = 0.0,
-    ce_weight: float = 1.0,
-    dice_weight: float = 1.0,
-    clip_grad: float | None = 3.0,
-    ema: float = 0.0,
-    seed: int = 0,
-    probs: np.ndarray | None = None,
-    p_whole: float = 0.5,
-    device: str | torch.device = "cpu",
-    precision: str = "no",
-    eval_every: int = 0,
-    evaluate=None,
-    log=None,
-    dice_per_image: bool = True,
-    aug: AugmentConfig | dict[str, Any] | None = None,
-    betas: Sequence[float] = (0.9, 0.999),
-) -> dict[str, Any]:
-    """The universal loop: each step draws one dataset's batch (by ``probs``) and trains on its head;
-    ``evaluate(module, step)`` as in :func:`~sonofm.finetune.seg_train.fit`."""
-    device = torch.device(device)
-    batches = universal_batches(specs, img_size, batch_size, seed, probs, p_whole, AugmentConfig.from_any(aug))
-    picked: list[str] = []
-
-    def loss_fn(step: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        i, batch = next(batches)
-        spec = specs[i]
-        picked.append(spec.name)
-        prompts = batch["prompts"] if model.use_prompts else None
-        out = model(batch["image"].to(device), spec.name, spec.task, prompts)
-        if spec.task == "seg":
-            loss = seg_loss(out.float(), batch["mask"].to(device), ce_weight, dice_weight,
-                            per_image_dice=dice_per_image)
-        else:
-            y = batch["targets"]["label"].to(device)
-            loss = F.cross_entropy(out.float(), y, ignore_index=-1) if (y >= 0).any() else out.sum() * 0.0
-        return loss, {"dataset": spec.name, "task": spec.task}
-
-    hist = fit(model, steps, loss_fn, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
-               warmup_steps=warmup_steps, min_lr=min_lr, clip_grad=clip_grad, ema=ema, device=device,
-               precision=precision, eval_every=eval_every, evaluate=evaluate, log=log, betas=betas)
-    return {**hist, "datasets": picked}
+# --------------------------------------------------------------------------- training
 
 
-def run_universal(
-    encoder: str,
-    tasks: Sequence[TaskSpec],
-    out_dir: str | os.PathLike,
+def finetune_universal(
+    cfg: Any,
+    tasks: Sequence[TaskSpec] | None = None,
+    *,
     organs: Sequence[str] | None = None,
-    img_size: int = 128,
-    steps: int = 1000,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    layer_decay: float = 0.8,
-    warmup_steps: int = 50,
-    min_lr: float = 1e-6,
-    ce_weight: float = 1.0,
-    dice_weight: float = 1.0,
-    decoder_channels: int = 128,
-    use_prompts: bool = True,
-    gate: str = "scalar",
-    p_whole: float = 0.5,
-    temperature: float = 1.0,
-    ema: float = 0.0,
-    clip_grad: float | None = 3.0,
-    eval_every: int = 100,
-    in_chans: int = 1,
-    seed: int = 0,
-    device: str = "cpu",
-    precision: str = "no",
+    resume: str | None = None,
     n_overlays: int = 2,
-    dice_per_image: bool = True,
-    aug: AugmentConfig | dict[str, Any] | None = None,
-    betas: Sequence[float] = (0.9, 0.999),
+    progress: str | None = None,
+    checkpoints: bool = True,
+    accelerator: Any | None = None,
 ) -> dict[str, Any]:
-    """Train one :class:`PromptModel` on ``tasks``; write ``metrics.jsonl``, ``best/`` (by mean score),
-    ``overlays/`` and ``report.json`` in ``out_dir`` and return the report.
+    """Train one :class:`PromptModel` on ``tasks`` (default: one per shard set of ``cfg.datasets``);
+    write ``metrics.jsonl``, ``best/`` (by mean score), ``overlays/``, ``checkpoints/`` and
+    ``report.json`` in ``cfg.out_dir`` and return the report.
 
     ``organs``: the prompt's position vocabulary (default: the built-in taxonomy's organs, then the
-    datasets' own).
+    datasets' own). ``cfg.label_fraction`` keeps that share of each dataset's training groups.
     """
+    from accelerate.utils import set_seed
+
+    from sonofm.finetune.data import StreamBatches, split_groups
+    from sonofm.finetune.label_efficiency import select_groups
     from sonofm.finetune.prompt_model import taxonomy_organs
     from sonofm.models.loading import load_encoder
 
+    if tasks is None:
+        if not cfg.datasets:
+            raise ValueError("finetune universal: 'datasets' is empty; list one shard folder per dataset")
+        tasks = task_specs_from_shards(list(cfg.datasets), weights=cfg.dataset_weights,
+                                       num_classes=cfg.seg.num_classes)
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be unique, got {names}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    torch.manual_seed(seed)
-    out = Path(out_dir)
+    accelerator = accelerator if accelerator is not None else make_accelerator(cfg.precision,
+                                                                               find_unused_parameters=True)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    settings = LoopSettings.from_config(cfg, world, progress, checkpoints)
+    out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if organs is None:  # the built-in organs, then any new organ a dataset's shards bring
         organs = taxonomy_organs()
@@ -272,57 +326,110 @@ def run_universal(
     for t in tasks:
         if t.organ not in organs:
             raise ValueError(f"{t.name}: organ {t.organ!r} is not in the prompt organs {organs}")
-    enc, info = load_encoder(encoder, in_chans=in_chans)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    enc, info = load_encoder(cfg.encoder, in_chans=cfg.in_chans)
+    pc = cfg.prompt
     model = PromptModel(
         enc, organs,
         seg_heads={t.name: t.num_classes for t in tasks if t.task == "seg"},
         cls_heads={t.name: t.num_classes for t in tasks if t.task == "cls"},
-        decoder_channels=decoder_channels, use_prompts=use_prompts, gate=gate,
+        decoder_channels=cfg.seg.decoder_channels, use_prompts=pc.enabled, gate=pc.gate,
     )
-    probs = dataset_probabilities([len(t.train) for t in tasks], [t.weight for t in tasks], temperature)
-    log = _jsonl(out / "metrics.jsonl")
-    best: dict[str, Any] = {"score": -math.inf, "step": 0}
+    set_seed(cfg.seed + rank)
+    size, bs = cfg.data.img_size, cfg.data.batch_size
+    aug = asdict(cfg.data.augment)
+    sources, n_train = [], {}
+    for i, t in enumerate(tasks):
+        seed = cfg.seed + 1000 * (i + 1)
+        if t.shards is not None:
+            groups = None
+            n_train[t.name] = t.n_train
+            if cfg.label_fraction < 1.0:
+                counts = split_groups([t.shards], "train", need_mask=t.task == "seg")
+                gnames = list(counts)
+                groups = frozenset(gnames[k] for k in select_groups(gnames, cfg.label_fraction, cfg.seed))
+                n_train[t.name] = sum(counts[g] for g in groups)
+            sources.append(StreamBatches(
+                [t.shards], batch_size=bs, img_size=size, seed=seed, rank=rank, world_size=world,
+                num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, aug=aug,
+                classes=t.classes if t.task == "cls" else None, groups=groups, need_mask=t.task == "seg",
+                binary_mask=t.binary))
+        else:
+            train = list(t.train)
+            if cfg.label_fraction < 1.0:
+                train = [train[k] for k in select_groups([s.group for s in train], cfg.label_fraction, cfg.seed)]
+            n_train[t.name] = len(train)
+            sources.append(SampleBatches(train, size, bs, seed, True, AugmentConfig.from_any(aug), rank, world))
+    probs = dataset_probabilities([n_train[t.name] if n_train[t.name] is not None else -1 for t in tasks],
+                                  [t.weight for t in tasks], cfg.data.temperature)
+    batches = UniversalBatches(tasks, sources, probs, cfg.seed, rank, pc.p_whole)
 
-    last: dict[str, Any] = {}
+    def evaluate(module: nn.Module, step: int, final: bool) -> dict[str, Any]:
+        res = evaluate_universal(module, tasks, size, bs, accelerator.device,
+                                 overlay_dir=out / "overlays" if final and accelerator.is_main_process else None,
+                                 n_overlays=n_overlays, accelerator=accelerator, num_workers=cfg.data.num_workers)
+        res["score"] = res["mean_score"]
+        return res
 
-    def evaluate(module: nn.Module, step: int) -> float:
-        final_step = step == steps  # the final evaluation: kept for the report, with overlays
-        res = evaluate_universal(module, tasks, img_size, device=device,
-                                 overlay_dir=out / "overlays" if final_step else None, n_overlays=n_overlays)
-        if final_step:
-            last["res"] = res
-        log({"step": step, "val": res})
-        if res["mean_score"] > best["score"]:
-            best.update(score=res["mean_score"], step=step, metrics=res)
-            save_weights(module.state_dict(), out / "best", {
-                "step": step, "val": res, "encoder": info, "organs": organs, "use_prompts": use_prompts,
-                "img_size": img_size, "decoder_channels": decoder_channels,
-                "tasks": [{"name": t.name, "task": t.task, "organ": t.organ, "nature": t.nature,
-                           "num_classes": t.num_classes, "classes": t.classes} for t in tasks],
-            })
-        return res["mean_score"]
-
-    hist = train_universal(
-        model, tasks, steps, img_size, batch_size, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
-        warmup_steps=warmup_steps, min_lr=min_lr, ce_weight=ce_weight, dice_weight=dice_weight, clip_grad=clip_grad,
-        ema=ema, seed=seed, probs=probs, p_whole=p_whole, device=device, precision=precision, eval_every=eval_every,
-        evaluate=evaluate, log=log, dice_per_image=dice_per_image, aug=aug, betas=betas,
-    )
-    final = last["res"]  # train_universal evaluates the final (EMA) weights at the last step
-    counts = {n: hist["datasets"].count(n) for n in names}
+    best_meta = {
+        "encoder": info, "organs": organs, "use_prompts": pc.enabled, "img_size": size,
+        "decoder_channels": cfg.seg.decoder_channels,
+        "tasks": [{"name": t.name, "task": t.task, "organ": t.organ, "nature": t.nature,
+                   "num_classes": t.num_classes, "classes": t.classes} for t in tasks],
+    }
+    identity = {"task": "universal", "encoder": cfg.encoder, "in_chans": cfg.in_chans, "datasets": names}
+    res = run_loop(model, batches, _loss_fn(tasks, cfg.seg), settings, accelerator=accelerator, out_dir=out,
+                   evaluate=evaluate, best_meta=best_meta, identity=identity, resume=resume)
+    picked = [f.get("dataset") for f in res.fields]
+    final = {k: v for k, v in res.final.items() if k != "score"}
+    prompt = accelerator.unwrap_model(model).prompt
     report = {
         "encoder": info,
-        "use_prompts": use_prompts,
+        "use_prompts": pc.enabled,
         "sampling_probabilities": dict(zip(names, probs.tolist())),
-        "steps_per_dataset": counts,
+        "n_train": n_train,
+        "steps_per_dataset": {n: picked.count(n) for n in names},
+        **loss_summary(res.losses, cfg.steps),
         "final": final,
-        "best": {"step": best["step"], **best.get("metrics", {})},
-        "evals": hist["evals"],
-        "gates": [float(g.detach().abs().mean()) for g in model.prompt.gates] if model.prompt is not None else None,
-        "losses": {n: [loss for loss, d in zip(hist["losses"], hist["datasets"]) if d == n] for n in names},
+        "best": {"step": res.best["step"], **{k: v for k, v in res.best.items() if k not in ("step", "score")}},
+        "evals": res.evals,
+        "gates": [float(g.detach().abs().mean()) for g in prompt.gates] if prompt is not None else None,
+        "losses": {n: [loss for loss, d in zip(res.losses, picked) if d == n] for n in names},
+        "processes": res.world_size,
+        "resumed_from": res.resumed_from,
     }
-    write_json(out / "report.json", report)
+    if any(isinstance(s, StreamBatches) for s in sources):
+        from sonofm.finetune.seg_train import _sum_counts
+
+        total: Counter[str] = Counter()
+        for s in sources:
+            if isinstance(s, StreamBatches):
+                total.update(s.corrupt_counts())
+        report["corrupt"] = _sum_counts(dict(total), accelerator)
+    if accelerator.is_main_process:
+        write_json(out / "report.json", report)
     return report
+
+
+def run_universal(
+    encoder: str,
+    tasks: Sequence[TaskSpec],
+    out_dir: str | os.PathLike,
+    organs: Sequence[str] | None = None,
+    *,
+    n_overlays: int = 2,
+    resume: str | None = None,
+    progress: str | None = None,
+    checkpoints: bool = False,
+    **settings: Any,
+) -> dict[str, Any]:
+    """:func:`finetune_universal` with keyword settings (see :func:`sonofm.finetune.settings.finetune_config`;
+    ``steps`` defaults to 1000 here); resumable checkpoints only with ``checkpoints=True``."""
+    from sonofm.finetune.settings import finetune_config
+
+    cfg = finetune_config(defaults={"steps": 1000}, encoder=encoder, out_dir=out_dir, **settings)
+    return finetune_universal(cfg, tasks, organs=organs, resume=resume, n_overlays=n_overlays, progress=progress,
+                              checkpoints=checkpoints)
 
 
 def infer_task_spec(
@@ -367,37 +474,83 @@ def _taxonomy_labels(source: str) -> list[str] | None:
     return list(tax.source(source).labels) or None if source in tax else None
 
 
-def _index_labels(path: str) -> list[str] | None:
-    """The label vocabulary a shard set's index stores for its single source (None: not one source)."""
-    from sonofm.datasets.stream import shard_indexes
+def _scan(path: str, split: str) -> dict[str, Any]:
+    """What a shard set without an index holds: sources, organs, labels, sizes (one metadata pass)."""
+    import json
 
-    entries = [i.get("taxonomy", {}).get("source") for i in shard_indexes(path)]
-    if len(entries) != 1 or not isinstance(entries[0], dict):
-        return None
-    return list(entries[0].get("labels") or []) or None
+    from sonofm.datasets.shard_discovery import discover_shards
+    from sonofm.datasets.shard_reader import CorruptCounter, iter_tar_samples
+
+    out: dict[str, Any] = {"sources": set(), "organs": set(), "labels": Counter(), "n": 0, "masks": 0}
+    counter = CorruptCounter()
+    for url, _ in discover_shards(path, split):
+        for raw in iter_tar_samples(url, counter):
+            try:
+                meta = json.loads(raw.get("json", b""))
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if not isinstance(meta, dict):
+                continue
+            out["n"] += 1
+            out["masks"] += int("mask.png" in raw)
+            for key, name in (("sources", "source"), ("organs", "organ")):
+                if meta.get(name):
+                    out[key].add(str(meta[name]))
+            if meta.get("label") is not None:
+                out["labels"][str(meta["label"])] += 1
+    return out
 
 
 def task_specs_from_shards(
     paths: Sequence[str],
     tasks: Sequence[str | None] | None = None,
     weights: Sequence[float] | None = None,
+    num_classes: int = 2,
     train_split: str = "train",
     val_split: str = "val",
 ) -> list[TaskSpec]:
-    """One :class:`TaskSpec` per shard set (named after its single source, else its directory), via
-    :func:`infer_task_spec`."""
-    from sonofm.finetune.data import samples_from_shards
+    """One streaming :class:`TaskSpec` per shard set, from its indexes (no image is read).
+
+    Named after the set's single source, else its directory. ``task``: ``cls`` when the training
+    split has labels, else ``seg`` (``num_classes`` classes, background included). ``classes``: the
+    index's label vocabulary, else the built-in taxonomy's, else the sorted labels seen. ``organ``:
+    the index's taxonomy entry (``unlabelled`` when unknown); ``nature``: ``tumour`` for a labelled
+    set, else ``organ``. A set without an index is described by one pass over its metadata.
+    """
+    from sonofm.datasets.shard_discovery import shard_indexes
+    from sonofm.finetune.data import split_size
 
     specs = []
     for i, p in enumerate(paths):
-        train = samples_from_shards(p, train_split)
-        val = samples_from_shards(p, val_split)
-        task = tasks[i] if tasks is not None else None
-        if task == "seg" or (task is None and not any(s.meta.get("label") is not None for s in train)):
-            train = [s for s in train if s.mask is not None]
-            val = [s for s in val if s.mask is not None]
-        sources = {str(s.meta.get("source")) for s in train if s.meta.get("source")}
-        name = sources.pop() if len(sources) == 1 else (Path(str(p).rstrip("/")).name or f"dataset{i}")
-        specs.append(infer_task_spec(name, train, val, task, classes=_index_labels(str(p)),
-                                     weight=weights[i] if weights is not None else None))
+        p = str(p)
+        indexes = shard_indexes(p)
+        if indexes:
+            sources = {str(x.get("source")) for x in indexes if x.get("source")}
+            entries = [x.get("taxonomy", {}).get("source") or {} for x in indexes]
+            organs = {str(e["organ"]) for e in entries if e.get("organ")}
+            labels: Counter[str] = Counter()
+            for x in indexes:
+                labels.update((x.get("counts", {}).get("split_label", {}) or {}).get(train_split, {}) or {})
+            vocab = list(entries[0].get("labels") or []) if len(entries) == 1 else []
+        else:
+            scan = _scan(p, train_split)
+            sources, organs, labels, vocab = scan["sources"], scan["organs"], scan["labels"], []
+        organs = organs or {UNLABELLED}
+        name = next(iter(sources)) if len(sources) == 1 else (Path(p.rstrip("/")).name or f"dataset{i}")
+        if len(organs) != 1:
+            raise ValueError(f"{name} ({p}): expected one organ in the shard set, found {sorted(organs)}")
+        task = (tasks[i] if tasks is not None else None) or ("cls" if labels else "seg")
+        weight = weights[i] if weights is not None else None
+        n_train, n_val = split_size([p], train_split), split_size([p], val_split)
+        if task == "cls":
+            classes = vocab or (_taxonomy_labels(next(iter(sources))) if len(sources) == 1 else None) \
+                or sorted(labels)
+            unknown = sorted(set(labels) - set(classes))
+            if unknown:
+                raise ValueError(f"{name}: labels {unknown} are not in the classes {classes}")
+            specs.append(TaskSpec(name, "cls", [], [], organs.pop(), "tumour" if labels else "organ", len(classes),
+                                  list(classes), weight, shards=p, n_train=n_train, n_val=n_val))
+        else:
+            specs.append(TaskSpec(name, "seg", [], [], organs.pop(), "tumour" if labels else "organ", num_classes,
+                                  None, weight, shards=p, n_train=n_train, n_val=n_val))
     return specs
