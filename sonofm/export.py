@@ -9,11 +9,17 @@ The output folder holds exactly what ``timm.create_model("local-dir:OUT", pretra
   changed across timm releases; the layout here is the one every timm >= 1.0.15 parses.
 - ``model.safetensors``: the encoder's weights under timm's own key names (the ``encoder.`` prefix of
   the pretraining model stripped), no decoder, no taxonomy heads, no classifier.
+- ``features.safetensors``: the same weights under the key names of timm's ``features_only`` model
+  (``FeatureListNet``: ``stem_0.weight``, ``stages_0...``; no ``head.norm``), which is what
+  segmentation_models_pytorch's ``tu-`` encoders hold in ``model.encoder.model``: it loads there
+  (and into ``timm.create_model(..., features_only=True)``) strictly, with no key renaming.
 - ``README.md``: the model card (:mod:`sonofm.model_card`).
 
 Nothing is published that has not been checked: the weights are loaded strictly into a fresh timm
 model before anything is written, the finished folder is loaded back through timm's own
-``local-dir:`` path and compared tensor for tensor, and only then do the files replace the old ones.
+``local-dir:`` path and compared tensor for tensor, the features file loaded strictly into a fresh
+``features_only`` model, and only then do the files replace the old ones. No file records a local
+path: the run is named by its folder name only.
 """
 
 from __future__ import annotations
@@ -53,9 +59,10 @@ from sonofm.models.loading import (
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+FEATURES_NAME = "features.safetensors"
 CARD_NAME = "README.md"
 #: The files an export consists of (and the only ones a push uploads), in upload order.
-EXPORT_FILES: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+EXPORT_FILES: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME, FEATURES_NAME, CARD_NAME)
 
 
 class ExportError(UserError, RuntimeError):
@@ -67,6 +74,7 @@ __all__ = [
     "EXPORT_FILES",
     "ExportError",
     "export_backbone",
+    "features_state",
     "input_normalisation",
     "timm_config",
     "upload_plan",
@@ -180,6 +188,34 @@ def _load_strict(arch: str, in_chans: int, weights_file: Path, hint: str) -> nn.
     except IncompatibleCheckpointError as e:
         raise IncompatibleCheckpointError(f"{e}{hint}") from None
     return model.eval()
+
+
+def features_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights as timm's ``features_only`` wrapper names them (every feature stage kept),
+    built by timm's own ``FeatureListNet`` around the model, so the names follow timm's rule."""
+    from timm.models import FeatureListNet
+
+    wrapped = FeatureListNet(model, out_indices=tuple(range(len(model.feature_info))), flatten_sequential=True)
+    return contiguous_state(wrapped.state_dict())
+
+
+def _verify_features(folder: Path, arch: str, in_chans: int, model: nn.Module) -> None:
+    """The features file loads strictly into a fresh ``features_only`` model and gives ``model``'s features."""
+    from safetensors.torch import load_file
+
+    fresh = timm.create_model(arch, pretrained=False, features_only=True, in_chans=in_chans).eval()
+    try:
+        fresh.load_state_dict(load_file(str(folder / FEATURES_NAME)), strict=True)
+    except RuntimeError as e:
+        raise ExportError(f"export check (timm {timm.__version__}): {FEATURES_NAME} does not load into "
+                          f"features_only {arch}: {' '.join(str(e).split())[:300]}") from None
+    x = torch.linspace(0, 1, in_chans * 64 * 64).reshape(1, in_chans, 64, 64)
+    with torch.no_grad():
+        want = model.forward_intermediates(x, intermediates_only=True)
+        got = fresh(x)
+    if len(want) != len(got) or not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(want, got)):
+        raise ExportError(f"export check (timm {timm.__version__}): features_only {arch} from {FEATURES_NAME} "
+                          "computes other features than the exported model")
 
 
 def _verify_folder(folder: Path, model: nn.Module, in_chans: int, img_size: int, mean: float, std: float) -> None:
@@ -320,7 +356,7 @@ def export_backbone(
     recipe = _recipe(cfg, state)
     sonofm_info = {
         "version": __version__,
-        "run": cfg.run_dir,
+        "run": Path(cfg.run_dir).name,  # a name, never a local path
         "recipe": _recipe_name(cfg),
         "step": step,
         "images_seen": images_seen,
@@ -343,7 +379,7 @@ def export_backbone(
             images_seen=int(images_seen) if images_seen is not None else None,
             weights="ema" if use_ema else "model",
             ema_decay=cfg.ema,
-            run_name=cfg.run_dir,
+            run_name=Path(cfg.run_dir).name,
             recipe=recipe,
             data=data,
             licence=licence,
@@ -352,7 +388,7 @@ def export_backbone(
             results=results_data,
             results_source=Path(results).name if results is not None else None,
         ),
-        local_name=str(out_dir),
+        local_name=out_dir.name,
     )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -362,10 +398,12 @@ def export_backbone(
     tmp.mkdir()
     try:
         save_safetensors(contiguous_state(model.state_dict()), tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        save_safetensors(features_state(model), tmp / FEATURES_NAME, metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
         fsync_tree(tmp)
         _verify_folder(tmp, model, in_chans, img_size, mean, std)
+        _verify_features(tmp, arch, in_chans, model)
         _publish(tmp, out_dir)
     finally:
         if tmp.exists():

@@ -309,10 +309,21 @@ def _usage_section(info: CardInfo, local_name: str) -> list[str]:
         f"    fmap = model.forward_features(x)  # [1, {info.num_features}, {s // 32}, {s // 32}]",
         "```",
         "",
+        "### Preprocessing the backbone expects",
+        "",
+        "sonofm trained on frames prepared like this; give the backbone the same, or its features mean less:",
+        "",
+        "1. **Cropped to the acoustic field**: the fan or rectangle of tissue only, without the scanner's "
+        "UI, text, rulers and the black border (sonofm's shard build finds the field and crops to its box).",
+        f"2. **{'Grayscale' if c == 1 else f'{c} channels'}**, 8-bit intensities scaled to [0, 1]"
+        + (" (colour Doppler pixels were blanked in training; convert colour frames with `.convert(\"L\")`)."
+           if c == 1 else "."),
+        f"3. **Normalised** with mean {info.mean} and std {info.std} (in `config.json`; timm's transform above "
+        "applies them), resized bilinearly with the whole field kept (`crop_pct` 1.0).",
+        "",
         f"- **{c}-channel input**: the stem was trained on {'grayscale B-mode' if c == 1 else f'{c}-channel'} "
-        f"images in [0, 1] normalised with mean {info.mean} and std {info.std}; timm's transforms above do "
-        "exactly that. "
-        + ("Convert colour frames to grayscale (`.convert(\"L\")`). If a pipeline insists on RGB, "
+        f"images. "
+        + ("If a pipeline insists on RGB, "
            "`in_chans=3` loads too: timm spreads the stem filters over three channels, so the same gray image "
            f"in all three (each normalised with mean {info.mean[0]}, std {info.std[0]}) gives the same features."
            if c == 1 else ""),
@@ -321,6 +332,22 @@ def _usage_section(info: CardInfo, local_name: str) -> list[str]:
         f"{info.feature_channels}).",
         f"- **Finetuning a classifier**: `timm.create_model(\"hf-hub:{hub}\", pretrained=True, num_classes=N)` "
         "adds a freshly initialised head.",
+        "",
+        "### In segmentation_models_pytorch",
+        "",
+        "`features.safetensors` holds the same weights under the names of timm's `features_only` model, which is "
+        "what an smp `tu-` encoder holds in `model.encoder.model`; it loads strictly, no key renaming:",
+        "",
+        "```python",
+        "import segmentation_models_pytorch as smp",
+        "from huggingface_hub import hf_hub_download",
+        "from safetensors.torch import load_file",
+        "",
+        f'model = smp.Unet("tu-{info.architecture}", encoder_weights=None, in_channels={c}, classes=2)',
+        f'path = hf_hub_download("{hub}", "features.safetensors")  # or "{local_name}/features.safetensors"'
+        if info.repo_id else f'path = "{local_name}/features.safetensors"  # or hf_hub_download(REPO, "features.safetensors")',
+        "model.encoder.model.load_state_dict(load_file(path), strict=True)",
+        "```",
         f"- Any input size works (fully convolutional; sides divisible by 32 keep every stage aligned); "
         f"pretraining used {s}×{s} crops.",
         "",

@@ -183,7 +183,7 @@ def test_card_lists_data_counts_licences_and_usage(exported):
     assert "| **total** | | 2680 | 2120 | 291 | 269 |" in card
     assert "Non-commercial" in card and "CC0" in card
     assert "**7 steps**" in card and "**28 images seen**" in card
-    assert f'timm.create_model("hf-hub:<namespace>/<repo>", pretrained=True)  # or "local-dir:{out}"' in card
+    assert f'timm.create_model("hf-hub:<namespace>/<repo>", pretrained=True)  # or "local-dir:{out.name}"' in card
     assert "features_only=True" in card and "1-channel input" in card
     assert "hierarchical taxonomy classifier" in card and "No downstream results" in card
 
