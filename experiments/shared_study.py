@@ -78,8 +78,7 @@ from sonofm.config import PretrainConfig, load_config
 from sonofm.datasets.shards import base_key, iter_tar_samples, load_indexes
 from sonofm.datasets.splits import stratified_group_kfold
 from sonofm.evaluation.features import cached_features, extract_features, fingerprint
-from sonofm.evaluation.metrics import classification_metrics
-from sonofm.evaluation.probe import knn_probe, linear_probe
+from sonofm.evaluation.probe import cross_validate
 from sonofm.finetune.data import Sample, iterate_batches, samples_from_shards
 from sonofm.finetune.label_efficiency import select_groups
 from sonofm.finetune.seg_train import evaluate_segmentation, sample_batches, train_segmentation
@@ -217,25 +216,14 @@ def probe_test_split(
     g = np.array([samples[i].group for i in keep])
     is_test = np.array([samples[i].meta.get("split") == "test" for i in keep])
     test_idx = np.flatnonzero(is_test)
-    splits = stratified_group_kfold(y[test_idx], g[test_idx], folds, seed)
+    test_folds = stratified_group_kfold(y[test_idx], g[test_idx], folds, seed)
+    everything = np.arange(len(y))
+    splits = [(np.setdiff1d(everything, test_idx[te]), test_idx[te]) for _, te in test_folds]
+    report = cross_validate(x, y, g, len(classes), methods=("linear", "knn"), seed=seed, splits=splits)
     out: dict[str, Any] = {"n_labelled": len(keep), "n_test": int(len(test_idx)), "n_dropped": len(samples) - len(keep),
-                           "n_test_groups": len(set(g[test_idx])), "methods": {}}
-    for method in ("linear", "knn"):
-        per_fold = []
-        for fi, (_, te_local) in enumerate(splits):
-            te = test_idx[te_local]
-            tr = np.setdiff1d(np.arange(len(y)), te)
-            assert not set(g[tr]) & set(g[te]), "probe fold: a group on both sides"
-            if method == "linear":
-                proba, _ = linear_probe(x[tr], y[tr], x[te], len(classes), g[tr], seed=seed + fi)
-            else:
-                proba = knn_probe(x[tr], y[tr], x[te], len(classes))
-            per_fold.append(classification_metrics(y[te], proba))
-        out["methods"][method] = {
-            "per_fold": per_fold,
-            "summary": {m: {"mean": float(np.nanmean([f[m] for f in per_fold])),
-                            "std": float(np.nanstd([f[m] for f in per_fold]))} for m in per_fold[0]},
-        }
+                           "n_test_groups": len(set(g[test_idx])),
+                           "methods": {m: {"per_fold": r["per_fold"], "summary": r["summary"]}
+                                       for m, r in report["methods"].items()}}
     return out
 
 
