@@ -42,9 +42,9 @@ from sonofm.datasets.imageio import MAX_ASPECT, MIN_SIDE
 from sonofm.datasets.pseudonyms import DEFAULT_ON, key_fingerprint, pseudonym_key, scrub_report
 from sonofm.datasets.shards import (
     INDEX_VERSION,
+    EncodedSample,
     OutputError,
     ResumeMismatch,
-    Sample,
     ShardSetWriter,
     check_source_name,
     check_split_name,
@@ -260,7 +260,7 @@ class _SourceRun:
                 if not tally.keep(out):
                     continue
                 _write(writer.add, self.out_dir, job.source,
-                       Sample(out.key, out.meta, out.png, out.mask_png, out.field_png))
+                       EncodedSample(out.key, out.meta, out.png, out.mask_png, out.field_png))
                 tally.add_written(out.meta)
             elapsed = time.perf_counter() - self.t0
             bar.set_postfix_str(f"{tally.records} img, {tally.records / max(elapsed, 1e-9):.1f} img/s",

@@ -59,8 +59,6 @@ from sonofm.datasets.shard_writer import (
     sample_meta,
 )
 
-Sample = EncodedSample  # the old name, until datasets/build.py (being split now) imports EncodedSample
-
 __all__ = [
     "CORRUPT_KINDS", "INDEX_SUFFIX", "INDEX_VERSION", "NAME_RE", "PROGRESS_SUFFIX", "SPLIT_RE",
     "CorruptCounter", "CorruptSample", "DecodedSample", "EncodedSample", "OutputError", "ResumeMismatch",
