@@ -54,6 +54,17 @@ OVERRIDE_EXAMPLES: dict[str, str] = {
 }
 
 
+#: ``sonofm finetune <task>``: (task, one-line help, description).
+FINETUNE_TASKS: tuple[tuple[str, str, str], ...] = (
+    ("seg", "UPerNet segmentation on one shard set",
+     "Finetune an encoder with a UPerNet decoder on the masks of data.shards (train split), keeping the best "
+     "checkpoint by validation Dice."),
+    ("universal", "one prompt-conditioned model over several datasets",
+     "Finetune one prompt-conditioned model over several shard sets (segmentation and classification), drawing "
+     "each batch's dataset by weight or size."),
+)
+
+
 def _add_config_args(p: argparse.ArgumentParser, default: str | None, command: str) -> None:
     p.add_argument("--config", default=default, help=f"YAML recipe (default: {default or 'the built-in defaults'})")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -231,20 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", parents=[common], help="UPerNet segmentation or universal prompt finetuning",
                        description="Finetune an encoder: 'seg' (UPerNet) or 'universal' (prompt-conditioned, several datasets).")
     tasks = p.add_subparsers(dest="finetune_command", metavar="<task>", required=True)
-    f = tasks.add_parser("seg", parents=[common], help="UPerNet segmentation on one shard set",
-                         description="Finetune an encoder with a UPerNet decoder on the masks of data.shards "
-                         "(train split), keeping the best checkpoint by validation Dice.")
-    _add_config_args(f, "configs/finetune/seg.yaml", "finetune seg")
-    f.add_argument("--resume", default=None,
-                   help="'auto' (continue the last checkpoint of out_dir) or a checkpoint dir")
-    f.set_defaults(func=_cmd_finetune)
-    f = tasks.add_parser("universal", parents=[common], help="one prompt-conditioned model over several datasets",
-                         description="Finetune one prompt-conditioned model over several shard sets (segmentation "
-                         "and classification), drawing each batch's dataset by weight or size.")
-    _add_config_args(f, "configs/finetune/universal.yaml", "finetune universal")
-    f.add_argument("--resume", default=None,
-                   help="'auto' (continue the last checkpoint of out_dir) or a checkpoint dir")
-    f.set_defaults(func=_cmd_finetune)
+    for task, short, long in FINETUNE_TASKS:
+        f = tasks.add_parser(task, parents=[common], help=short, description=long)
+        _add_config_args(f, f"configs/finetune/{task}.yaml", f"finetune {task}")
+        f.add_argument("--resume", default=None,
+                       help="'auto' (continue the last checkpoint of out_dir) or a checkpoint dir")
+        f.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("export", parents=[common], help="export a pretrained backbone in timm's format",
                        description="Write config.json + model.safetensors + README.md loadable with "
