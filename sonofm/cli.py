@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_shards_build)
     i = shards.add_parser("inspect", parents=[common], help="print a shard folder's index and save contact sheets")
     i.add_argument("dir", help="shard folder")
-    i.add_argument("--sheets", default=None, help="folder for one contact sheet PNG per source")
+    i.add_argument("--out", "--sheets", dest="sheets", default=None, metavar="DIR",
+                   help="folder for one contact sheet PNG per source (default: the working directory; "
+                   "never the shard folder)")
     i.set_defaults(func=_cmd_shards_inspect)
 
     p = sub.add_parser("pretrain", parents=[common], help="masked-image-modelling pretraining of a ConvNeXt encoder",

@@ -67,8 +67,8 @@ def _summary_rows(shard_dir: Path, indexes: list[dict[str, Any]]) -> tuple[list[
 def inspect_shards(shard_dir: str | os.PathLike, contact_sheet_dir: str | os.PathLike | None = None) -> str:
     """Return the index of every source in ``shard_dir`` as text tables; save contact sheets.
 
-    One PNG per source, ``{source}.contact.png``, goes to ``contact_sheet_dir`` (default
-    ``shard_dir/contact_sheets``).
+    One PNG per source, ``{source}.contact.png``, goes to ``contact_sheet_dir`` (default: the
+    working directory), never into the shard folder, which may be read-only or shared.
     """
     d = Path(shard_dir).expanduser()
     indexes = load_indexes(d)
@@ -95,7 +95,7 @@ def inspect_shards(shard_dir: str | os.PathLike, contact_sheet_dir: str | os.Pat
             parts.append(f"  error: {e.get('file')}: {e.get('reason')}")
         for w in rep.get("warnings", []):
             parts.append(f"  warning: {w}")
-    sheet_dir = Path(contact_sheet_dir).expanduser() if contact_sheet_dir is not None else d / "contact_sheets"
+    sheet_dir = Path(contact_sheet_dir).expanduser() if contact_sheet_dir is not None else Path.cwd()
     sheet_dir.mkdir(parents=True, exist_ok=True)
     for idx in indexes:
         # First shard of every split first, so the sheet mixes splits.
@@ -105,7 +105,7 @@ def inspect_shards(shard_dir: str | os.PathLike, contact_sheet_dir: str | os.Pat
         if not files:
             continue
         out = sheet_dir / f"{idx['source']}.contact.png"
-        n = contact_sheet(files, out)
+        n = contact_sheet(files, out, title=f"{idx['source']} ({d})")
         parts.append(f"contact sheet: {out} ({n} samples)")
     if problems:
         parts.append("\nPROBLEMS:\n" + "\n".join(f"  {p}" for p in problems))
@@ -123,29 +123,63 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
+CAPTION = 26  # two lines of PIL's default font under each thumbnail
+LEGEND = 30
+MASK_RGB, FIELD_RGB, TEXT_RGB = (255, 40, 40), (0, 200, 0), (255, 255, 0)
+
+
+def _caption_name(meta: dict[str, Any], key: str) -> str:
+    """The thumbnail's file: its source-relative path's name (and frame), else the sample key."""
+    path = meta.get("path")
+    name = Path(str(path)).name if path else key.rsplit("/", 1)[-1]
+    frame = meta.get("frame")
+    return f"{name} #{frame}" if frame is not None else name
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` cut from the left (keeping the distinctive end of a file name) to ``width`` characters."""
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
 def _tile(sample: dict[str, Any]) -> Image.Image:
     img = decode_png(sample["png"], "image")
     rgb = np.repeat(img[..., None], 3, axis=2)
     if "field.png" in sample:
         field = decode_png(sample["field.png"], "field")
         if field.shape == img.shape:
-            rgb[_outline(field)] = (0, 200, 0)
+            rgb[_outline(field)] = FIELD_RGB
     if "mask.png" in sample:
         mask = decode_png(sample["mask.png"], "mask")
         if mask.shape == img.shape:
-            rgb[_outline(mask)] = (255, 40, 40)
+            rgb[_outline(mask)] = MASK_RGB
     im = Image.fromarray(rgb)
-    im.thumbnail((TILE, TILE - 14))
-    tile = Image.new("RGB", (TILE, TILE), (20, 20, 20))
-    tile.paste(im, ((TILE - im.width) // 2, 0))
+    im.thumbnail((TILE, TILE))
+    tile = Image.new("RGB", (TILE, TILE + CAPTION), (20, 20, 20))
+    tile.paste(im, ((TILE - im.width) // 2, (TILE - im.height) // 2))
     meta = json.loads(sample.get("json", b"{}"))
-    text = f"{meta.get('split', '?')} {meta.get('label') or ''}"[:22]
-    ImageDraw.Draw(tile).text((2, TILE - 13), text, fill=(255, 255, 0))
+    draw = ImageDraw.Draw(tile)
+    draw.text((2, TILE + 1), _fit(f"{meta.get('split', '?')} {meta.get('label') or ''}", 21), fill=TEXT_RGB)
+    draw.text((2, TILE + 13), _fit(_caption_name(meta, str(sample.get("__key__", "?"))), 21), fill=(220, 220, 220))
     return tile
 
 
-def contact_sheet(shard_files: Iterable[Path], out: Path, n: int = 32, max_shards: int = 3) -> int:
-    """Save a grid of up to ``n`` samples (mask outline red, field outline green), labels and splits mixed."""
+def _legend(width: int, title: str) -> Image.Image:
+    """The strip above the grid: what the sheet shows and what each colour and caption line means."""
+    strip = Image.new("RGB", (width, LEGEND), (0, 0, 0))
+    draw = ImageDraw.Draw(strip)
+    draw.text((4, 2), title, fill=(255, 255, 255))
+    x = 4
+    for colour, words in ((MASK_RGB, "mask outline"), (FIELD_RGB, "acoustic field outline"),
+                          (TEXT_RGB, "split + label"), ((220, 220, 220), "file (frame)")):
+        draw.rectangle((x, 18, x + 8, 26), fill=colour)
+        draw.text((x + 12, 16), words, fill=colour)
+        x += 12 + 6 * len(words) + 14
+    return strip
+
+
+def contact_sheet(shard_files: Iterable[Path], out: Path, n: int = 32, max_shards: int = 3, title: str = "") -> int:
+    """Save a grid of up to ``n`` samples under a legend (mask outline red, field outline green; each
+    thumbnail captioned with its split, label and file name), labels and splits mixed."""
     by_label: dict[str, list[dict[str, Any]]] = {}
     for i, f in enumerate(shard_files):
         if i >= max_shards:
@@ -166,11 +200,13 @@ def contact_sheet(shard_files: Iterable[Path], out: Path, n: int = 32, max_shard
                 chosen.append(by_label[label].pop(0))
     if not chosen:
         return 0
-    cols = min(COLUMNS, len(chosen))
+    cols = COLUMNS if len(chosen) > 2 else 4  # wide enough for the legend
     rows = (len(chosen) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * TILE, rows * TILE), (0, 0, 0))
+    height = TILE + CAPTION
+    sheet = Image.new("RGB", (cols * TILE, LEGEND + rows * height), (0, 0, 0))
+    sheet.paste(_legend(cols * TILE, title or out.stem), (0, 0))
     for i, s in enumerate(chosen):
-        sheet.paste(_tile(s), ((i % cols) * TILE, (i // cols) * TILE))
+        sheet.paste(_tile(s), ((i % cols) * TILE, LEGEND + (i // cols) * height))
     with atomic_file(out) as tmp:
         sheet.save(tmp, format="PNG")
     return len(chosen)
