@@ -526,4 +526,9 @@ def shard_eval_loader(paths: Sequence[str], split: str, *, size: int, batch_size
     dataset = _StoredSizeEval(shards, size=size, batch_size=batch_size, rank=rank, world_size=world_size,
                               num_workers=num_workers, binary_mask=binary_mask, need_mask=need_mask,
                               targets=RowTargets(classes) if classes is not None else None)
-    return DataLoader(dataset, batch_size=None, num_workers=num_workers)
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is)
+
+
+def _as_is(batch: Any) -> Any:
+    """The loader's collate: batches are made in the dataset; the stored arrays stay numpy."""
+    return batch

@@ -210,7 +210,9 @@ def finetune_segmentation(
     from sonofm.finetune.label_efficiency import select_groups
     from sonofm.models.loading import load_encoder
 
-    accelerator = accelerator if accelerator is not None else make_accelerator(cfg.precision)
+    # the encoder's classifier norm (timm's head) gets no gradient from the pyramid: DDP must be told
+    accelerator = accelerator if accelerator is not None else make_accelerator(cfg.precision,
+                                                                               find_unused_parameters=True)
     rank, world = accelerator.process_index, accelerator.num_processes
     settings = LoopSettings.from_config(cfg, world, progress, checkpoints)
     seg = cfg.seg

@@ -1,13 +1,13 @@
 """Universal finetuning (``sonofm finetune universal``): one prompt model, several datasets, both tasks.
 
-Each micro-batch comes from one dataset, taken with share ``p_i`` (given weights, or ``n_i ** (1/T)``
-over the training-set sizes: the stream's mixing rule, UniUSNet's weighted sampling), from that
-dataset's own stream, so every batch has one task and one head. Which dataset is planned like the
-stream's rounds (:class:`MixingSchedule`): per round of ``K`` draws (``K`` datasets) each dataset earns
+Each optimiser step (all its micro-batches, on every rank) comes from one dataset, taken with share
+``p_i`` (given weights, or ``n_i ** (1/T)`` over the training-set sizes: the stream's mixing rule,
+UniUSNet's weighted sampling), from that dataset's own stream, so every batch has one task and one head. Which dataset is planned like the
+stream's rounds (:class:`MixingSchedule`): per round of ``K`` steps (``K`` datasets) each dataset earns
 ``p_i * K`` credits, the largest credits win the round's draws, overdrawn credit carries over and the
 round's order is shuffled by ``(seed, round)``; long-run shares are exactly ``p_i`` and no dataset
-waits much longer than ``1 / p_i`` draws. The schedule is the same on every rank (a step's global
-batch is one task) and a function of the draw number (resume replays it by arithmetic); each rank
+waits much longer than ``1 / p_i`` steps. The schedule is the same on every rank (a step's global
+batch is one task) and a function of the step number (resume replays it by arithmetic); each rank
 reads its own shards of that dataset. Samples get a training-time prompt type from their mask
 (:func:`sonofm.finetune.prompt_model.sample_type`, seeded by ``(seed, rank, draw)``, applied in the
 training process to the stream's augmented tensors); evaluation always uses ``whole``.
@@ -147,8 +147,9 @@ class MixingSchedule:
 
 
 class UniversalBatches:
-    """Endless batches for one rank: draw ``d`` takes the dataset of a :class:`MixingSchedule` (the
-    same on every rank), that dataset's next batch, and gives each sample a prompt type.
+    """Endless batches for one rank: optimiser step ``d // per_step`` takes the dataset of a
+    :class:`MixingSchedule` (the same on every rank) for all its micro-batches, each the dataset's
+    next batch, and every sample gets a prompt type.
 
     ``sources``: one batch source per dataset (:class:`~sonofm.finetune.data.StreamBatches` or
     :class:`~sonofm.finetune.data.SampleBatches`). Batches carry ``dataset`` (its index) and
@@ -156,10 +157,11 @@ class UniversalBatches:
     """
 
     def __init__(self, specs: Sequence[TaskSpec], sources: Sequence[Any], probs: np.ndarray, seed: int = 0,
-                 rank: int = 0, p_whole: float = 0.5) -> None:
+                 rank: int = 0, p_whole: float = 0.5, per_step: int = 1) -> None:
         self.specs, self.sources, self.probs = list(specs), list(sources), np.asarray(probs, dtype=np.float64)
         self.seed, self.rank, self.p_whole = seed, rank, p_whole
         self.schedule = MixingSchedule(self.probs, seed)
+        self.per_step = per_step  # micro-batches per optimiser step: all from the step's dataset
         self.draws = 0
 
     def position(self) -> dict[str, Any]:
@@ -177,7 +179,7 @@ class UniversalBatches:
     def _batches(self, its: list[Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
         while True:
             d = self.draws
-            i = self.schedule.at(d)
+            i = self.schedule.at(d // self.per_step)
             rng = np.random.default_rng([self.seed, self.rank, d, 1])
             spec, batch = self.specs[i], next(its[i])
             self.draws += 1
@@ -362,7 +364,7 @@ def finetune_universal(
             sources.append(SampleBatches(train, size, bs, seed, True, AugmentConfig.from_any(aug), rank, world))
     probs = dataset_probabilities([n_train[t.name] if n_train[t.name] is not None else -1 for t in tasks],
                                   [t.weight for t in tasks], cfg.data.temperature)
-    batches = UniversalBatches(tasks, sources, probs, cfg.seed, rank, pc.p_whole)
+    batches = UniversalBatches(tasks, sources, probs, cfg.seed, rank, pc.p_whole, cfg.optim.accum_steps)
 
     def evaluate(module: nn.Module, step: int, final: bool) -> dict[str, Any]:
         res = evaluate_universal(module, tasks, size, bs, accelerator.device,
