@@ -147,31 +147,64 @@ def _fmt(value: Any) -> str:
     return num(value)
 
 
-def results_rows(results: dict[str, Any]) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
-    """Flatten ``{task: {metric: value | {"mean", "std"}}}`` (nested deeper, e.g. per encoder, is
-    fine) into table rows: ``(metric columns, [(row name, {metric: value})])``. Non-numeric
-    entries (lists of per-fold values, notes) are left out of the table."""
-    columns: list[str] = []
-    rows: list[tuple[str, dict[str, Any]]] = []
+#: ``{"format": RESULTS_FORMAT, "results": [record, ...]}``: one record per reported number.
+RESULTS_FORMAT = "sonofm-results-1"
+RECORD_KEYS = ("task", "dataset", "split", "protocol", "encoder", "metric")
+_METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "auroc": "AUROC", "macro_f1": "macro F1",
+                 "accuracy": "accuracy", "dice": "Dice", "iou": "IoU", "hd95": "HD95 (px)", "hd95_mm": "HD95 (mm)"}
 
-    def walk(node: dict[str, Any], path: list[str]) -> None:
-        metrics = {k: v for k, v in node.items() if _is_metric(v)}
-        if metrics:
-            for k in metrics:
-                if k not in columns:
-                    columns.append(k)
-            rows.append((" / ".join(path) or "results", metrics))
-        for k, v in node.items():
-            if isinstance(v, dict) and not _is_metric(v):
-                walk(v, [*path, str(k)])
 
-    walk(results, [])
-    return columns, rows
+def result_record(task: str, dataset: str, split: str, protocol: str, encoder: str, metric: str,
+                  value: float | dict[str, Any], n: int | None = None) -> dict[str, Any]:
+    """One reported number with what it was measured on: ``value`` a number or ``{"mean", "std"}``."""
+    mean = value["mean"] if isinstance(value, dict) else value
+    std = value.get("std") if isinstance(value, dict) else None
+    return {"task": task, "dataset": dataset, "split": split, "protocol": protocol, "encoder": encoder,
+            "metric": _METRIC_NAMES.get(metric, metric), "mean": float(mean),
+            "std": float(std) if isinstance(std, (int, float)) else None, "n": n}
+
+
+def _probe_records(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Records of a ``probe.json`` (``sonofm probe``): its data, split, folds and encoder are in it."""
+    data = report.get("data") or {}
+    dataset = ", ".join(data.get("datasets") or []) or "—"
+    folds = len(report.get("folds") or [])
+    encoder = (report.get("encoder") or {}).get("spec", "—")
+    out = []
+    for method, res in report["methods"].items():
+        protocol = f"{'linear' if method == 'linear' else 'kNN'} probe, frozen features, {folds}-fold CV by group"
+        for metric, value in (res.get("summary") or {}).items():
+            if _is_metric(value):
+                out.append(result_record("classification", dataset, data.get("split", "—"), protocol, encoder,
+                                         metric, value, report.get("n_samples")))
+    return out
+
+
+def _nested_records(node: dict[str, Any], path: list[str]) -> list[dict[str, Any]]:
+    """Records of a hand-written ``{task: {encoder...: {metric: value}}}``: nothing says the data or split."""
+    out = []
+    for k, v in node.items():
+        if _is_metric(v):
+            out.append(result_record(path[0] if path else "results", "—", "—", "—",
+                                     " / ".join(path[1:]) or "—", str(k), v))
+        elif isinstance(v, dict):
+            out += _nested_records(v, [*path, str(k)])
+    return out
+
+
+def result_records(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reported numbers of a results file in any of its forms: sonofm's records
+    (:data:`RESULTS_FORMAT`, as the quickstart writes), a ``probe.json``, or a nested
+    ``{task: {metric: value | {"mean", "std"}}}`` (lists and notes in it are left out)."""
+    if isinstance(results.get("results"), list):
+        return [r for r in results["results"] if isinstance(r, dict) and _is_metric(r.get("mean"))]
+    if isinstance(results.get("methods"), dict) and "folds" in results:
+        return _probe_records(results)
+    return _nested_records(results, [])
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a results JSON; a clear error names the file when it is missing or not an object with
-    numeric metrics."""
+    """Read a results JSON; a clear error names the file when it is missing or holds no numeric metric."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"results file not found: {p}")
@@ -181,18 +214,25 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{p}: not valid JSON ({e})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{p}: results must be a JSON object {{task: {{metric: value}}}}, got {type(data).__name__}")
-    if not results_rows(data)[1]:
-        raise ValueError(f"{p}: no numeric metrics found (expected {{task: {{metric: value or {{mean, std}}}}}})")
+    if not result_records(data):
+        raise ValueError(f"{p}: no numeric metrics found (expected sonofm's results records, a probe.json, or "
+                         "{task: {metric: value or {mean, std}}})")
     return data
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """Markdown table of the measured results (rows: tasks, columns: metrics)."""
-    columns, rows = results_rows(results)
-    lines = ["| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for name, metrics in rows:
-        cells = [_fmt(metrics[c]) if c in metrics else "—" for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    """Markdown table, one row per reported number: task, dataset, split, protocol, encoder, metric,
+    mean ± std, n."""
+    lines = ["| task | dataset | split | protocol | encoder | metric | mean ± std | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    def num(v: float) -> str:
+        return "nan" if math.isnan(v) else f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+    for r in result_records(results):
+        value = num(r["mean"]) + (f" ± {num(r['std'])}" if r.get("std") is not None else "")
+        cells = [str(r.get(k) if r.get(k) not in (None, "") else "—") for k in RECORD_KEYS]
+        n = r.get("n")
+        lines.append("| " + " | ".join([*cells, value, str(n) if n is not None else "—"]) + " |")
     return "\n".join(lines)
 
 
@@ -395,7 +435,8 @@ def render_card(info: CardInfo, local_name: str = "OUT_DIR") -> str:
     body += ["## Downstream results", ""]
     if info.results:
         src = f" (from `{info.results_source}`)" if info.results_source else ""
-        body += [f"Measured by the publisher{src}; mean ± std where several folds or seeds were run.", "",
+        body += [f"Measured by the publisher{src}; mean ± std over folds where several were run "
+                 "(a single run shows no spread); n = evaluated samples.", "",
                  results_table(info.results), ""]
     else:
         body += ["No downstream results were supplied with this export (`sonofm export ... --results FILE`).", ""]
@@ -407,7 +448,10 @@ def render_card(info: CardInfo, local_name: str = "OUT_DIR") -> str:
 __all__ = [
     "CardInfo",
     "DataSummary",
+    "RESULTS_FORMAT",
     "load_results",
+    "result_record",
+    "result_records",
     "model_licence",
     "read_data_summary",
     "render_card",

@@ -235,8 +235,10 @@ def test_results_table_and_missing_index_note(tmp_path):
     }))
     out = export_backbone(run, tmp_path / "out", results=results)
     card = (out / "README.md").read_text()
-    assert "| busi_cls / pretrained | 0.8123 ± 0.0211 | 0.9 | — | — |" in card
-    assert "| cca_seg | — | — | 0.9134 | 3.2 |" in card
+    # a hand-written nested file: each number a row; what it does not say (data, split, protocol) shows as —
+    assert "| busi_cls | — | — | — | pretrained | balanced accuracy | 0.812 ± 0.021 | — |" in card
+    assert "| busi_cls | — | — | — | random | AUROC | 0.600 | — |" in card
+    assert "| cca_seg | — | — | — | — | Dice | 0.913 | — |" in card and "| cca_seg | — | — | — | — | folds" not in card
     assert f"`{tmp_path / 'gone'}`: shard index not found" in card
     assert "Non-commercial" not in card
     bad = tmp_path / "bad.json"
@@ -246,7 +248,7 @@ def test_results_table_and_missing_index_note(tmp_path):
     with pytest.raises(ExportError, match="bad.json: results must be a JSON object"):
         export_backbone(run, tmp_path / "out2", results=bad)
     assert not (tmp_path / "out2").exists()
-    assert results_table({"t": {"acc": 1}}).splitlines()[2] == "| t | 1 |"
+    assert results_table({"t": {"acc": 1}}).splitlines()[2] == "| t | — | — | — | — | acc | 1.000 | — |"
 
 
 def test_reexport_replaces_files_in_existing_folder(exported, tmp_path):

@@ -64,3 +64,8 @@ def test_probe_prints_what_it_wrote(shards: Path, tmp_path: Path, capsys: pytest
     assert str(out / "features.npz") in printed
     report = json.loads((out / "probe.json").read_text())
     assert len(report["folds"]) == 3
+    assert report["data"]["split"] == "train" and report["data"]["datasets"]  # what the card's table names
+    from sonofm.model_card import results_table
+
+    table = results_table(report)
+    assert "| classification | " + ", ".join(report["data"]["datasets"]) + " | train | linear probe" in table

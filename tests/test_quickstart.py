@@ -112,8 +112,12 @@ def test_small_run_produces_every_artifact(small_run: tuple[dict, Path, str]) ->
     for name in ("reconstruction grid", "loss curve", "pretrained vs random", "exported backbone"):
         assert f"  {name}: " in printed
     assert json.loads((out / "summary.json").read_text())["table"] == summary["table"]
-    results = json.loads((out / "results.json").read_text())
-    assert any("segmentation" in k for k in results) and any("probe" in k for k in results)
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert {r["task"] for r in results} == {"classification", "segmentation"}
+    assert {r["split"] for r in results} == {"test"} and all(r["dataset"] != "—" for r in results)
+    assert {r["encoder"] for r in results} == {"pretrained", "random"}
+    card = (out / "export" / "README.md").read_text()
+    assert "| segmentation | synthetic lesion | test | UPerNet finetuned" in card
 
 
 def test_rerun_through_cli_reuses_finished_stages(small_run: tuple[dict, Path, str]) -> None:

@@ -31,7 +31,7 @@ def probe_from_config(cfg: Any) -> dict[str, Any]:
 
     Fewer groups in the split than folds stop here, before the encoder is loaded or a feature extracted.
     """
-    from sonofm.datasets.stream import StreamSpec, make_eval_loader
+    from sonofm.datasets.stream import StreamSpec, make_eval_loader, shard_indexes
     from sonofm.evaluation.probe import run_probe, too_few_groups
 
     if not cfg.data.shards:
@@ -51,4 +51,6 @@ def probe_from_config(cfg: Any) -> dict[str, Any]:
         concat_prev_stage=cfg.concat_prev_stage, in_chans=cfg.in_chans, seed=cfg.seed,
         device="cuda" if torch.cuda.is_available() else "cpu",
         data_id=f"{list(cfg.data.shards)}:{cfg.data.split}:{cfg.data.img_size}",
+        data_info={"datasets": sorted({str(i.get("source")) for i in shard_indexes(list(cfg.data.shards))}),
+                   "split": cfg.data.split},
     )

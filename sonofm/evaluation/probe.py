@@ -251,6 +251,7 @@ def run_probe(
     cache: str | os.PathLike | None = None,
     data_id: str = "",
     print_table: bool = True,
+    data_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``sonofm probe``: load ``encoder`` (see :func:`sonofm.models.loading.load_encoder`), extract
     features of ``batches`` once (cached in ``cache`` or ``out_dir/features.npz``), cross-validate the
@@ -259,7 +260,8 @@ def run_probe(
     ``batches`` carry ``image`` and per-sample ``meta`` dicts (the stream's ``return_meta=True``, or
     :func:`sonofm.finetune.data.iterate_batches`, whose batches carry ``meta`` too) from which
     ``label_key`` and ``group_key`` are read; samples without a label are left out and counted.
-    ``data_id`` names the data in the cache fingerprint (e.g. shard paths and split).
+    ``data_id`` names the data in the cache fingerprint (e.g. shard paths and split); ``data_info``
+    (``{"datasets": [...], "split": ...}``) goes into the report, so a model card can say what was probed.
     """
     import torch
 
@@ -300,7 +302,7 @@ def run_probe(
     )
     report.update(
         encoder=info, classes=names, n_unlabelled=int((~keep).sum()), label_key=label_key, group_key=group_key,
-        concat_prev_stage=concat_prev_stage,
+        concat_prev_stage=concat_prev_stage, data=data_info or {},
     )
     write_json(out / "probe.json", report)
     for method, res in report["methods"].items():

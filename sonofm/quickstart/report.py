@@ -24,11 +24,14 @@ def _ms(d: dict[str, Any] | None) -> str:
 
 
 def table(probes: dict[str, dict], segs: dict[str, dict], encoders: dict[str, str]) -> tuple[str, dict]:
-    """Markdown table (rows: encoders) and the same numbers as a results dict for the model card."""
+    """Markdown table (rows: encoders) and the same numbers as results records for the model card
+    (:data:`sonofm.model_card.RESULTS_FORMAT`: each number with its task, data, split and protocol)."""
+    from sonofm.model_card import RESULTS_FORMAT, result_record
+
     single = len(probes) + len(segs) <= 2
     headers: list[str] = []
     cells: dict[str, list[str]] = {e: [] for e in encoders}
-    results: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
     for task, reps in probes.items():
         p = "" if single else f"{task} "
         headers += [f"{p}probe bal. acc", f"{p}probe AUROC", f"{p}kNN bal. acc"]
@@ -36,10 +39,13 @@ def table(probes: dict[str, dict], segs: dict[str, dict], encoders: dict[str, st
             m = reps[enc]["methods"]
             cells[enc] += [_ms(m["linear"]["summary"]["balanced_accuracy"]), _ms(m["linear"]["summary"]["auroc"]),
                            _ms(m["knn"]["summary"]["balanced_accuracy"])]
+            folds = len(reps[enc].get("folds") or [])
             for method in ("linear", "knn"):
-                s = m[method]["summary"]
-                results.setdefault(f"{task} {method} probe (test split, CV by group)", {})[enc] = {
-                    "balanced_accuracy": s["balanced_accuracy"], "auroc": s["auroc"], "accuracy": s["accuracy"]}
+                protocol = (f"{'linear (logistic regression)' if method == 'linear' else 'kNN'} probe on frozen "
+                            f"features, {folds}-fold CV by group")
+                for metric in ("balanced_accuracy", "auroc", "accuracy"):
+                    records.append(result_record("classification", task, "test", protocol, enc, metric,
+                                                 m[method]["summary"][metric], reps[enc].get("n_samples")))
     for task, reps in segs.items():
         p = "" if single else f"{task} "
         unit = next(iter(reps.values()))["hd95_unit"]
@@ -47,15 +53,17 @@ def table(probes: dict[str, dict], segs: dict[str, dict], encoders: dict[str, st
         for enc in encoders:
             f = reps[enc]["final"]
             cells[enc] += [f"{f['dice']:.3f}", f"{hd95(reps[enc]):.1f}"]
-            results.setdefault(f"{task} segmentation (UPerNet, test split)", {})[enc] = {
-                "dice": f["dice"], "iou": f["iou"], f"hd95_{unit}": hd95(reps[enc])}
+            protocol = f"UPerNet finetuned {reps[enc].get('steps', '?')} steps on the train split"
+            for metric, value in (("dice", f["dice"]), ("iou", f["iou"]), (f"hd95_{unit}", hd95(reps[enc]))):
+                records.append(result_record("segmentation", task, "test", protocol, enc, metric, value,
+                                             f.get("n")))
     width = max(len(e) for e in encoders)
     cols = [max(len(h), *(len(cells[e][i]) for e in encoders)) for i, h in enumerate(headers)]
     lines = [f"| {'encoder':<{width}} | " + " | ".join(h.ljust(w) for h, w in zip(headers, cols)) + " |",
              f"|{'-' * (width + 2)}|" + "|".join("-" * (w + 2) for w in cols) + "|"]
     for enc in encoders:
         lines.append(f"| {enc:<{width}} | " + " | ".join(c.rjust(w) for c, w in zip(cells[enc], cols)) + " |")
-    return "\n".join(lines), results
+    return "\n".join(lines), {"format": RESULTS_FORMAT, "results": records}
 
 
 def wins(probes: dict[str, dict], segs: dict[str, dict]) -> dict[str, bool]:
