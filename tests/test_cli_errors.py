@@ -257,3 +257,15 @@ def test_the_error_path_does_not_import_torch(argv: list[str]) -> None:
     assert rc == ("0" if argv == ["--help"] else "2"), proc.stderr
     if argv != ["--help"]:
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_adapter_option_values_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``?labels=None`` means no labels (as null does); a value the adapter does not know is one line."""
+    from sonofm.datasets.source_specs import make_adapter, parse_source_arg
+
+    (tmp_path / "imgs").mkdir()
+    adapter = make_adapter(parse_source_arg(f"folder:{tmp_path / 'imgs'}?labels=None"))
+    assert adapter.opts["labels"] is None
+    rc, err = _run(["shards", "build", "--source", f"folder:{tmp_path / 'imgs'}?labels=tags",
+                    "--out", str(tmp_path / "out")], capsys)
+    _one_line(rc, err, "shards build", "labels must be 'folder' or null", "'tags'")

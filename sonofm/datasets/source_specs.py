@@ -47,7 +47,10 @@ class SourceSpec:
 
 
 def _scalar(text: str) -> Any:
-    """Option values from a query string: YAML scalars (``8`` -> int, ``true`` -> bool, ``null``)."""
+    """Option values from a query string: YAML scalars (``8`` -> int, ``true`` -> bool, ``null``);
+    Python's ``None`` is taken for null too, as users coming from Python write it."""
+    if text in ("None", "none"):
+        return None
     try:
         v = yaml.safe_load(text)
     except yaml.YAMLError:

@@ -55,7 +55,7 @@ class CsvAdapter(Adapter):
             raise AdapterError(f"{type(self).__name__}: manifest {self.csv_path} not found")
         self.data_dir = self.csv_path.parent
         if self.opts["mask_values"] not in ("binary", "ids"):
-            raise TypeError(f"csv: mask_values must be 'binary' or 'ids', got {self.opts['mask_values']!r}")
+            raise AdapterError(f"csv: mask_values must be 'binary' or 'ids', got {self.opts['mask_values']!r}")
 
     def _inside(self, value: str, row: int, column: str) -> str:
         """``value`` as a normalised POSIX path relative to the CSV's folder, or an error if it escapes."""

@@ -30,7 +30,7 @@ class DicomAdapter(Adapter):
     def __init__(self, root, source: str | None = None, **options) -> None:
         super().__init__(root, source or source_name_from_path(root), **options)  # no name: the folder's
         if self.opts["labels"] not in (None, "folder"):
-            raise TypeError(f"dicom: labels must be 'folder' or None, got {self.opts['labels']!r}")
+            raise AdapterError(f"dicom: labels must be 'folder' or null (?labels=null: no labels), got {self.opts['labels']!r}")
         if self.root.is_file():
             self.data_dir = self.root.parent
 

@@ -60,11 +60,11 @@ class FolderAdapter(Adapter):
         if self.mask_dir is not None and not self.mask_dir.is_dir():
             raise AdapterError(f"folder: mask folder {self.mask_dir} does not exist")
         if o["mask_pattern"] is not None and "{stem}" not in o["mask_pattern"]:
-            raise TypeError(f"folder: mask_pattern must contain '{{stem}}', got {o['mask_pattern']!r}")
+            raise AdapterError(f"folder: mask_pattern must contain '{{stem}}', got {o['mask_pattern']!r}")
         if o["labels"] not in ("folder", None):
-            raise TypeError(f"folder: labels must be 'folder' or None, got {o['labels']!r}")
+            raise AdapterError(f"folder: labels must be 'folder' or null (?labels=null: no labels), got {o['labels']!r}")
         if o["mask_values"] not in ("binary", "ids"):
-            raise TypeError(f"folder: mask_values must be 'binary' or 'ids', got {o['mask_values']!r}")
+            raise AdapterError(f"folder: mask_values must be 'binary' or 'ids', got {o['mask_values']!r}")
         self.group_re = re.compile(o["group_regex"]) if o["group_regex"] else None
 
     def _is_mask(self, p: Path) -> bool:

@@ -138,7 +138,7 @@ class Hc18Adapter(Adapter):
         subsets = (subsets,) if isinstance(subsets, str) else tuple(subsets)
         bad = [s for s in subsets if s not in SUBSETS]
         if bad:
-            raise TypeError(f"hc18: unknown subsets {bad}; valid: {sorted(SUBSETS)}")
+            raise AdapterError(f"hc18: unknown subsets {bad}; valid: {sorted(SUBSETS)}")
         self.subsets = [s for s in subsets if (self.root / SUBSETS[s][0]).is_dir()]
         if not self.subsets:
             raise AdapterError(
