@@ -226,6 +226,12 @@ def test_kill_and_resume_equals_uninterrupted(shards: Path, tmp_path: Path) -> N
     assert rb["resumed_from"].endswith("step-00000002") and ra["global_batch"] == 8
     wa, wb = load_file(str(full / "best" / "model.safetensors")), load_file(str(crashed / "best" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # resuming the finished run trains nothing and changes no record
+    before = (crashed / "metrics.jsonl").read_text()
+    _finetune([*_args(shards, crashed, **extra), "--resume", "auto"])
+    again = json.loads((crashed / "report.json").read_text())
+    assert (crashed / "metrics.jsonl").read_text() == before
+    assert again["final"] == rb["final"] and again["evals"] == rb["evals"] and again["best"] == rb["best"]
 
 
 # --------------------------------------------------------------------------- universal

@@ -403,16 +403,18 @@ def run_loop(
 
     last_eval: dict[str, Any] = {}
 
-    def run_eval(step: int) -> None:
+    def run_eval(step: int, record: bool = True) -> None:
         module = ema.module if ema is not None else unwrapped
         final = step == settings.steps
         res = evaluate(module, step, final)
+        last_eval["res"] = res
+        model.train()
+        if not record:  # a finished run resumed: the report's figures again, the history as it was
+            return
         summary = {k: v for k, v in res.items() if k != "per_sample"}
         metrics({"step": step, "val": summary})
         best.offer(module, step, float(res["score"]), summary)
         evals.append({"step": step, "score": float(res["score"])})
-        last_eval["res"] = res
-        model.train()
 
     t0 = time.time()
     accum = settings.accum_steps
@@ -468,7 +470,7 @@ def run_loop(
                             settings, extra_state() if extra_state is not None else {})
             maybe_kill("after_step", done)  # fault injection for the crash tests
         if start_step >= settings.steps and evaluate is not None and not last_eval:
-            run_eval(settings.steps)  # a finished run resumed: its final evaluation again, for the report
+            run_eval(settings.steps, record=False)  # a finished run resumed: its final evaluation, for the report
     finally:
         if bar is not None:
             bar.close()
