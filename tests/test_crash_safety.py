@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from sonofm.checkpoints import latest_checkpoint, load_checkpoint
-from sonofm.pretrain.loggers import read_metrics
+from sonofm.train.loggers import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("SONOFM_CRASH_SEED", "7"))

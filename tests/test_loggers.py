@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sonofm.pretrain.loggers import MetricsLogger, read_metrics
+from sonofm.train.loggers import MetricsLogger, read_metrics
 
 
 def test_jsonl_truncates_steps_after_resume_point(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ def test_pretrain_from_another_directory_reads_every_sample(
 ) -> None:
     from sonofm.datasets.stream import StreamSpec, make_eval_loader
     from sonofm.pretrain.engine import run_pretraining, taxonomy_for
-    from sonofm.pretrain.loggers import read_metrics
+    from sonofm.train.loggers import read_metrics
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

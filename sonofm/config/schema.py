@@ -17,8 +17,9 @@ from typing import Any
 #: Field-metadata key holding a key's :class:`Check`.
 CHECK = "check"
 
-#: Side of a mask patch in pixels, the total stride of a ConvNeXt (``sonofm.models.encoder.PATCH``;
-#: repeated here so that checking a config never imports torch; a test keeps the two equal).
+#: The total stride of a ConvNeXt, the side of its last feature cell and of the smallest mask patch
+#: (``sonofm.models.encoder.PATCH``; repeated here so that checking a config never imports torch; a
+#: test keeps the two equal).
 PATCH = 32
 
 #: A cross-key problem: the keys involved (full dotted names) and what they must satisfy.
@@ -209,7 +210,9 @@ class MaskingConfig:
 
     ratio: float = checked(0.6, gt=0.0, lt=1.0,
                            why="share of the in-field patches masked: 0 leaves nothing to reconstruct, 1 nothing to see")
-    patch_size: int = checked(PATCH, one_of=(PATCH,), why="the ConvNeXt's total stride; no other patch is supported")
+    patch_size: int = checked(PATCH, ge=PATCH, multiple_of=PATCH,
+                              why=f"side of a masked square in pixels: whole {PATCH}-pixel cells of the ConvNeXt's "
+                                  "total stride (64 masks 2x2 cells together)")
 
 
 @dataclass
@@ -279,6 +282,18 @@ class CheckpointConfig:
 
 
 @dataclass
+class FastPathConfig:
+    """The training fast path (:mod:`sonofm.train.fast`); each switch applies only where it is safe."""
+
+    channels_last: bool = True  # convolution weights and image batches in NHWC order (every device)
+    fused_adamw: bool = True  # AdamW's fused kernel; CUDA only (ignored elsewhere)
+    pin_memory: bool = True  # pinned loader batches + non-blocking copies; CUDA only (ignored elsewhere)
+    compile: bool = False  # torch.compile the model in place (the first steps are slow while it compiles)
+    compile_mode: str = checked("default", one_of=("default", "max-autotune-no-cudagraphs"),
+                                why="torch.compile modes without CUDA graphs")
+
+
+@dataclass
 class PretrainConfig:
     """A pretraining recipe (``sonofm pretrain --config ...``)."""
 
@@ -296,6 +311,13 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fast: FastPathConfig = field(default_factory=FastPathConfig)
+
+    def cross_checks(self, at: str) -> Iterator[Problem]:
+        if self.data.img_size % self.masking.patch_size:
+            yield ((f"{at}data.img_size", f"{at}masking.patch_size"),
+                   f"the image must hold whole mask squares: {at}data.img_size must be a multiple of "
+                   f"{at}masking.patch_size")
 
 
 @dataclass

@@ -81,7 +81,9 @@ def random_patch_mask(
         inside = torch.ones(b, gh, gw, dtype=torch.bool, device=device)
     inside = inside.reshape(b, -1)
     noise_device = generator.device if generator is not None else device
-    noise = torch.rand(b, gh * gw, generator=generator, device=noise_device).to(device)
+    # drawn where the generator lives (a CPU generator keeps masks identical across devices); the copy
+    # is non-blocking, so a CUDA step does not wait for the host here
+    noise = torch.rand(b, gh * gw, generator=generator, device=noise_device).to(device, non_blocking=True)
     noise = torch.where(inside, noise, torch.full_like(noise, 2.0))  # outside-field patches sort last
     rank = noise.argsort(1).argsort(1)
     n_in = inside.sum(1)

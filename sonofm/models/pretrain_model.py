@@ -51,15 +51,19 @@ class PretrainModel(nn.Module):
         field_min_fraction: float = 0.5,
         target_kwargs: dict[str, float] | None = None,
         field_pixels: bool = False,
+        mask_patch: int = PATCH,
     ) -> None:
         super().__init__()
-        if img_size % PATCH:
-            raise ValueError(f"img_size {img_size} must be a multiple of {PATCH}")
+        if mask_patch < PATCH or mask_patch % PATCH:
+            raise ValueError(f"mask_patch {mask_patch} must be a multiple of the encoder's stride {PATCH}")
+        if img_size % mask_patch:
+            raise ValueError(f"img_size {img_size} must be a multiple of {mask_patch} (the mask patch)")
         if hier_weight < 0:
             raise ValueError(f"hier_weight must be >= 0, got {hier_weight}")
         self.in_chans = in_chans
         self.img_size = img_size
         self.mask_ratio = mask_ratio
+        self.mask_patch = int(mask_patch)  # side of a masked square; the mask is drawn on this grid
         self.target_kind = target
         self.target_kwargs = dict(target_kwargs or {})
         make_target(torch.zeros(1, in_chans, PATCH, PATCH), target, PATCH, **self.target_kwargs)  # validate early
@@ -95,7 +99,8 @@ class PretrainModel(nn.Module):
     ) -> dict[str, Tensor]:
         """One pretraining pass. ``images`` ``[B, C, H, W]`` in [0, 1]; ``field`` ``[B, 1, H, W]`` (> 0.5 is
         field) or ``None`` (whole image); ``targets`` per tree level (LongTensor ``[B]``, -1 unknown);
-        ``mask`` ``[B, H/32, W/32]`` (1 visible) or ``None`` to draw one (with ``generator``).
+        ``mask`` ``[B, H/32, W/32]`` (1 visible) or ``None`` to draw one (with ``generator``) in squares of
+        ``mask_patch`` pixels.
 
         Returns ``loss``, ``loss_rec``, ``loss_hier`` (0 without heads), ``pred`` ``[B, L, 32*32*C]``,
         ``target`` (same shape), ``mask`` and ``in_field`` ``[B, H/32, W/32]``; with hierarchical heads
@@ -108,8 +113,14 @@ class PretrainModel(nn.Module):
                 f"images {tuple(images.shape)}: expected {self.in_chans} channel(s) and sides divisible by {PATCH}"
             )
         if mask is None:
-            mask = random_patch_mask(field, (h, w), PATCH, self.mask_ratio, generator, batch_size=b,
+            if h % self.mask_patch or w % self.mask_patch:
+                raise ValueError(f"images {tuple(images.shape)}: sides must be multiples of the mask patch "
+                                 f"{self.mask_patch} to draw a mask")
+            mask = random_patch_mask(field, (h, w), self.mask_patch, self.mask_ratio, generator, batch_size=b,
                                      min_fraction=self.field_min_fraction, device=images.device)
+            if self.mask_patch != PATCH:  # each masked square covers (mask_patch / 32)^2 encoder cells
+                f = self.mask_patch // PATCH
+                mask = mask.repeat_interleave(f, 1).repeat_interleave(f, 2)
         mask = mask.to(images.device, torch.float32)
         if field is not None:
             in_field = patches_in_field(field, PATCH, self.field_min_fraction)

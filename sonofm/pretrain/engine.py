@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,28 +27,26 @@ from sonofm.checkpoints import (
     older_checkpoints,
     read_state,
     resolve_checkpoint,
-    save_checkpoint,
-    save_rank_rng,
-    set_rng_state,
 )
 from sonofm.config import PretrainConfig, save_config
+from sonofm.config.schema import DataConfig, ModelConfig, OptimConfig
 from sonofm.datasets.shards import write_json_atomic
 from sonofm.errors import UnreadableFileError, UserError
 from sonofm.faults import maybe_kill
 from sonofm.models.loading import IncompatibleCheckpointError
 from sonofm.models.pretrain_model import PretrainModel, count_params
-from sonofm.pretrain.loggers import MetricsLogger
 from sonofm.pretrain.visualize import plot_loss_curve, save_reconstruction_grid
+from sonofm.train.accel import cpu_threads, make_accelerator, uses_fsdp
+from sonofm.train.checkpointing import restore_training_state, save_training_checkpoint, sharded_submodules
 from sonofm.train.ema import ModelEMA
-from sonofm.train.optim import param_groups
+from sonofm.train.fast import FastPath, compile_model, conv_weights_channels_last, plan_fast_path, to_device
+from sonofm.train.guard import NonFiniteGuard, NonFiniteLossError
+from sonofm.train.loggers import MetricsLogger
+from sonofm.train.optim import adamw, param_groups
 from sonofm.train.schedule import apply_lr, lr_at, scaled_lr
 
 #: The hierarchical classifier's tree (names, sizes, parents), saved in the run directory.
 TREE_FILE = "taxonomy_tree.json"
-
-
-class NonFiniteLossError(UserError, FloatingPointError):
-    """The loss became NaN or infinite: training stops instead of corrupting the weights."""
 
 
 def build_model(cfg: PretrainConfig, tree: dict[str, Any] | None) -> PretrainModel:
@@ -69,6 +66,7 @@ def build_model(cfg: PretrainConfig, tree: dict[str, Any] | None) -> PretrainMod
         levels=cfg.hierarchy.levels,
         tree=tree,
         drop_path_rate=cfg.model.drop_path_rate,
+        mask_patch=cfg.masking.patch_size,
     )
 
 
@@ -77,18 +75,6 @@ def mask_generator(seed: int, rank: int, step: int, micro: int) -> torch.Generat
     g = torch.Generator()
     g.manual_seed((seed * 1_000_003 + rank * 10_007 + step * 101 + micro) % (2**63 - 1))
     return g
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = v.to(device, non_blocking=True)
-        elif isinstance(v, dict):
-            out[k] = {kk: vv.to(device, non_blocking=True) for kk, vv in v.items()}
-        else:
-            out[k] = v
-    return out
 
 
 class _Window:
@@ -150,29 +136,31 @@ def _check_tree(run_dir: Path, tree: dict[str, Any], main: bool, resuming: bool)
         write_json_atomic(path, tree)
 
 
-def _make_loader(cfg: PretrainConfig, rank: int, world: int, resume_samples: int, target_fn):
+def _make_loader(data: DataConfig, seed: int, rank: int, world: int, resume_samples: int, target_fn,
+                 fast: FastPath):
     from sonofm.datasets.stream import StreamSpec, make_train_loader
 
-    if not cfg.data.shards:
+    if not data.shards:
         raise ValueError("data.shards is empty: give shard folders, e.g. data.shards=[shards/shared]")
-    spec = StreamSpec(paths=list(cfg.data.shards), weights=cfg.data.weights, temperature=cfg.data.temperature,
-                      split=cfg.data.split)
+    spec = StreamSpec(paths=list(data.shards), weights=data.weights, temperature=data.temperature, split=data.split)
     return make_train_loader(
         spec,
-        batch_size=cfg.data.batch_size,
-        img_size=cfg.data.img_size,
-        seed=cfg.seed,
+        batch_size=data.batch_size,
+        img_size=data.img_size,
+        seed=seed,
         rank=rank,
         world_size=world,
-        num_workers=cfg.data.num_workers,
+        num_workers=data.num_workers,
         resume_samples=resume_samples,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        aug=asdict(cfg.data.augment),
+        shuffle_buffer=data.shuffle_buffer,
+        aug=asdict(data.augment),
         target_fn=target_fn,
+        pin_memory=fast.pin_memory,
     )
 
 
-def _load_for_resume(ckpt: Path, cfg: PretrainConfig, rank: int, accelerator: Accelerator) -> dict[str, Any]:
+def _load_for_resume(ckpt: Path, model_cfg: ModelConfig, data: DataConfig, rank: int,
+                     accelerator: Accelerator) -> dict[str, Any]:
     """Read the checkpoint to resume, refusing (before any weights are read) one made for another
     encoder, and naming the file of a truncated or corrupt one with the checkpoint to fall back to.
 
@@ -183,7 +171,7 @@ def _load_for_resume(ckpt: Path, cfg: PretrainConfig, rank: int, accelerator: Ac
         state = read_state(ckpt)
     except ValueError as e:
         raise UnreadableFileError(f"{e}; {_fallback_hint(ckpt)}") from e
-    for key, mine in (("model", cfg.model.name), ("in_chans", cfg.model.in_chans)):
+    for key, mine in (("model", model_cfg.name), ("in_chans", model_cfg.in_chans)):
         theirs = state.get(key)
         if theirs is not None and theirs != mine:
             name = "model.name" if key == "model" else "model.in_chans"
@@ -191,8 +179,8 @@ def _load_for_resume(ckpt: Path, cfg: PretrainConfig, rank: int, accelerator: Ac
                 f"--resume: checkpoint {ckpt} was trained with {name}={theirs}, this config has {name}={mine}; "
                 f"resume with {name}={theirs} or start a new run_dir"
             )
-    if state.get("img_size") not in (None, cfg.data.img_size):
-        accelerator.print(f"note: resuming at data.img_size={cfg.data.img_size}; {ckpt} was trained at "
+    if state.get("img_size") not in (None, data.img_size):
+        accelerator.print(f"note: resuming at data.img_size={data.img_size}; {ckpt} was trained at "
                           f"{state['img_size']} (the weights do not depend on it)")
     try:
         return load_checkpoint(ckpt, rank=rank)
@@ -209,13 +197,35 @@ def _fallback_hint(ckpt: Path) -> str:
     return f"delete {ckpt} and start again (there is no earlier complete checkpoint)"
 
 
+def _load_weights(model: PretrainModel, loaded: dict[str, Any], ckpt: Path, run_dir: Path) -> None:
+    """The checkpoint's weights into the plain model (before ``prepare``: FSDP shards the loaded values)."""
+    try:
+        model.load_state_dict(loaded["model"], strict=True)
+    except RuntimeError as e:  # torch's key / size mismatch report
+        detail = " ".join(str(e).split())
+        raise IncompatibleCheckpointError(
+            f"{ckpt / MODEL_FILE}: the checkpoint's weights do not fit the model this config builds "
+            f"({detail[:300]}{'...' if len(detail) > 300 else ''}); resume with the config the run was started "
+            f"with ({run_dir / 'config.yaml'}), or start a new run_dir"
+        ) from e
+
+
+def make_optimizer(model: PretrainModel, optim: OptimConfig, peak_lr: float, fast: FastPath) -> torch.optim.AdamW:
+    """AdamW (decay off for norms, biases, GRN, mask tokens); the fused kernel where the fast path allows."""
+    return adamw(param_groups(model, optim.weight_decay), peak_lr, optim.betas, fused=fast.fused_adamw)
+
+
 def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
     """Train (or continue training) the run described by ``cfg``; returns the run directory."""
-    # cpu=True on machines without CUDA lets torchrun/accelerate processes form a gloo group (MULTI_CPU)
-    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(cfg.precision)
+    fsdp = uses_fsdp(accelerator)
+    if fsdp and cfg.ema > 0:
+        raise UserError("ema > 0 with FSDP is not supported (the average would need the full weights on every "
+                        "rank each step): set ema=0, or train with DDP")
+    fast = plan_fast_path(cfg.fast, accelerator.device, fsdp=fsdp)
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
-    threads = _cpu_threads(accelerator, cfg.data.num_workers)
+    threads = cpu_threads(accelerator, cfg.data.num_workers)
     run_dir = Path(cfg.run_dir)
     set_seed(cfg.seed + rank)
 
@@ -224,47 +234,46 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
     if tree is not None:
         _check_tree(run_dir, tree, main, resuming=resume is not None)
     model = build_model(cfg, tree)
+    n_params = count_params(model.encoder.parameters())
     accum = max(1, cfg.optim.accum_steps)
     global_batch = cfg.data.batch_size * world * accum
     peak_lr = scaled_lr(cfg.optim.base_lr, global_batch, cfg.optim.lr)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=peak_lr,
-                                  betas=tuple(cfg.optim.betas))
 
     ckpt = resolve_checkpoint(run_dir, resume)
     start_step, samples_per_rank = 0, 0
     loaded: dict[str, Any] | None = None
     if ckpt is not None:
-        loaded = _load_for_resume(ckpt, cfg, rank, accelerator)
-        try:
-            model.load_state_dict(loaded["model"], strict=True)
-        except RuntimeError as e:  # torch's key / size mismatch report
-            detail = " ".join(str(e).split())
-            raise IncompatibleCheckpointError(
-                f"{ckpt / MODEL_FILE}: the checkpoint's weights do not fit the model this config builds "
-                f"({detail[:300]}{'...' if len(detail) > 300 else ''}); resume with the config the run was started with ({run_dir / 'config.yaml'}), "
-                "or start a new run_dir"
-            ) from e
-        optimizer.load_state_dict(loaded["optimizer"])
+        loaded = _load_for_resume(ckpt, cfg.model, cfg.data, rank, accelerator)
+        _load_weights(model, loaded, ckpt, run_dir)
         start_step = int(loaded["state"]["step"])
         samples_per_rank = int(loaded["state"]["samples_per_rank"])
         if int(loaded["state"].get("world_size", world)) != world:
             accelerator.print(f"warning: resuming a {loaded['state']['world_size']}-process run on {world} "
                               "processes: the data order will differ from an uninterrupted run")
+    # the weights' strides must be the ones their gradients arrive with (DDP's bucket views); see train.fast
+    conv_weights_channels_last(model, same_bytes_only=not fast.channels_last)
+    optimizer = make_optimizer(model, cfg.optim, peak_lr, fast)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if fsdp and sharded_submodules(model):
+        raise UserError(
+            f"FSDP wrapped {', '.join(sharded_submodules(model)[:3])}... as units of their own: the masked encoder "
+            "runs the blocks' layers itself, so their parameters would never be gathered. Launch with "
+            "--fsdp_auto_wrap_policy NO_WRAP (the whole model one unit)")
+    unwrapped: PretrainModel = accelerator.unwrap_model(model)
     # after prepare: the average lives on the model's device (made before, it stayed on the CPU)
-    ema = ModelEMA(accelerator.unwrap_model(model), cfg.ema) if cfg.ema > 0 else None
-    if ema is not None and loaded is not None and "ema" in loaded:
-        ema.load_state_dict(loaded["ema"])
-    if loaded is not None and "rng" in loaded:
-        set_rng_state(loaded["rng"])
+    ema = ModelEMA(unwrapped, cfg.ema) if cfg.ema > 0 else None
+    if loaded is not None:
+        restore_training_state(accelerator, model, optimizer, loaded, ema)
+    if fast.compile:  # in place, after the EMA copy: the state dict keeps the model's own names
+        compile_model(unwrapped, fast.compile_mode)
 
     if main:
         save_config(cfg, run_dir)
-        n_params = count_params(accelerator.unwrap_model(model).encoder.parameters())
         accelerator.print(f"sonofm pretrain: {cfg.model.name} ({n_params / 1e6:.2f} M encoder params), "
-                          f"{world} process(es), global batch {global_batch}, peak lr {peak_lr:.2e}, "
+                          f"{world} process(es) ({accelerator.distributed_type.value}), global batch {global_batch}, peak lr {peak_lr:.2e}, "
                           f"steps {start_step} -> {cfg.steps}" + (f", resumed from {ckpt}" if ckpt else "")
-                          + (f", {threads} CPU thread(s) per process" if threads else ""))
+                          + (f", {threads} CPU thread(s) per process" if threads else "")
+                          + f"; fast path: {fast.describe()}")
     logger = MetricsLogger(run_dir, enabled=main, wandb=cfg.logging.wandb, wandb_project=cfg.logging.wandb_project,
                            wandb_mode=cfg.logging.wandb_mode, tensorboard=cfg.logging.tensorboard,
                            config=None, resume_step=start_step)
@@ -274,11 +283,12 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
         return run_dir
 
     target_fn = taxonomy.targets if taxonomy is not None else None
-    loader = _make_loader(cfg, rank, world, samples_per_rank, target_fn)
+    loader = _make_loader(cfg.data, cfg.seed, rank, world, samples_per_rank, target_fn, fast)
     batches = iter(loader)
-    unwrapped: PretrainModel = accelerator.unwrap_model(model)
     bar = tqdm(total=cfg.steps, initial=start_step, disable=not (main and cfg.logging.progress),
                desc="pretrain", dynamic_ncols=True)
+    guard = NonFiniteGuard(accelerator)
+    scaler = accelerator.scaler
     window = _Window()
     t_window, wait_window, images_window = time.perf_counter(), 0.0, 0
     key_log = None
@@ -291,14 +301,13 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
         for step in range(start_step, cfg.steps):
             lr = lr_at(step, cfg.steps, peak_lr, cfg.optim.warmup_steps, cfg.optim.min_lr)
             apply_lr(optimizer, lr)
-            nonfinite = torch.zeros((), device=accelerator.device)  # micro-batches with a NaN / inf loss
             for micro in range(accum):
                 t0 = time.perf_counter()
                 batch = next(batches)
                 wait_window += time.perf_counter() - t0
                 if key_log is not None:
                     key_log.write(f"{step + 1}\t{','.join(batch.get('key', []))}\n")
-                batch = _to_device(batch, accelerator.device)
+                batch = to_device(batch, accelerator.device, channels_last=fast.channels_last)
                 images = batch["image"]
                 images_window += images.shape[0]
                 samples_per_rank += images.shape[0]
@@ -307,20 +316,21 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
                     out = model(images, batch.get("field"), batch.get("targets"),
                                 generator=mask_generator(cfg.seed, rank, step, micro))
                     loss = out["loss"]
-                    nonfinite += (~torch.isfinite(loss.detach())).float()  # no device sync here
+                    guard.add(loss)  # stays on the device
                     accelerator.backward(loss / accum)
                 for key in ("loss", "loss_rec", "loss_hier"):
                     window.add(key, out[key])
                 for key, value in out.items():
                     if key.startswith("acc/"):  # weighted by the samples that know the level
                         window.add(key, value, out.get("count/" + key[4:], 1.0))
-            _check_finite(nonfinite, accelerator, step, run_dir)  # one sync per step, before any weight changes
+            guard.check(step, run_dir / "checkpoints")  # the step's one host sync, before any weight changes
             grad_norm = None
             if cfg.optim.clip_grad:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
+            # an fp16 step the scaler skipped (overflow) leaves the weights, so the average too
+            if ema is not None and not (scaler is not None and optimizer.step_was_skipped):
                 ema.update(unwrapped)
             done = step + 1
             bar.update(1)
@@ -333,6 +343,8 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
                             "images_seen": samples_per_rank * world})
                 if grad_norm is not None:
                     row["grad_norm"] = float(grad_norm)
+                if scaler is not None:
+                    row["loss_scale"] = float(scaler.get_scale())
                 logger.log(done, row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}",
                                 wait=f"{100 * row['data_wait']:.0f}%")
@@ -347,7 +359,10 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
                                           "target": rec["target"]}, run_dir / "samples" / f"step-{done:08d}.png")
                 model.train()
             if done % cfg.checkpoint.every == 0 or done == cfg.steps:
-                _checkpoint(accelerator, unwrapped, optimizer, ema, run_dir, done, samples_per_rank, cfg)
+                state = {"samples_per_rank": samples_per_rank, "world_size": world, "images_seen": samples_per_rank * world,
+                         "model": cfg.model.name, "in_chans": cfg.model.in_chans, "img_size": cfg.data.img_size}
+                save_training_checkpoint(accelerator, run_dir, done, model, optimizer, state, ema=ema,
+                                         keep_last=cfg.checkpoint.keep_last)
             maybe_kill("after_step", done)  # fault injection for crash-safety tests
     finally:
         bar.close()
@@ -361,47 +376,4 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
     return run_dir
 
 
-def _cpu_threads(accelerator: Accelerator, num_workers: int) -> int | None:
-    """On CPU, leave a core to each loader worker: oversubscribed intra-op threads spin and can make a
-    step many times slower. An explicit ``OMP_NUM_THREADS`` always wins."""
-    if accelerator.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
-        return None
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # processes on this machine
-    threads = max(1, (os.cpu_count() or 1) // local - num_workers)
-    torch.set_num_threads(threads)
-    return threads
-
-
-def _check_finite(nonfinite: torch.Tensor, accelerator: Accelerator, step: int, run_dir: Path) -> None:
-    """Stop before ``optimizer.step()`` when any rank's micro-batch had a non-finite loss this step."""
-    if accelerator.num_processes > 1:
-        nonfinite = accelerator.reduce(nonfinite, reduction="sum")
-    if float(nonfinite) > 0:
-        raise NonFiniteLossError(
-            f"non-finite loss in {int(nonfinite)} micro-batch(es) at step {step + 1}: stopping before the weights are "
-            f"corrupted. Lower optim.base_lr, check the data, or resume from the last checkpoint in "
-            f"{run_dir / 'checkpoints'} with --resume auto."
-        )
-
-
-def _checkpoint(accelerator: Accelerator, model: PretrainModel, optimizer, ema, run_dir: Path, step: int,
-                samples_per_rank: int, cfg: PretrainConfig) -> None:
-    accelerator.wait_for_everyone()
-    state = {"samples_per_rank": samples_per_rank, "world_size": accelerator.num_processes,
-             "images_seen": samples_per_rank * accelerator.num_processes, "model": cfg.model.name,
-             "in_chans": cfg.model.in_chans, "img_size": cfg.data.img_size}
-    if accelerator.is_main_process:
-        save_checkpoint(run_dir, step, model.state_dict(), optimizer.state_dict(), state,
-                               ema_state=ema.state_dict() if ema is not None else None,
-                               keep_last=cfg.checkpoint.keep_last)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        from sonofm.checkpoints import latest_checkpoint
-
-        latest = latest_checkpoint(run_dir)
-        if latest is not None:
-            save_rank_rng(latest, accelerator.process_index)
-    accelerator.wait_for_everyone()
-
-
-__all__ = ["run_pretraining", "build_model", "NonFiniteLossError"]
+__all__ = ["run_pretraining", "build_model", "make_optimizer", "NonFiniteLossError"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from sonofm.atomic_io import save_figure
-from sonofm.pretrain.loggers import read_metrics
+from sonofm.train.loggers import read_metrics
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:

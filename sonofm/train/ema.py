@@ -1,39 +1,54 @@
-"""Exponential moving average of model weights (optional in pretraining and finetuning)."""
+"""Exponential moving average of model weights (optional in pretraining and finetuning).
+
+The averaging itself is timm's :class:`timm.utils.ModelEmaV3` (one fused ``lerp`` over all floating
+tensors per step, integer buffers copied, bf16 EMA tensors stochastically rounded); this class
+only fixes what sonofm needs around it:
+
+- a decay outside (0, 1) is an error, not a silently frozen or copied average;
+- the copy's parameters are frozen (it is never trained, so it never needs gradients);
+- :meth:`state_dict` / :meth:`load_state_dict` use the *model's own* key names, so
+  ``ema.safetensors`` loads into the model (and its encoder into timm) like ``model.safetensors``
+  does, and EMA checkpoints written by the earlier hand-written average still load
+  (``ModelEmaV3.state_dict()`` would prefix every key with ``module.``).
+
+The decay is constant (``update(model)`` without a step: no warm-up), as before.
+"""
 
 from __future__ import annotations
 
-import copy
-
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
+
+__all__ = ["ModelEMA"]
 
 
 class ModelEMA:
-    """Keeps ``decay``-averaged copies of a model's parameters and buffers on the same device."""
+    """``decay``-averaged copy of a model's parameters and buffers, on the model's device."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
+        self._ema = ModelEmaV3(model, decay=decay)
+        for p in self._ema.module.parameters():
             p.requires_grad_(False)
+
+    @property
+    def decay(self) -> float:
+        return self._ema.decay
+
+    @property
+    def module(self) -> nn.Module:
+        """The averaged model (in eval mode); evaluate or export it like the model itself."""
+        return self._ema.module
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """``ema = decay * ema + (1 - decay) * model`` for floating tensors (one fused ``lerp`` over all of
-        them: a few kernels per step instead of two per tensor), a copy for integer buffers."""
-        source = model.state_dict()
-        targets, values = [], []
-        for name, target in self.module.state_dict().items():
-            value = source[name].detach()
-            if target.dtype.is_floating_point:
-                targets.append(target)
-                values.append(value.to(target.dtype))
-            else:
-                target.copy_(value)
-        if targets:
-            torch._foreach_lerp_(targets, values, 1.0 - self.decay)
+        """``ema = decay * ema + (1 - decay) * model`` (floating tensors), a copy for integer buffers.
+
+        ``model`` must be the same architecture, unwrapped (not DDP / compiled wrappers: timm pairs
+        the two state dicts by position)."""
+        self._ema.update(model)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()

@@ -8,12 +8,13 @@ group's rate by it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["decays", "param_groups"]
+__all__ = ["decays", "param_groups", "adamw"]
 
 
 def decays(name: str, param: nn.Parameter) -> bool:
@@ -46,3 +47,10 @@ def param_groups(
         group["params"].append(p)
         group["names"].append(name)
     return [groups[k] for k in sorted(groups)]
+
+
+def adamw(groups: list[dict[str, Any]], lr: float, betas: Sequence[float], fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over ``groups`` (from :func:`param_groups`); ``fused`` selects the fused kernel, which the
+    fast path asks for on CUDA only (:class:`sonofm.train.fast.FastPath`). The parameters may still
+    be on the CPU here: the fused kernel checks their device at the first step."""
+    return torch.optim.AdamW(groups, lr=lr, betas=(float(betas[0]), float(betas[1])), fused=True if fused else None)

@@ -1,0 +1,56 @@
+"""The Accelerate set-up both loops share: one :class:`~accelerate.Accelerator` per run.
+
+- ``precision`` is Accelerate's ``mixed_precision`` (``no``, ``bf16``, ``fp16``). ``fp16`` uses
+  Accelerate's gradient scaler, which Accelerate makes only on CUDA: without one, fp16 autocast
+  would not run and the run would silently be fp32, so it is refused instead.
+- Without CUDA the Accelerator is built with ``cpu=True``, so processes started by
+  ``accelerate launch --multi_gpu`` / ``torchrun`` form a gloo group (Accelerate's MULTI_CPU).
+- :func:`cpu_threads` sizes the intra-op thread pool of a CPU process so that the loader workers
+  keep a core each.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+from sonofm.errors import UserError
+
+__all__ = ["make_accelerator", "cpu_threads", "uses_fsdp"]
+
+
+def make_accelerator(precision: str) -> Accelerator:
+    """The run's Accelerator for ``precision`` (``no`` | ``bf16`` | ``fp16``); see the module doc."""
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    if accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
+        raise UserError(
+            f"precision=fp16 needs a CUDA device: Accelerate makes its gradient scaler only there (this run is on "
+            f"{accelerator.device.type}, where fp16 would silently train in fp32); use precision=bf16 or precision=no"
+        )
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not uses_fsdp(accelerator):
+        accelerator.print(f"note: --use_fsdp has no effect here: Accelerate shards with FSDP only on accelerator "
+                          f"devices, this run is {accelerator.distributed_type.value} on {accelerator.device.type}")
+    return accelerator
+
+
+def uses_fsdp(accelerator: Accelerator) -> bool:
+    """Whether Accelerate shards the model with FSDP (``accelerate launch --use_fsdp``).
+
+    Accelerate 1.x activates FSDP only on accelerator devices: on a CPU-only machine
+    (``cpu=True``, MULTI_CPU) ``--use_fsdp`` is ignored and the processes run DDP."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def cpu_threads(accelerator: Accelerator, num_workers: int) -> int | None:
+    """On CPU, leave a core to each loader worker: oversubscribed intra-op threads spin and can make a
+    step many times slower. An explicit ``OMP_NUM_THREADS`` always wins. Returns the threads set
+    (``None`` when nothing was changed)."""
+    if accelerator.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # processes on this machine
+    threads = max(1, (os.cpu_count() or 1) // local - num_workers)
+    torch.set_num_threads(threads)
+    return threads
