@@ -517,10 +517,27 @@ def task_specs_from_shards(
     split has labels, else ``seg`` (``num_classes`` classes, background included). ``classes``: the
     index's label vocabulary, else the built-in taxonomy's, else the sorted labels seen. ``organ``:
     the index's taxonomy entry (``unlabelled`` when unknown); ``nature``: ``tumour`` for a labelled
-    set, else ``organ``. A set without an index is described by one pass over its metadata.
+    set, else ``organ``. A set without an index is described by one pass over its metadata. A folder
+    holding several sources of different organs (e.g. ``shards/shared``) is one dataset per source
+    (its ``{source}.index.json``), each with that folder's task and weight.
     """
     from sonofm.datasets.shard_discovery import shard_indexes
+    from sonofm.datasets.shard_index import index_files
     from sonofm.finetune.data import split_size
+
+    expanded: list[tuple[str, str | None, float | None]] = []
+    for i, p in enumerate(paths):
+        task_i = tasks[i] if tasks is not None else None
+        weight_i = weights[i] if weights is not None else None
+        files = index_files(str(p)) if Path(str(p)).is_dir() else []
+        organs_here = {str((x.get("taxonomy", {}).get("source") or {}).get("organ")) for x in shard_indexes(str(p))}
+        if len(files) > 1 and len(organs_here) > 1:
+            expanded += [(str(f), task_i, weight_i) for f in files]
+        else:
+            expanded.append((str(p), task_i, weight_i))
+    paths = [e[0] for e in expanded]
+    tasks = [e[1] for e in expanded]
+    weights = [e[2] for e in expanded] if weights is not None else None
 
     specs = []
     for i, p in enumerate(paths):
@@ -537,6 +554,8 @@ def task_specs_from_shards(
         else:
             scan = _scan(p, train_split)
             sources, organs, labels, vocab = scan["sources"], scan["organs"], scan["labels"], []
+        for missing in (UNLABELLED, "None"):  # how indexes count samples without a label (older ones: "None")
+            labels.pop(missing, None)
         organs = organs or {UNLABELLED}
         name = next(iter(sources)) if len(sources) == 1 else (Path(p.rstrip("/")).name or f"dataset{i}")
         if len(organs) != 1:
