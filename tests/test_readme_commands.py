@@ -165,6 +165,18 @@ def _run(launcher: list[str], argv: list[str], root: Path) -> subprocess.Complet
     return subprocess.run(cmd, cwd=root / "work", env=env, capture_output=True, text=True, timeout=900)
 
 
+#: Stages that end by naming what they wrote (checked: every such path exists).
+SAYS_WHAT_IT_WROTE = ("shards build", "shards inspect", "pretrain", "probe", "finetune seg", "finetune universal",
+                      "export", "quickstart")
+
+
+def named_paths(printed: str, work: Path) -> list[Path]:
+    """The files and folders a command's output names: absolute ones inside ``work`` and the
+    working-folder-relative ``runs/``, ``shards/``, ``exports/`` ones."""
+    found = re.findall(rf"({re.escape(str(work))}/[^\s:;,'\"()]+|(?<![\w/.])(?:runs|shards|exports)/[^\s:;,'\"()]*)", printed)
+    return [Path(p.rstrip(".")) if Path(p).is_absolute() else work / p.rstrip(".") for p in found]
+
+
 def test_readme_lists_the_commands_this_test_knows() -> None:
     commands = readme_commands(README.read_text())
     assert len(commands) >= 12, commands
@@ -191,6 +203,11 @@ def test_every_readme_command_runs_as_written(workspace: Path) -> None:
             continue
         done = _run(launcher, argv, workspace)
         assert done.returncode == 0, f"README line failed: {line}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        if _command_of(argv) in SAYS_WHAT_IT_WROTE and "--dry-run" not in argv:
+            named = named_paths(done.stdout, workspace / "work")
+            assert named, f"{line}: the output names no file or folder it wrote:\n{done.stdout[-2000:]}"
+            missing = [str(p) for p in named if not p.exists()]
+            assert not missing, f"{line}: names {missing}, which do not exist"
         ran.append(line)
     work = workspace / "work"
     for made in ("shards/shared", "shards/mine", "runs/cpu_atto/checkpoints/last", "runs/probe/probe.json",
