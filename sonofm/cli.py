@@ -129,6 +129,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     _need(cfg.data.shards, "data.shards", "data.shards=[shards/shared]")
+    if cfg.logging.tensorboard:  # known before torch, the shards or a wandb run are touched
+        from sonofm.train.loggers import check_tensorboard
+
+        check_tensorboard()
     from sonofm.pretrain.engine import run_pretraining
 
     run_pretraining(cfg, resume=args.resume)

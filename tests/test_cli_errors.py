@@ -269,3 +269,25 @@ def test_adapter_option_values_are_one_line_errors(tmp_path: Path, capsys: pytes
     rc, err = _run(["shards", "build", "--source", f"folder:{tmp_path / 'imgs'}?labels=tags",
                     "--out", str(tmp_path / "out")], capsys)
     _one_line(rc, err, "shards build", "labels must be 'folder' or null", "'tags'")
+
+
+def test_missing_tensorboard_stops_before_anything_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``logging.tensorboard=true`` without TensorBoard: one line with the install command, before the
+    stage (and wandb) starts: no run folder is made."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    rc, err = _run(["pretrain", f"data.shards=[{shards}]", f"run_dir={tmp_path / 'run'}", "logging.tensorboard=true",
+                    "logging.wandb=true"], capsys)
+    _one_line(rc, err, "pretrain", "needs TensorBoard", 'pip install "sonofm[tensorboard]"')
+    assert not (tmp_path / "run").exists()
+    from sonofm.errors import UserError
+    from sonofm.train.loggers import MetricsLogger
+
+    with pytest.raises(UserError, match="needs TensorBoard"):  # the logger itself checks before wandb.init
+        MetricsLogger(tmp_path / "run2", wandb=True, tensorboard=True)
+    assert not (tmp_path / "run2" / "wandb").exists()

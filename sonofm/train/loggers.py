@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sonofm.atomic_io import write_text
+from sonofm.errors import UserError
 
 
 def _clean(value: Any) -> Any:
@@ -21,6 +22,17 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+TENSORBOARD_HINT = 'pip install "sonofm[tensorboard]" (or pip install tensorboard), or set logging.tensorboard=false'
+
+
+def check_tensorboard() -> None:
+    """Refuse ``logging.tensorboard=true`` when TensorBoard is not installed, saying how to install it."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise UserError(f"logging.tensorboard=true needs TensorBoard, which is not installed: {TENSORBOARD_HINT}")
 
 
 class MetricsLogger:
@@ -44,6 +56,8 @@ class MetricsLogger:
         self._tb = None
         if not enabled:
             return
+        if tensorboard:  # before wandb starts a run: a missing optional logger must not leave one behind
+            check_tensorboard()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step > 0 and self.path.exists():
             self._truncate_after(resume_step)
