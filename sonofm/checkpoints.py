@@ -177,6 +177,15 @@ def older_checkpoints(ckpt: Path) -> list[Path]:
     return sorted(p for p in ckpt.parent.glob("step-*") if p.name < ckpt.name and (p / STATE_FILE).is_file())
 
 
+def fallback_hint(ckpt: Path) -> str:
+    """What to do about a damaged checkpoint: resume from the previous complete one, if there is one."""
+    older = older_checkpoints(ckpt)
+    if older:
+        return (f"delete {ckpt} to resume from the previous complete checkpoint {older[-1]} with --resume auto "
+                f"(or pass --resume {older[-1]})")
+    return f"delete {ckpt} and start again (there is no earlier complete checkpoint)"
+
+
 def read_state(ckpt: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint's ``state.json`` (step, samples seen, what it was trained with), read without
     the weights; a missing or damaged file is a ``ValueError`` naming it."""

@@ -26,3 +26,19 @@ def shared_data() -> Path:
     if not root.is_dir():
         pytest.skip(f"real data not found at {root} (set SONOFM_SHARED_DATA)")
     return root
+
+
+def synthetic_shards(root: Path, n: int, seed: int, size: int, splits: dict[str, float] | None = None,
+                     samples_per_shard: int = 16) -> Path:
+    """Shards of ``n`` built-in synthetic images (``size`` px) under ``root/shards``, built the way
+    ``sonofm shards build`` does (one worker, no dedup, no progress bar)."""
+    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.source_specs import SourceSpec
+    from sonofm.datasets.synthetic import generate_corpus
+
+    generate_corpus(root / "corpus", n=n, seed=seed, size=size, progress=False)
+    out = root / "shards"
+    extra = {"split_fractions": splits} if splits is not None else {}
+    build_shards([SourceSpec(adapter="synthetic", root=root / "corpus")], out, max_side=size,
+                 samples_per_shard=samples_per_shard, workers=1, dedup=False, progress=False, **extra)
+    return out

@@ -14,20 +14,13 @@ from PIL import Image
 
 from sonofm.cli import main
 from sonofm.datasets.inspect import CAPTION, LEGEND, MASK_RGB, TILE, _caption_name
+from tests.conftest import synthetic_shards
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sonofm.datasets.build import build_shards
-    from sonofm.datasets.source_specs import SourceSpec
-    from sonofm.datasets.synthetic import generate_corpus
-
-    root = tmp_path_factory.mktemp("inspect")
-    generate_corpus(root / "corpus", n=24, seed=5, size=64, progress=False)
-    out = root / "shards"
-    build_shards([SourceSpec(adapter="synthetic", root=root / "corpus")], out, max_side=64,
-                 samples_per_shard=16, workers=1, dedup=False, progress=False)
-    return out
+    """Tiny synthetic shards (24 images, 64 px)."""
+    return synthetic_shards(tmp_path_factory.mktemp("inspect"), n=24, seed=5, size=64)
 
 
 def _read_only(folder: Path) -> None:

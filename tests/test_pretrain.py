@@ -20,23 +20,15 @@ import pytest
 from sonofm.checkpoints import latest_checkpoint, load_checkpoint
 from sonofm.config import PretrainConfig, load_config
 from sonofm.train.loggers import read_metrics
+from tests.conftest import synthetic_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def synth_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sonofm.datasets.build import build_shards
-    from sonofm.datasets.source_specs import SourceSpec
-    from sonofm.datasets.synthetic import generate_corpus
-
-    root = tmp_path_factory.mktemp("synth")
-    generate_corpus(root / "corpus", n=48, seed=1, size=96, progress=False)
-    out = root / "shards"
-    build_shards([SourceSpec(adapter="synthetic", root=root / "corpus")], out, max_side=96,
-                 samples_per_shard=8, split_fractions={"train": 1.0, "val": 0.0, "test": 0.0},
-                 workers=1, dedup=False, progress=False)
-    return out
+    """Tiny synthetic shards (48 images, 96 px)."""
+    return synthetic_shards(tmp_path_factory.mktemp("synth"), n=48, seed=1, size=96, splits={"train": 1.0, "val": 0.0, "test": 0.0}, samples_per_shard=8)
 
 
 def _overrides(shards: Path, run_dir: Path, **extra: object) -> list[str]:

@@ -9,21 +9,13 @@ from pathlib import Path
 import pytest
 
 from sonofm.cli import main
+from tests.conftest import synthetic_shards
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sonofm.datasets.build import build_shards
-    from sonofm.datasets.source_specs import SourceSpec
-    from sonofm.datasets.synthetic import generate_corpus
-
-    root = tmp_path_factory.mktemp("probe")
-    generate_corpus(root / "corpus", n=40, seed=3, size=64, progress=False)
-    out = root / "shards"
-    build_shards([SourceSpec(adapter="synthetic", root=root / "corpus")], out, max_side=64,
-                 samples_per_shard=16, split_fractions={"train": 1.0, "val": 0.0, "test": 0.0},
-                 workers=1, dedup=False, progress=False)
-    return out
+    """Tiny synthetic shards (40 images, 64 px)."""
+    return synthetic_shards(tmp_path_factory.mktemp("probe"), n=40, seed=3, size=64, splits={"train": 1.0, "val": 0.0, "test": 0.0})
 
 
 def _groups(shards: Path, split: str) -> int:

@@ -43,9 +43,9 @@ from torch import Tensor, nn
 
 from sonofm.atomic_io import save_safetensors, temp_dir, write_json, write_text
 from sonofm.checkpoints import (
+    fallback_hint,
     latest_checkpoint,
     load_checkpoint,
-    older_checkpoints,
     read_state,
     resolve_checkpoint,
     save_checkpoint,
@@ -249,14 +249,6 @@ class _Metrics:
                 f.write(json.dumps(row) + "\n")
 
 
-def _fallback_hint(ckpt: Path) -> str:
-    older = older_checkpoints(ckpt)
-    if older:
-        return (f"delete {ckpt} to resume from the previous complete checkpoint {older[-1]} with --resume auto "
-                f"(or pass --resume {older[-1]})")
-    return f"delete {ckpt} and start again (there is no earlier complete checkpoint)"
-
-
 def _load_for_resume(ckpt: Path, rank: int, identity: dict[str, Any]) -> dict[str, Any]:
     """Read a checkpoint to resume, refusing one made for another encoder / task before reading weights."""
     from sonofm.models.loading import IncompatibleCheckpointError
@@ -264,7 +256,7 @@ def _load_for_resume(ckpt: Path, rank: int, identity: dict[str, Any]) -> dict[st
     try:
         state = read_state(ckpt)
     except ValueError as e:
-        raise UnreadableFileError(f"{e}; {_fallback_hint(ckpt)}") from e
+        raise UnreadableFileError(f"{e}; {fallback_hint(ckpt)}") from e
     for key, mine in identity.items():
         theirs = state.get(key)
         if theirs is not None and theirs != mine:
@@ -275,7 +267,7 @@ def _load_for_resume(ckpt: Path, rank: int, identity: dict[str, Any]) -> dict[st
     try:
         return load_checkpoint(ckpt, rank=rank)
     except ValueError as e:
-        raise UnreadableFileError(f"{e}; {_fallback_hint(ckpt)}") from e
+        raise UnreadableFileError(f"{e}; {fallback_hint(ckpt)}") from e
 
 
 # --------------------------------------------------------------------------- the loop

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 
 from sonofm.checkpoints import (
     MODEL_FILE,
+    fallback_hint,
     load_checkpoint,
-    older_checkpoints,
     read_state,
     resolve_checkpoint,
 )
@@ -170,7 +170,7 @@ def _load_for_resume(ckpt: Path, model_cfg: ModelConfig, data: DataConfig, rank:
     try:
         state = read_state(ckpt)
     except ValueError as e:
-        raise UnreadableFileError(f"{e}; {_fallback_hint(ckpt)}") from e
+        raise UnreadableFileError(f"{e}; {fallback_hint(ckpt)}") from e
     for key, mine in (("model", model_cfg.name), ("in_chans", model_cfg.in_chans)):
         theirs = state.get(key)
         if theirs is not None and theirs != mine:
@@ -185,16 +185,7 @@ def _load_for_resume(ckpt: Path, model_cfg: ModelConfig, data: DataConfig, rank:
     try:
         return load_checkpoint(ckpt, rank=rank)
     except ValueError as e:  # load_checkpoint names the file that is truncated, corrupt or refused
-        raise UnreadableFileError(f"{e}; {_fallback_hint(ckpt)}") from e
-
-
-def _fallback_hint(ckpt: Path) -> str:
-    """What to do about a damaged checkpoint: the previous complete one, if there is one."""
-    older = older_checkpoints(ckpt)
-    if older:
-        return (f"delete {ckpt} to resume from the previous complete checkpoint {older[-1]} with --resume auto "
-                f"(or pass --resume {older[-1]})")
-    return f"delete {ckpt} and start again (there is no earlier complete checkpoint)"
+        raise UnreadableFileError(f"{e}; {fallback_hint(ckpt)}") from e
 
 
 def _load_weights(model: PretrainModel, loaded: dict[str, Any], ckpt: Path, run_dir: Path) -> None:
