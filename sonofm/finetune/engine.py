@@ -55,7 +55,9 @@ from sonofm.checkpoints import (
 from sonofm.errors import UnreadableFileError, UserError
 from sonofm.faults import maybe_kill
 from sonofm.finetune.lr_decay import layer_decay_groups
+from sonofm.train.accel import make_accelerator
 from sonofm.train.ema import ModelEMA
+from sonofm.train.guard import NonFiniteGuard, NonFiniteLossError
 from sonofm.train.schedule import apply_lr, lr_at, scaled_lr
 
 __all__ = [
@@ -72,10 +74,6 @@ __all__ = [
 
 LossFn = Callable[[nn.Module, dict[str, Any], int, int], tuple[Tensor, dict[str, Any]]]
 EvalFn = Callable[[nn.Module, int, bool], dict[str, Any]]
-
-
-class NonFiniteLossError(UserError, FloatingPointError):
-    """The loss became NaN or infinite: finetuning stops before the weights change."""
 
 
 @dataclass
@@ -132,28 +130,6 @@ class BatchSource(Protocol):
 
 
 # --------------------------------------------------------------------------- set-up
-
-
-def make_accelerator(precision: str = "no", find_unused_parameters: bool = False, cpu: bool | None = None) -> Any:
-    """An Accelerator for finetuning: CPU (gloo between processes) when there is no CUDA device
-    (or ``cpu=True``). ``find_unused_parameters``: DDP for models whose steps use some heads only.
-
-    Accelerate keeps one precision per process; a single (not launched) process that finetunes
-    at another precision than before (a test suite, a notebook) gets its state rebuilt.
-    """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    if precision not in ("no", "bf16", "fp16"):
-        raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {precision!r}")
-    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
-    if AcceleratorState._shared_state and PartialState().num_processes == 1:
-        state = AcceleratorState()
-        if state.mixed_precision != precision or (state.device.type == "cpu") != cpu:
-            AcceleratorState._reset_state()
-    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
-    return Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=handlers)
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, layer_decay: float = 1.0,
@@ -321,8 +297,8 @@ def run_loop(
     last step, on every rank, with the EMA module when EMA is on; the best score's weights go to
     ``out_dir/best/`` with ``best_meta``. ``identity``: values a resumed checkpoint must match.
     """
-    accelerator = accelerator if accelerator is not None else make_accelerator(settings.precision,
-                                                                               find_unused_parameters)
+    accelerator = accelerator if accelerator is not None else make_accelerator(
+        settings.precision, find_unused_parameters, require_scaler=False)  # refused below, with the hint
     if settings.steps < 1:
         raise ValueError(f"steps must be >= 1, got {settings.steps}")
     if settings.accum_steps < 1:
@@ -409,13 +385,13 @@ def run_loop(
         evals.append({"step": step, "score": float(res["score"])})
 
     t0 = time.time()
+    guard = NonFiniteGuard(accelerator)
     accum = settings.accum_steps
     model.train()
     try:
         for step in range(start_step, settings.steps):
             lr = lr_at(step, settings.steps, settings.lr, settings.warmup_steps, settings.min_lr)
             apply_lr(optimizer, lr)
-            nonfinite = torch.zeros((), device=accelerator.device)
             step_loss = torch.zeros((), device=accelerator.device)
             row_fields: dict[str, Any] = {}
             for micro in range(accum):
@@ -426,17 +402,11 @@ def run_loop(
                 with sync:
                     with accelerator.autocast():
                         loss, f = loss_fn(model, batch, step, micro)
-                    nonfinite += (~torch.isfinite(loss.detach())).float()
+                    guard.add(loss)
                     accelerator.backward(loss / accum)
                 step_loss += loss.detach().float() / accum
                 row_fields = f if micro == 0 else row_fields
-            if world > 1:
-                nonfinite = accelerator.reduce(nonfinite, reduction="sum")
-            if float(nonfinite) > 0:
-                where = f" ({row_fields['dataset']})" if "dataset" in row_fields else ""
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step + 1}{where}: stopping before the weights change. Lower the "
-                    "learning rate, check the data, or resume from the last checkpoint with --resume auto")
+            guard.check(step, out / "checkpoints" if out is not None else "the last checkpoint")
             if settings.clip_grad:
                 accelerator.clip_grad_norm_(model.parameters(), settings.clip_grad)
             optimizer.step()

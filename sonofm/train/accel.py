@@ -22,10 +22,29 @@ from sonofm.errors import UserError
 __all__ = ["make_accelerator", "cpu_threads", "uses_fsdp"]
 
 
-def make_accelerator(precision: str) -> Accelerator:
-    """The run's Accelerator for ``precision`` (``no`` | ``bf16`` | ``fp16``); see the module doc."""
-    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
-    if accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
+def make_accelerator(precision: str, find_unused_parameters: bool = False, cpu: bool | None = None,
+                     require_scaler: bool = True) -> Accelerator:
+    """The run's Accelerator for ``precision`` (``no`` | ``bf16`` | ``fp16``); see the module doc.
+
+    ``cpu``: force the CPU (default: when there is no CUDA). ``find_unused_parameters``: DDP for
+    models whose steps use some heads only (finetuning). Accelerate keeps one precision per process;
+    a single, not launched process that trains at another precision than before (a test suite, a
+    notebook) gets its state rebuilt. ``require_scaler=False`` returns an fp16 Accelerator without
+    a scaler (for a caller that supplies one, e.g. a CPU emulation in tests) instead of refusing it.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"precision must be 'no', 'bf16' or 'fp16', got {precision!r}")
+    cpu = (not torch.cuda.is_available()) if cpu is None else cpu
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        state = AcceleratorState()
+        if state.mixed_precision != precision or (state.device.type == "cpu") != cpu:
+            AcceleratorState._reset_state()
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
+    accelerator = Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=handlers)
+    if require_scaler and accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
         raise UserError(
             f"precision=fp16 needs a CUDA device: Accelerate makes its gradient scaler only there (this run is on "
             f"{accelerator.device.type}, where fp16 would silently train in fp32); use precision=bf16 or precision=no"
