@@ -7,6 +7,10 @@ Three steps, interleaved round-robin in one process so machine load affects them
 - ``plain``: unmasked ``timm`` forward_features + backward + AdamW step with a trivial loss
   (mean of squared features) on an identical encoder.
 
+All three run with the training core's default fast path (:mod:`sonofm.train.fast`: channels_last
+convolution weights and batch; fused AdamW only on CUDA), as the training loops do; ``--no-fast``
+runs them as stored by timm (NCHW weights, contiguous batch).
+
 Prints the median (and minimum) time of each and the ratios to ``plain`` (the issue aims
 full/plain <= 1.3). On a busy machine the minimum ratio is the steadier figure.
 
@@ -22,8 +26,10 @@ from collections.abc import Callable
 
 import torch
 
+from sonofm.config.schema import FastPathConfig
 from sonofm.models import PretrainModel, create_encoder
-from sonofm.train.optim import param_groups
+from sonofm.train.fast import conv_weights_channels_last, plan_fast_path
+from sonofm.train.optim import adamw, param_groups
 
 
 def _tree() -> dict:
@@ -70,18 +76,28 @@ def main() -> None:
     ap.add_argument("--decoder", default="fcmae", choices=["fcmae", "spark"])
     ap.add_argument("--dec-dim", type=int, default=512)
     ap.add_argument("--dec-out-stride", type=int, default=4, help="SparK decoder output stride (4, 2, 1)")
+    ap.add_argument("--no-fast", action="store_true", help="without the training core's fast path")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     images, field, targets = _batch(args.batch, args.img_size, gen)
+    fast = plan_fast_path(FastPathConfig(channels_last=not args.no_fast, fused_adamw=not args.no_fast),
+                          torch.device("cpu"))
+    if fast.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+        field = field.contiguous(memory_format=torch.channels_last)
+
+    def layout(model: torch.nn.Module) -> torch.nn.Module:
+        return model if args.no_fast else conv_weights_channels_last(model, same_bytes_only=not fast.channels_last)
 
     def pretrain(hier_weight: float) -> Callable[[], None]:
         torch.manual_seed(0)
         model = PretrainModel(args.model, img_size=args.img_size, decoder=args.decoder, dec_dim=args.dec_dim,
                               dec_out_stride=args.dec_out_stride, hier_weight=hier_weight, tree=_tree()).train()
-        opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
+        layout(model)
+        opt = adamw(param_groups(model, 0.05), 1e-4, (0.9, 0.95), fused=fast.fused_adamw)
         mask_gen = torch.Generator().manual_seed(1)
 
         def step() -> None:
@@ -94,8 +110,8 @@ def main() -> None:
 
     def plain() -> Callable[[], None]:
         torch.manual_seed(0)
-        enc = create_encoder(args.model, in_chans=1).train()
-        opt = torch.optim.AdamW(param_groups(enc, 0.05), lr=1e-4, betas=(0.9, 0.95))
+        enc = layout(create_encoder(args.model, in_chans=1).train())
+        opt = adamw(param_groups(enc, 0.05), 1e-4, (0.9, 0.95), fused=fast.fused_adamw)
         x = (images - 0.5) / 0.25
 
         def step() -> None:
@@ -116,7 +132,8 @@ def main() -> None:
             times[k].append(run())
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"model={args.model} img={args.img_size} batch={args.batch} decoder={args.decoder} "
-          f"dec_dim={args.dec_dim} threads={torch.get_num_threads()} iters={args.iters} (median, s/step)")
+          f"dec_dim={args.dec_dim} threads={torch.get_num_threads()} iters={args.iters} "
+          f"fast path: {'off' if args.no_fast else fast.describe()} (median, s/step)")
     print(f"{'step':<8} {'median_s':>9} {'min_s':>8} {'img/s':>8} {'vs plain':>9} {'vs plain (min)':>15}")
     low = {k: min(v) for k, v in times.items()}
     for k in runs:
