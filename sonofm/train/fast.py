@@ -23,6 +23,7 @@ is actually applied on this device (a :class:`FastPath`), each switch only where
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
@@ -102,11 +103,8 @@ def compile_unavailable(device: torch.device | str) -> str | None:
         cxx = os.environ.get("CXX") or "g++"
         if not (shutil.which(cxx) or shutil.which("clang++")):
             return f"torch.compile on CPU needs a C++ compiler and none was found ({cxx}, clang++)"
-    elif device.type == "cuda":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "torch.compile on CUDA needs triton, which is not installed"
+    elif device.type == "cuda" and importlib.util.find_spec("triton") is None:  # torch's CUDA wheels bring it
+        return "torch.compile on CUDA needs triton, which is not installed"
     return None
 
 
