@@ -343,7 +343,7 @@ def plot_pretrain_losses(runs: dict[str, Path], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    from sonofm.pretrain.loggers import read_metrics
+    from sonofm.train.loggers import read_metrics
 
     for name, run in runs.items():
         run, _ = locate_checkpoint(run)  # a run dir, or one of its checkpoints

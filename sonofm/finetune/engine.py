@@ -58,6 +58,7 @@ from sonofm.finetune.lr_decay import layer_decay_groups
 from sonofm.train.accel import make_accelerator
 from sonofm.train.ema import ModelEMA
 from sonofm.train.guard import NonFiniteGuard, NonFiniteLossError
+from sonofm.train.optim import adamw
 from sonofm.train.schedule import apply_lr, lr_at, scaled_lr
 
 __all__ = [
@@ -138,7 +139,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.05, laye
     groups = layer_decay_groups(model, weight_decay, layer_decay)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
-    return torch.optim.AdamW(groups, lr=lr, betas=(float(betas[0]), float(betas[1])))
+    return adamw(groups, lr, betas)
 
 
 def gather_results(local: list[dict[str, Any]], accelerator: Any | None, order: str = "order") -> list[dict[str, Any]]:
