@@ -179,10 +179,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from sonofm.quickstart import run_quickstart
 
-    run_quickstart(data=args.data, out=args.out, small=args.small)
+    run_quickstart(data=args.data, out=args.out, small=args.small, seeds=args.seeds)
     return 0
 
 
@@ -272,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="folder of real datasets in known layouts (e.g. ../shared/data)")
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--small", action="store_true", help="a reduced run (a minute or two) for tests")
+    p.add_argument("--seeds", type=_positive_int, default=1, metavar="N",
+                   help="pretrain and evaluate with seeds 0..N-1, report mean ± sd over seeds and which "
+                   "pretrained-vs-random gaps exceed that spread (each seed takes about as long as one run; "
+                   "seed 0's folders are the ones a single run writes)")
     p.set_defaults(func=_cmd_quickstart)
     return parser
 

@@ -132,6 +132,7 @@ def test_rerun_through_cli_reuses_finished_stages(small_run: tuple[dict, Path, s
     text = proc.stdout
     assert "keeping the complete corpus" in text
     assert "up to date" in text  # shard builder skipped every source
+    assert "one seed: pretrained ahead of random on" in text and "--seeds 3" in text
     assert "run already complete" in text  # pretraining resumed at its last step
     assert text.count("reusing ") == 4  # 2 probes + 2 segmentations
     assert seg_report.stat().st_mtime_ns == before
@@ -139,6 +140,94 @@ def test_rerun_through_cli_reuses_finished_stages(small_run: tuple[dict, Path, s
     rows = _table_rows(text)
     assert set(rows) == {"encoder", "pretrained", "random"}
     assert rows["pretrained"] == _table_rows(summary["table"])["pretrained"]
+
+
+def test_more_seeds_reuse_seed_0_and_report_the_spread(small_run: tuple[dict, Path, str]) -> None:
+    """``seeds=2`` in a one-seed run's folder: seed 0 is reused as it is, seed 1 is trained under ``seed-1``,
+    every cell becomes mean ± sd over the two seeds and the conclusion is about the seed spread."""
+    import contextlib
+    import io
+    import statistics
+
+    from sonofm.quickstart import report
+
+    summary, out, _ = small_run
+    seg0 = Path(summary["seg"]["synthetic lesion"]["pretrained"])
+    before = seg0.stat().st_mtime_ns
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        two = run_quickstart(out=out, small=True, seeds=2)
+    printed = buf.getvalue()
+    assert seg0.stat().st_mtime_ns == before, "seed 0's results are reused"
+    assert printed.count("reusing ") == 4  # seed 0: 2 probes + 2 segmentations; seed 1 computes its own
+    seed1 = out / "seed-1"
+    assert latest_checkpoint(seed1 / "pretrain") is not None
+    for enc in ("pretrained", "random"):
+        _nonempty(seed1 / "probe" / "synthetic" / enc / "probe.json")
+        _nonempty(seed1 / "seg" / "synthetic_lesion" / enc / "report.json")
+    assert [p["seed"] for p in two["per_seed"]] == [0, 1]
+    s0, s1 = (p["scores"] for p in two["per_seed"])
+    assert s0["synthetic lesion dice"]["pretrained"] == pytest.approx(json.loads(seg0.read_text())["final"]["dice"])
+    assert s0 != s1, "a seed changes the pretraining, the random init and the finetuning"
+
+    rows = _table_rows(two["table"])
+    for enc in ("pretrained", "random"):
+        assert all("±" in cell for cell in rows[enc]), rows[enc]
+        dice = [p["scores"]["synthetic lesion dice"][enc] for p in two["per_seed"]]
+        assert rows[enc][3] == f"{statistics.mean(dice):.3f} ± {statistics.stdev(dice):.3f}"
+    assert "mean ± sample sd over 2 seeds" in two["footnote"]
+    assert two["conclusion"].startswith("over 2 seeds, pretrained beats random beyond the seed spread")
+    assert two["conclusion"] in printed and two["table"] in printed
+    assert set(two["pretrained_beats_random"]) == set(s0)
+    for key, gaps in report.gaps([report.scores(*_reports(out, k)) for k in (0, 1)]).items():
+        assert two["pretrained_beats_random"][key.key] == report.clear_gap(gaps)
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert results and all("mean ± sd over 2 seeds" in r["protocol"] and r["std"] is not None for r in results)
+    assert str(seed1) in printed, "the other seeds' folders are named"
+    _png(out / "comparison.png")
+
+
+def _reports(out: Path, seed: int) -> tuple[dict, dict]:
+    """The probe and segmentation reports one seed of the small run wrote, as the report functions take them."""
+    root = out if seed == 0 else out / f"seed-{seed}"
+    probes = {"synthetic": {e: json.loads((root / "probe" / "synthetic" / e / "probe.json").read_text())
+                            for e in ("pretrained", "random")}}
+    segs = {"synthetic lesion": {}}
+    for e in ("pretrained", "random"):
+        rep = json.loads((root / "seg" / "synthetic_lesion" / e / "report.json").read_text())
+        segs["synthetic lesion"][e] = {**rep, "hd95_unit": "mm"}
+    return probes, segs
+
+
+def test_a_gap_is_clear_only_when_every_seed_agrees_and_it_exceeds_twice_its_spread() -> None:
+    from sonofm.quickstart.report import Score, clear_gap, conclusion
+
+    assert clear_gap([0.10, 0.12, 0.11])
+    assert not clear_gap([0.12]), "one seed cannot tell"
+    assert not clear_gap([0.20, 0.15, -0.01]), "one seed behind"
+    assert not clear_gap([0.02, 0.20, 0.05]), "mean 0.09 < 2 sd (0.19)"
+    dice = Score("t", "seg", "dice", "seg Dice")
+    hd = Score("t", "seg", "hd95", "seg HD95 (mm)", higher_is_better=False, digits=1)
+    seeds = [{dice: {"pretrained": 0.50, "random": 0.35}, hd: {"pretrained": 20.0, "random": 18.0}},
+             {dice: {"pretrained": 0.48, "random": 0.36}, hd: {"pretrained": 15.0, "random": 30.0}},
+             {dice: {"pretrained": 0.49, "random": 0.34}, hd: {"pretrained": 17.0, "random": 33.0}}]
+    text, clear = conclusion(seeds)
+    assert clear == {"t dice": True, "t hd95": False}  # HD95: lower is better, and seed 0 is behind
+    assert "on 1 of 2 scores: seg Dice +0.140 ± 0.017" in text
+    assert "not beyond the spread" in text and "seg HD95 (mm) +9.7 ± 10.1" in text
+    text, ahead = conclusion(seeds[:1])
+    assert ahead == {"t dice": True, "t hd95": False}
+    assert text.startswith("one seed: pretrained ahead of random on 1 of 2 scores") and "--seeds 3" in text
+
+
+def test_seeds_must_be_a_whole_number_of_at_least_one(tmp_path: Path) -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="seeds must be a whole number >= 1"):
+            run_quickstart(out=tmp_path / "out", small=True, seeds=bad)  # type: ignore[arg-type]
+    assert not (tmp_path / "out").exists(), "refused before any work"
+    proc = subprocess.run([sys.executable, "-m", "sonofm", "quickstart", "--seeds", "0", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "expected a whole number >= 1, got '0'" in proc.stderr, proc.stderr
 
 
 def test_other_recipe_in_same_folder_is_refused(small_run: tuple[dict, Path, str]) -> None:

@@ -47,6 +47,7 @@ from sonofm.quickstart.stages import (
     pretrain_stage,
     probe,
     safe_name,
+    seed_root,
     seg,
 )
 
@@ -59,43 +60,62 @@ def _latest(folder: Path, pattern: str) -> Path | None:
 
 
 def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/quickstart",
-                   small: bool = False) -> dict[str, Any]:
+                   small: bool = False, seeds: int = 1) -> dict[str, Any]:
     """Run the whole pipeline (see the module docstring); returns the summary written to ``out/summary.json``.
 
     ``data``: a folder holding real datasets in known layouts (None: the built-in synthetic corpus).
     ``small``: the reduced plan (a minute or two on 2 CPU cores) used by the test suite.
+    ``seeds``: pretrain and evaluate with seeds 0 .. seeds-1 and report mean ± sd over them, and which
+    pretrained-vs-random gaps exceed that spread (each seed costs about one more run).
     """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a whole number >= 1, got {seeds!r}")
     os.environ.setdefault("WANDB_MODE", "offline")
     plan = SMALL if small else FULL
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     workers = 1 if small else max(1, min(4, os.cpu_count() or 1))
     stage = Stages(7)
-    print(f"sonofm quickstart ({plan.name} run) -> {out}")
-    check_same_recipe(pretrain_config(out, [], plan), ignore=("data.shards",))  # fail before any work
+    print(f"sonofm quickstart ({plan.name} run{'' if seeds == 1 else f', {seeds} seeds'}) -> {out}")
+    for k in range(seeds):  # fail before any work
+        check_same_recipe(pretrain_config(out, [], plan, seed=k), ignore=("data.shards",))
 
     shard_sets, tasks, data_desc = data_stage(out, None if data is None else str(data), plan, workers, stage)
-    cfg = pretrain_config(out, shard_sets, plan)
-    run_dir = pretrain_stage(cfg, stage)
+    per_seed: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    run_dirs: list[Path] = []
+    cfg = None
+    for k in range(seeds):
+        tag = "" if seeds == 1 else f", seed {k} ({k + 1} of {seeds})"
+        cfg_k = pretrain_config(out, shard_sets, plan, seed=k)
+        cfg = cfg or cfg_k
+        run_dirs.append(pretrain_stage(cfg_k, stage, suffix=tag))
+        encoders = {"pretrained": str(run_dirs[-1]), "random": RANDOM_SPEC}
+        stage(f"probes: linear + kNN on frozen features, pretrained vs random encoder, held-out test split{tag}",
+              number=4)
+        probes = {t.name: r for t in tasks if t.kind == "probe" for r in [probe(t, encoders, out, plan, k)] if r}
+        stage(f"segmentation: UPerNet, {plan.seg_steps} steps per encoder, Dice / HD95 on the held-out test "
+              f"split{tag}", number=5)
+        segs = {t.name: r for t in tasks if t.kind == "seg" for r in [seg(t, encoders, out, plan, k)] if r}
+        if not probes and not segs:
+            raise RuntimeError("no downstream task could be evaluated (see the messages above)")
+        per_seed.append((probes, segs))
+    run_dir = run_dirs[0]
     encoders = {"pretrained": str(run_dir), "random": RANDOM_SPEC}
+    probes, segs = per_seed[0]
 
-    stage("probes: linear + kNN on frozen features, pretrained vs random encoder, held-out test split")
-    probes = {t.name: r for t in tasks if t.kind == "probe" for r in [probe(t, encoders, out, plan)] if r}
-    stage(f"segmentation: UPerNet, {plan.seg_steps} steps per encoder, Dice / HD95 on the held-out test split")
-    segs = {t.name: r for t in tasks if t.kind == "seg" for r in [seg(t, encoders, out, plan)] if r}
-    if not probes and not segs:
-        raise RuntimeError("no downstream task could be evaluated (see the messages above)")
-
-    table, results = report.table(probes, segs, encoders)
+    if seeds == 1:
+        table, results = report.table(probes, segs, encoders)
+    else:
+        table, results = report.seeds_table(per_seed, encoders)
     results_path = out / "results.json"
     write_json(results_path, results)
-    stage("export: timm backbone + model card")
+    stage("export: timm backbone + model card" + ("" if seeds == 1 else " (seed 0's backbone)"), number=6)
     from sonofm.export import export_backbone
 
     export_dir = export_backbone(run_dir, out / "export", results=results_path)
 
-    stage("summary")
-    comparison = report.comparison_figure(probes, segs, out / "comparison.png")
+    stage("summary", number=7)
+    comparison = report.comparison_figure(per_seed, out / "comparison.png")
     paths: dict[str, Any] = {
         "reconstruction grid": _latest(run_dir / "samples", "step-*.png"),
         "loss curve": run_dir / "plots" / "loss.png",
@@ -105,13 +125,15 @@ def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike
         "exported backbone": export_dir,
         "results": results_path,
     }
-    footnote = report.footnote(cfg, shard_sets, data_desc, plan)
-    wins = report.wins(probes, segs)
+    if seeds > 1:
+        paths["other seeds (pretraining, probes, segmentation)"] = [seed_root(out, k) for k in range(1, seeds)]
+    footnote = report.footnote(cfg, shard_sets, data_desc, plan, seeds)
+    per_seed_scores = [report.scores(p, s) for p, s in per_seed]
+    conclusion, wins = report.conclusion(per_seed_scores)
     print()
     print(table)
     print(footnote)
-    print(f"pretrained beats random on {sum(wins.values())} of {len(wins)} scores"
-          + ("" if all(wins.values()) else f" (not on: {', '.join(k for k, v in wins.items() if not v)})"))
+    print(conclusion)
     print("\nfigures and outputs:")
     for name, p in paths.items():
         if isinstance(p, list):
@@ -131,7 +153,11 @@ def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike
         "table": table,
         "footnote": footnote,
         "results": results,
+        "seeds": seeds,
+        "conclusion": conclusion,
         "pretrained_beats_random": wins,
+        "per_seed": [{"seed": k, "run_dir": str(d), "scores": {s.key: v for s, v in sc.items()}}
+                     for k, (d, sc) in enumerate(zip(run_dirs, per_seed_scores))],
         "probe": {t: {e: str(out / "probe" / safe_name(t) / e / "probe.json") for e in encoders} for t in probes},
         "seg": {t: {e: str(out / "seg" / safe_name(t) / e / "report.json") for e in encoders} for t in segs},
         "paths": {k: [str(q) for q in v] if isinstance(v, list) else str(v) for k, v in paths.items()},

@@ -4,6 +4,7 @@ the footnote saying what was trained and evaluated on which split."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +24,76 @@ def _ms(d: dict[str, Any] | None) -> str:
     return f"{d['mean']:.3f} ± {d['std']:.3f}"
 
 
+@dataclass(frozen=True)
+class Score:
+    """One headline number of a quickstart run: where it comes from, its table column, which way is better."""
+
+    task: str
+    method: str  # "linear" or "knn" (probes), "seg"
+    metric: str  # "balanced_accuracy", "auroc", "dice", "hd95"
+    column: str  # e.g. "probe bal. acc" (the task is prefixed when a run has several tasks)
+    higher_is_better: bool = True
+    digits: int = 3
+
+    @property
+    def key(self) -> str:
+        """Its name in ``summary.json``, e.g. ``synthetic linear balanced_accuracy``, ``synthetic lesion dice``."""
+        return f"{self.task} {self.metric}" if self.method == "seg" else f"{self.task} {self.method} {self.metric}"
+
+
+_PROBE_SCORES = (("linear", "balanced_accuracy", "probe bal. acc"), ("linear", "auroc", "probe AUROC"),
+                 ("knn", "balanced_accuracy", "kNN bal. acc"))
+
+
+def scores(probes: dict[str, dict], segs: dict[str, dict]) -> dict[Score, dict[str, float]]:
+    """The headline numbers of one seed, ``{score: {encoder: value}}`` (probes: the mean over folds)."""
+    single = len(probes) + len(segs) <= 2
+    out: dict[Score, dict[str, float]] = {}
+    for task, reps in probes.items():
+        p = "" if single else f"{task} "
+        for method, metric, column in _PROBE_SCORES:
+            out[Score(task, method, metric, p + column)] = {
+                e: float("nan") if (v := r["methods"][method]["summary"][metric]["mean"]) is None else float(v)
+                for e, r in reps.items()}
+    for task, reps in segs.items():
+        p = "" if single else f"{task} "
+        unit = next(iter(reps.values()))["hd95_unit"]
+        out[Score(task, "seg", "dice", f"{p}seg Dice")] = {e: float(r["final"]["dice"]) for e, r in reps.items()}
+        out[Score(task, "seg", "hd95", f"{p}seg HD95 ({unit})", higher_is_better=False, digits=1)] = {
+            e: hd95(r) for e, r in reps.items()}
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value), NaNs left out."""
+    v = [x for x in values if not math.isnan(x)]
+    if not v:
+        return float("nan"), float("nan")
+    m = sum(v) / len(v)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0)
+
+
+def _render(headers: list[str], cells: dict[str, list[str]]) -> str:
+    encoders = list(cells)
+    width = max(len(e) for e in encoders)
+    cols = [max(len(h), *(len(cells[e][i]) for e in encoders)) for i, h in enumerate(headers)]
+    lines = [f"| {'encoder':<{width}} | " + " | ".join(h.ljust(w) for h, w in zip(headers, cols)) + " |",
+             f"|{'-' * (width + 2)}|" + "|".join("-" * (w + 2) for w in cols) + "|"]
+    for enc in encoders:
+        lines.append(f"| {enc:<{width}} | " + " | ".join(c.rjust(w) for c, w in zip(cells[enc], cols)) + " |")
+    return "\n".join(lines)
+
+
 def table(probes: dict[str, dict], segs: dict[str, dict], encoders: dict[str, str]) -> tuple[str, dict]:
-    """Markdown table (rows: encoders) and the same numbers as results records for the model card
-    (:data:`sonofm.model_card.RESULTS_FORMAT`: each number with its task, data, split and protocol)."""
+    """Markdown table of one seed (rows: encoders; probes: mean ± std over folds) and the same numbers as
+    results records for the model card (:data:`sonofm.model_card.RESULTS_FORMAT`: each number with its
+    task, data, split and protocol)."""
     from sonofm.model_card import RESULTS_FORMAT, result_record
 
-    single = len(probes) + len(segs) <= 2
-    headers: list[str] = []
+    headers = [s.column for s in scores(probes, segs)]
     cells: dict[str, list[str]] = {e: [] for e in encoders}
     records: list[dict[str, Any]] = []
     for task, reps in probes.items():
-        p = "" if single else f"{task} "
-        headers += [f"{p}probe bal. acc", f"{p}probe AUROC", f"{p}kNN bal. acc"]
         for enc in encoders:
             m = reps[enc]["methods"]
             cells[enc] += [_ms(m["linear"]["summary"]["balanced_accuracy"]), _ms(m["linear"]["summary"]["auroc"]),
@@ -47,9 +106,7 @@ def table(probes: dict[str, dict], segs: dict[str, dict], encoders: dict[str, st
                     records.append(result_record("classification", task, "test", protocol, enc, metric,
                                                  m[method]["summary"][metric], reps[enc].get("n_samples")))
     for task, reps in segs.items():
-        p = "" if single else f"{task} "
         unit = next(iter(reps.values()))["hd95_unit"]
-        headers += [f"{p}seg Dice", f"{p}seg HD95 ({unit})"]
         for enc in encoders:
             f = reps[enc]["final"]
             cells[enc] += [f"{f['dice']:.3f}", f"{hd95(reps[enc]):.1f}"]
@@ -57,67 +114,116 @@ def table(probes: dict[str, dict], segs: dict[str, dict], encoders: dict[str, st
             for metric, value in (("dice", f["dice"]), ("iou", f["iou"]), (f"hd95_{unit}", hd95(reps[enc]))):
                 records.append(result_record("segmentation", task, "test", protocol, enc, metric, value,
                                              f.get("n")))
-    width = max(len(e) for e in encoders)
-    cols = [max(len(h), *(len(cells[e][i]) for e in encoders)) for i, h in enumerate(headers)]
-    lines = [f"| {'encoder':<{width}} | " + " | ".join(h.ljust(w) for h, w in zip(headers, cols)) + " |",
-             f"|{'-' * (width + 2)}|" + "|".join("-" * (w + 2) for w in cols) + "|"]
-    for enc in encoders:
-        lines.append(f"| {enc:<{width}} | " + " | ".join(c.rjust(w) for c, w in zip(cells[enc], cols)) + " |")
-    return "\n".join(lines), {"format": RESULTS_FORMAT, "results": records}
+    return _render(headers, cells), {"format": RESULTS_FORMAT, "results": records}
 
 
-def wins(probes: dict[str, dict], segs: dict[str, dict]) -> dict[str, bool]:
-    """Per metric: does the pretrained encoder beat the random one?"""
-    out = {}
-    for task, reps in probes.items():
-        for method, metric in (("linear", "balanced_accuracy"), ("linear", "auroc"), ("knn", "balanced_accuracy")):
-            a, b = (reps[e]["methods"][method]["summary"][metric]["mean"] for e in ("pretrained", "random"))
-            out[f"{task} {method} {metric}"] = a is not None and b is not None and a > b
-    for task, reps in segs.items():
-        out[f"{task} dice"] = reps["pretrained"]["final"]["dice"] > reps["random"]["final"]["dice"]
-        out[f"{task} hd95"] = hd95(reps["pretrained"]) < hd95(reps["random"])
-    return out
+def seeds_table(per_seed: list[tuple[dict[str, dict], dict[str, dict]]], encoders: dict[str, str]) -> tuple[str, dict]:
+    """Markdown table over seeds (each cell: mean ± sample sd over the seeds of that seed's headline number)
+    and its results records (each seed's records, averaged record by record); ``per_seed``: ``(probes,
+    segs)`` of each seed."""
+    from sonofm.model_card import RESULTS_FORMAT
+
+    n = len(per_seed)
+    by_seed = [scores(p, s) for p, s in per_seed]
+    cells: dict[str, list[str]] = {e: [] for e in encoders}
+    for score in by_seed[0]:
+        for enc in encoders:
+            mean, std = _mean_std([s[score][enc] for s in by_seed])
+            cells[enc].append(f"{mean:.{score.digits}f} ± {std:.{score.digits}f}")
+    records = []
+    for recs in zip(*(table(p, s, encoders)[1]["results"] for p, s in per_seed)):
+        mean, std = _mean_std([r["mean"] for r in recs])
+        mean_of = " (its mean)" if recs[0]["std"] is not None else ""
+        records.append({**recs[0], "protocol": f"{recs[0]['protocol']}{mean_of}; mean ± sd over {n} seeds",
+                        "mean": mean, "std": std})
+    return _render([s.column for s in by_seed[0]], cells), {"format": RESULTS_FORMAT, "results": records}
 
 
-def comparison_figure(probes: dict[str, dict], segs: dict[str, dict], path: Path) -> Path:
-    """Grouped bars, pretrained vs random, for every probe and segmentation score in [0, 1]."""
+def gaps(per_seed: list[dict[Score, dict[str, float]]]) -> dict[Score, list[float]]:
+    """Per score, pretrained minus random in each seed, signed so that a positive gap favours pretrained."""
+    return {score: [(s[score]["pretrained"] - s[score]["random"]) * (1 if score.higher_is_better else -1)
+                    for s in per_seed] for score in per_seed[0]}
+
+
+def clear_gap(values: list[float]) -> bool:
+    """Pretrained ahead beyond the seed spread: ahead in every seed, and the mean gap more than twice its
+    sample standard deviation over the seeds (a new seed, or another machine, then lands ahead too in
+    about 98 runs of 100 if the gaps are roughly normal). Never true for one seed: one run cannot tell."""
+    mean, std = _mean_std(values)
+    return len(values) > 1 and all(v > 0 for v in values) and mean - 2 * std > 0
+
+
+def conclusion(per_seed: list[dict[Score, dict[str, float]]]) -> tuple[str, dict[str, bool]]:
+    """The closing sentence (what the comparison does and does not show) and, per score, whether the
+    pretrained encoder is ahead (one seed) or ahead beyond the seed spread (several)."""
+    g = gaps(per_seed)
+    n = len(per_seed)
+
+    def fmt(score: Score, values: list[float]) -> str:
+        mean, std = _mean_std(values)
+        return f"{score.column} {mean:+.{score.digits}f}" + (f" ± {std:.{score.digits}f}" if n > 1 else "")
+
+    if n == 1:
+        ahead = {s.key: v[0] > 0 for s, v in g.items()}
+        listed = ", ".join(fmt(s, v) for s, v in g.items())
+        return (f"one seed: pretrained ahead of random on {sum(ahead.values())} of {len(ahead)} scores (gaps, + favours "
+                f"pretrained: {listed});\na single seed cannot tell a gap from seed-to-seed variation (another machine "
+                "or seed moves these numbers): `sonofm quickstart --seeds 3` reports mean ± std over seeds and which "
+                "gaps exceed that spread", ahead)
+    clear = {s.key: clear_gap(v) for s, v in g.items()}
+    beyond = [fmt(s, v) for s, v in g.items() if clear[s.key]]
+    within = [fmt(s, v) for s, v in g.items() if not clear[s.key]]
+    text = (f"over {n} seeds, pretrained beats random beyond the seed spread (ahead in every seed, mean gap > 2 sd) on "
+            f"{len(beyond)} of {len(clear)} scores" + (f": {', '.join(beyond)}" if beyond else ""))
+    if within:
+        text += f";\nnot beyond the spread (gap, + favours pretrained, ± sd over seeds): {', '.join(within)}"
+    return text, clear
+
+
+def comparison_figure(per_seed: list[tuple[dict[str, dict], dict[str, dict]]], path: Path) -> Path:
+    """Grouped bars, pretrained vs random, for every score in [0, 1]: one seed's numbers with the fold
+    spread of its probes, or the mean over seeds with the seed spread and each seed as a dot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names: list[str] = []
-    vals: dict[str, list[tuple[float, float]]] = {"pretrained": [], "random": []}
-    for task, reps in probes.items():
-        for method, metric, label in (("linear", "balanced_accuracy", "linear bal. acc"),
-                                      ("linear", "auroc", "linear AUROC"), ("knn", "balanced_accuracy", "kNN bal. acc")):
-            names.append(f"{task}\n{label}")
-            for enc in vals:
-                s = reps[enc]["methods"][method]["summary"][metric]
-                vals[enc].append((s["mean"] if s["mean"] is not None else float("nan"), s["std"] or 0.0))
-    for task, reps in segs.items():
-        names.append(f"{task}\nseg Dice")
-        for enc in vals:
-            vals[enc].append((reps[enc]["final"]["dice"], 0.0))
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 1.5), 3.8))
+    n = len(per_seed)
+    by_seed = [scores(p, s) for p, s in per_seed]
+    shown = [s for s in by_seed[0] if s.higher_is_better]  # HD95 is not in [0, 1]
+    probes = per_seed[0][0]
+    fold_std = {(s.key, e): probes[s.task][e]["methods"][s.method]["summary"][s.metric]["std"] or 0.0
+                for s in shown if s.method != "seg" for e in probes[s.task]}
+    label = {"probe bal. acc": "linear bal. acc", "probe AUROC": "linear AUROC"}
+    names = [f"{s.task}\n{label.get(s.column.removeprefix(s.task + ' '), s.column.removeprefix(s.task + ' '))}"
+             for s in shown]
+    x = np.arange(len(shown))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(shown) + 1.5), 3.8))
     for i, (enc, colour) in enumerate((("pretrained", "tab:blue"), ("random", "tab:gray"))):
-        mean = [v[0] for v in vals[enc]]
-        std = [v[1] for v in vals[enc]]
-        ax.bar(x + (i - 0.5) * 0.38, mean, 0.38, yerr=std, capsize=3, color=colour, label=f"{enc} encoder")
+        values = [[s[score][enc] for s in by_seed] for score in shown]
+        stats = [_mean_std(v) for v in values]
+        err = [st[1] for st in stats] if n > 1 else [fold_std.get((score.key, enc), 0.0) for score in shown]
+        pos = x + (i - 0.5) * 0.38
+        ax.bar(pos, [st[0] for st in stats], 0.38, yerr=err, capsize=3, color=colour, label=f"{enc} encoder")
+        if n > 1:
+            for xi, v in zip(pos, values):
+                ax.scatter(np.full(len(v), xi), v, s=9, color="black", zorder=3)
     ax.set_xticks(x, names, fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.15)
     ax.set_ylabel("score (higher is better)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("quickstart: pretrained vs random convnextv2_atto (held-out test groups)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper right", ncol=2)
+    spread = (f"bars: mean over {n} seeds, error bars: sd over seeds, dots: each seed" if n > 1
+              else "one seed; probe error bars: sd over folds")
+    ax.set_title(f"quickstart: pretrained vs random convnextv2_atto on held-out test groups\n{spread}", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)
 
 
-def footnote(cfg: Any, shard_sets: list[Path], data_desc: str, plan: Plan) -> str:
-    """What pretraining saw (train split counts from the shard indexes) and how evaluation used the test split."""
+def footnote(cfg: Any, shard_sets: list[Path], data_desc: str, plan: Plan, seeds: int = 1) -> str:
+    """What pretraining saw (train split counts from the shard indexes), how evaluation used the test split,
+    and what the ± means."""
     from sonofm.datasets.shards import load_indexes
 
     n_train = g_train = 0
@@ -130,8 +236,12 @@ def footnote(cfg: Any, shard_sets: list[Path], data_desc: str, plan: Plan) -> st
         f"saw only the TRAIN split ({n_train} images of {g_train} groups) - its hierarchical classifier also "
         "trained on their labels;",
         "evaluation uses held-out groups only: probes = linear (logistic regression) and kNN on frozen features, "
-        f"group-aware {plan.probe_folds}-fold CV (fewer if fewer groups) over the TEST split, mean ± std over folds;",
+        f"group-aware {plan.probe_folds}-fold CV (fewer if fewer groups) over the TEST split"
+        + (", mean ± std over folds;" if seeds == 1 else ", each seed's mean over folds;"),
         f"segmentation = UPerNet finetuned {plan.seg_steps} steps on the TRAIN split's masks, Dice / HD95 on the TEST "
         "split's images with a foreground, at their stored size. random = the same architecture, random init.",
     ]
+    if seeds > 1:
+        lines.append(f"Every cell: mean ± sample sd over {seeds} seeds (0..{seeds - 1}); a seed sets the pretraining "
+                     "(init, data order, masks), the random encoder's init, the probes' folds and the finetuning.")
     return "\n".join(lines)

@@ -30,8 +30,9 @@ class Stages:
         s = int(time.perf_counter() - self.t0)
         return f"{s // 60}:{s % 60:02d}"
 
-    def __call__(self, title: str) -> None:
-        self.i += 1
+    def __call__(self, title: str, number: int | None = None) -> None:
+        """Print the header of the next stage, or of stage ``number`` again (the per-seed stages repeat)."""
+        self.i = self.i + 1 if number is None else number
         print(f"\n[quickstart {self.i}/{self.total}] {title} (elapsed {self.elapsed()})", flush=True)
 
 
@@ -112,12 +113,20 @@ def data_stage(out: Path, data: str | None, plan: Plan, workers: int, stage: Sta
 # ------------------------------------------------------------------------------------ pretraining
 
 
-def pretrain_config(out: Path, shard_sets: list[Path], plan: Plan) -> Any:
-    """The quickstart recipe with the plan's overrides, pretraining on the train split of ``shard_sets``."""
+def seed_root(out: Path, seed: int) -> Path:
+    """Where one seed's pretraining, probes and segmentation go: ``out`` itself for seed 0 (the run the
+    README's next commands use), ``out/seed-<k>`` for the others."""
+    return out if seed == SEED else out / f"seed-{seed}"
+
+
+def pretrain_config(out: Path, shard_sets: list[Path], plan: Plan, seed: int = SEED) -> Any:
+    """The quickstart recipe with the plan's overrides, pretraining on the train split of ``shard_sets``
+    into ``seed_root(out, seed)/pretrain`` with that seed."""
     from sonofm.config import PretrainConfig, load_config
 
     cfg = load_config(PretrainConfig, RECIPE, [f"{k}={v}" for k, v in plan.pretrain.items()])
-    cfg.run_dir = str(out / "pretrain")
+    cfg.seed = seed
+    cfg.run_dir = str(seed_root(out, seed) / "pretrain")
     cfg.data.shards = [str(p) for p in shard_sets]
     cfg.data.split = "train"
     return cfg
@@ -148,7 +157,7 @@ def check_same_recipe(cfg: Any, ignore: tuple[str, ...] = ()) -> None:
         )
 
 
-def pretrain_stage(cfg: Any, stage: Stages) -> Path:
+def pretrain_stage(cfg: Any, stage: Stages, suffix: str = "") -> Path:
     """Pretrain (or resume, or find complete) the run in ``cfg.run_dir``; its folder."""
     from sonofm.checkpoints import latest_checkpoint
     from sonofm.pretrain.engine import run_pretraining
@@ -156,7 +165,7 @@ def pretrain_stage(cfg: Any, stage: Stages) -> Path:
     check_same_recipe(cfg)
     stage(f"pretraining {cfg.model.name} on the train split: {cfg.steps} steps of {cfg.data.batch_size} images "
           f"at {cfg.data.img_size} px, mask ratio {cfg.masking.ratio}, hierarchical classifier weight "
-          f"{cfg.hierarchy.weight} (resumes from {cfg.run_dir}/checkpoints when present)")
+          f"{cfg.hierarchy.weight}{suffix} (resumes from {cfg.run_dir}/checkpoints when present)", number=3)
     import torch
 
     threads = torch.get_num_threads()
@@ -185,8 +194,11 @@ def _split(shards: Path, split: str, binary_mask: bool = False) -> list[Any]:
     return samples_from_shards(shards, split, binary_mask)
 
 
-def probe(task: Task, encoders: dict[str, str], out: Path, plan: Plan) -> dict[str, Any]:
-    """Linear + kNN probes of every encoder on the task's test split; returns reports by encoder."""
+def probe(task: Task, encoders: dict[str, str], out: Path, plan: Plan, seed: int = SEED) -> dict[str, Any]:
+    """Linear + kNN probes of every encoder on the task's test split; returns reports by encoder.
+
+    ``seed`` seeds the random encoder's initialisation, the cross-validation folds and the probes; the
+    reports go under ``seed_root(out, seed)/probe``."""
     from sonofm.evaluation.probe import run_probe
     from sonofm.finetune.data import iterate_batches
 
@@ -203,21 +215,24 @@ def probe(task: Task, encoders: dict[str, str], out: Path, plan: Plan) -> dict[s
     reports = {}
     n_batches = math.ceil(len(samples) / 32)
     for enc, spec in encoders.items():
-        folder = out / "probe" / safe_name(task.name) / enc
+        folder = seed_root(out, seed) / "probe" / safe_name(task.name) / enc
         key = {"weights": weights_id(spec), "size": plan.eval_size, "folds": folds, "n": len(samples),
-               "shards": str(task.shards), "seed": SEED}
+               "shards": str(task.shards), "seed": seed}
 
         def compute(spec: str = spec, folder: Path = folder, enc: str = enc) -> dict[str, Any]:
             batches = _bar(iterate_batches(samples, plan.eval_size, 32), n_batches, f"features {enc}")
-            return run_probe(spec, batches, folder, classes=classes, folds=folds, seed=SEED,
+            return run_probe(spec, batches, folder, classes=classes, folds=folds, seed=seed,
                              data_id=f"{task.shards}:test:{plan.eval_size}", print_table=False)
 
         reports[enc] = reuse(folder, "probe.json", key, compute)
     return reports
 
 
-def seg(task: Task, encoders: dict[str, str], out: Path, plan: Plan) -> dict[str, Any]:
-    """UPerNet finetuning per encoder on the train split; metrics on test images with a foreground."""
+def seg(task: Task, encoders: dict[str, str], out: Path, plan: Plan, seed: int = SEED) -> dict[str, Any]:
+    """UPerNet finetuning per encoder on the train split; metrics on test images with a foreground.
+
+    ``seed`` seeds the initialisation (decoder, and the random encoder), batch order and augmentation;
+    the reports go under ``seed_root(out, seed)/seg``."""
     from sonofm.finetune.seg_train import run_seg_finetune
 
     train = [s for s in _split(task.shards, "train", binary_mask=True) if s.mask is not None]
@@ -232,17 +247,17 @@ def seg(task: Task, encoders: dict[str, str], out: Path, plan: Plan) -> dict[str
           f"{plan.seg_steps} steps of {plan.seg_batch} at {plan.eval_size} px; HD95 in {'mm' if mm else 'px'}")
     reports = {}
     for enc, spec in encoders.items():
-        folder = out / "seg" / safe_name(task.name) / enc
+        folder = seed_root(out, seed) / "seg" / safe_name(task.name) / enc
         key = {"weights": weights_id(spec), "size": plan.eval_size, "steps": plan.seg_steps,
                "batch": plan.seg_batch, "lr": plan.seg_lr, "channels": plan.seg_channels,
-               "n_train": len(train), "n_test": len(test), "shards": str(task.shards), "seed": SEED,
+               "n_train": len(train), "n_test": len(test), "shards": str(task.shards), "seed": seed,
                "loss": "ce + per-image soft dice"}
 
         def compute(spec: str = spec, folder: Path = folder, enc: str = enc) -> dict[str, Any]:
             return run_seg_finetune(
                 spec, train, test, folder, img_size=plan.eval_size, steps=plan.seg_steps, batch_size=plan.seg_batch,
                 lr=plan.seg_lr, warmup_steps=max(1, plan.seg_steps // 10), eval_every=0,
-                decoder_channels=plan.seg_channels, seed=SEED, n_overlays=plan.n_overlays, progress=f"seg {enc}",
+                decoder_channels=plan.seg_channels, seed=seed, n_overlays=plan.n_overlays, progress=f"seg {enc}",
             )
 
         rep = reuse(folder, "report.json", key, compute)
