@@ -20,7 +20,8 @@ import torch
 
 from sonofm.evaluation.probe import write_json
 from sonofm.finetune.seg_train import run_seg_finetune
-from sonofm.quickstart import FULL, RANDOM_SPEC, _split
+from sonofm.quickstart.plan import FULL, RANDOM_SPEC
+from sonofm.quickstart.stages import _split
 
 
 def main() -> None:
