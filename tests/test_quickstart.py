@@ -182,7 +182,15 @@ def test_more_seeds_reuse_seed_0_and_report_the_spread(small_run: tuple[dict, Pa
     for key, gaps in report.gaps([report.scores(*_reports(out, k)) for k in (0, 1)]).items():
         assert two["pretrained_beats_random"][key.key] == report.clear_gap(gaps)
     results = json.loads((out / "results.json").read_text())["results"]
-    assert results and all("mean ± sd over 2 seeds" in r["protocol"] and r["std"] is not None for r in results)
+    own = [r for r in results if r["encoder"] in ("pretrained", "random")]  # the exported backbone: seed 0
+    spread = [r for r in results if r["encoder"] in ("pretrained, 2 seeds", "random, 2 seeds")]
+    assert len(own) == len(spread) == len(results) / 2
+    assert all("seeds" not in r["protocol"] for r in own)
+    assert all("mean ± sd over 2 seeds" in r["protocol"] and r["std"] is not None for r in spread)
+    dice = next(r for r in own if r["encoder"] == "pretrained" and r["metric"] == "Dice")
+    assert dice["mean"] == pytest.approx(s0["synthetic lesion dice"]["pretrained"])
+    card = (out / "export" / "README.md").read_text()
+    assert "pretrained, 2 seeds" in card
     assert str(seed1) in printed, "the other seeds' folders are named"
     _png(out / "comparison.png")
 

@@ -119,8 +119,8 @@ def table(probes: dict[str, dict], segs: dict[str, dict], encoders: dict[str, st
 
 def seeds_table(per_seed: list[tuple[dict[str, dict], dict[str, dict]]], encoders: dict[str, str]) -> tuple[str, dict]:
     """Markdown table over seeds (each cell: mean ± sample sd over the seeds of that seed's headline number)
-    and its results records (each seed's records, averaged record by record); ``per_seed``: ``(probes,
-    segs)`` of each seed."""
+    and the results records for the model card: seed 0's own (the exported backbone), then each of them
+    averaged over the seeds (encoder ``"pretrained, N seeds"``); ``per_seed``: ``(probes, segs)`` of each seed."""
     from sonofm.model_card import RESULTS_FORMAT
 
     n = len(per_seed)
@@ -130,12 +130,13 @@ def seeds_table(per_seed: list[tuple[dict[str, dict], dict[str, dict]]], encoder
         for enc in encoders:
             mean, std = _mean_std([s[score][enc] for s in by_seed])
             cells[enc].append(f"{mean:.{score.digits}f} ± {std:.{score.digits}f}")
-    records = []
-    for recs in zip(*(table(p, s, encoders)[1]["results"] for p, s in per_seed)):
+    own = [table(p, s, encoders)[1]["results"] for p, s in per_seed]
+    records = list(own[0])
+    for recs in zip(*own):
         mean, std = _mean_std([r["mean"] for r in recs])
         mean_of = " (its mean)" if recs[0]["std"] is not None else ""
-        records.append({**recs[0], "protocol": f"{recs[0]['protocol']}{mean_of}; mean ± sd over {n} seeds",
-                        "mean": mean, "std": std})
+        records.append({**recs[0], "encoder": f"{recs[0]['encoder']}, {n} seeds", "mean": mean, "std": std,
+                        "protocol": f"{recs[0]['protocol']}{mean_of}; mean ± sd over {n} seeds"})
     return _render([s.column for s in by_seed[0]], cells), {"format": RESULTS_FORMAT, "results": records}
 
 
