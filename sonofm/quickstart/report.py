@@ -200,7 +200,11 @@ def comparison_figure(per_seed: list[tuple[dict[str, dict], dict[str, dict]]], p
     names = [f"{s.task}\n{label.get(s.column.removeprefix(s.task + ' '), s.column.removeprefix(s.task + ' '))}"
              for s in shown]
     x = np.arange(len(shown))
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(shown) + 1.5), 3.8))
+    width = max(5.0, 1.3 * len(shown) + 1.5)
+    if n > 1:  # second panel: the gap of every seed, the thing the conclusion is about
+        fig, (ax, gx) = plt.subplots(1, 2, figsize=(2 * width, 3.9), gridspec_kw={"width_ratios": [1, 1]})
+    else:
+        fig, ax = plt.subplots(figsize=(width, 3.8))
     for i, (enc, colour) in enumerate((("pretrained", "tab:blue"), ("random", "tab:gray"))):
         values = [[s[score][enc] for s in by_seed] for score in shown]
         stats = [_mean_std(v) for v in values]
@@ -218,6 +222,20 @@ def comparison_figure(per_seed: list[tuple[dict[str, dict], dict[str, dict]]], p
     spread = (f"bars: mean over {n} seeds, error bars: sd over seeds, dots: each seed" if n > 1
               else "one seed; probe error bars: sd over folds")
     ax.set_title(f"quickstart: pretrained vs random convnextv2_atto on held-out test groups\n{spread}", fontsize=9)
+    if n > 1:
+        g = gaps(by_seed)
+        for xi, score in zip(x, shown):
+            mean, std = _mean_std(g[score])
+            colour = "tab:green" if clear_gap(g[score]) else "tab:orange"
+            gx.errorbar([xi], [mean], yerr=[2 * std], fmt="s", color=colour, capsize=5, markersize=6)
+            gx.scatter(np.full(len(g[score]), xi + 0.15), g[score], s=12, color="black", zorder=3)
+        gx.axhline(0.0, color="black", lw=0.8)
+        gx.set_xticks(x, names, fontsize=8)
+        gx.set_xlim(-0.5, len(shown) - 0.5)
+        gx.set_ylabel("pretrained - random")
+        gx.grid(axis="y", alpha=0.3)
+        gx.set_title("gap per seed (dots); mean ± 2 sd over seeds: green = beyond the spread,\n"
+                     "orange = not (HD95, lower is better, is in the table)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)
 
