@@ -4,6 +4,7 @@ the footnote saying what was trained and evaluated on which split."""
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     v = [x for x in values if not math.isnan(x)]
     if not v:
         return float("nan"), float("nan")
-    m = sum(v) / len(v)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0)
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
 
 
 def _render(headers: list[str], cells: dict[str, list[str]]) -> str:
