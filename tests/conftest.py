@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,14 @@ def synthetic_shards(root: Path, n: int, seed: int, size: int, splits: dict[str,
     build_shards([SourceSpec(adapter="synthetic", root=root / "corpus")], out, max_side=size,
                  samples_per_shard=samples_per_shard, workers=1, dedup=False, progress=False, **extra)
     return out
+
+
+def two_cpu_processes(port: int) -> list[str]:
+    """``accelerate launch`` of 2 processes on this machine, ending in ``-m`` (the module follows).
+
+    ``--multi_gpu`` makes accelerate start them with torchrun; without CUDA the engines build their
+    Accelerator with ``cpu=True``, so they form a gloo group (MULTI_CPU). ``--cpu`` alone would start a
+    single process unless MPI is installed. ``port``: distinct per test, so two launches never collide."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), "-m"]

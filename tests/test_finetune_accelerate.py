@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from tests.conftest import two_cpu_processes
+
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
 
@@ -274,9 +276,7 @@ def test_two_processes_read_different_data_and_report_one_process_metrics(shards
     from sonofm.models.loading import load_encoder
 
     run = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", "29533", "-m"]
+    launcher = two_cpu_processes(29533)
     _finetune(_args(shards, run, steps=4, eval_every=0, log_keys="true"), launcher=launcher)
     keys = {r: [line.split("\t")[1].split(",") for line in (run / "keys" / f"rank{r}.txt").read_text().splitlines()]
             for r in (0, 1)}

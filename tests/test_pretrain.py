@@ -20,7 +20,7 @@ import pytest
 from sonofm.checkpoints import latest_checkpoint, load_checkpoint
 from sonofm.config import PretrainConfig, load_config
 from sonofm.train.loggers import read_metrics
-from tests.conftest import synthetic_shards
+from tests.conftest import synthetic_shards, two_cpu_processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,12 +154,7 @@ def test_kill_during_checkpoint_write_keeps_last_complete(synth_shards: Path, tm
 @pytest.mark.slow
 def test_two_process_accelerate_launch(synth_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
-    # `--multi_gpu` makes accelerate start the processes with torchrun; on a machine without CUDA the
-    # engine builds its Accelerator with cpu=True, so they form a gloo group (MULTI_CPU).
-    # (`--cpu` alone would start a single process unless MPI is installed.)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", "29517", "-m"]
+    launcher = two_cpu_processes(29517)
     proc = _run(_overrides(synth_shards, run, steps=20, **{"logging.log_keys": "true", "checkpoint.every": 10}),
                 launcher=launcher)
     # DDP compares each gradient's strides with its bucket view's: conv kernels stored NCHW while timm's

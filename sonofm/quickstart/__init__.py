@@ -83,11 +83,9 @@ def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike
     shard_sets, tasks, data_desc = data_stage(out, None if data is None else str(data), plan, workers, stage)
     per_seed: list[tuple[dict[str, Any], dict[str, Any]]] = []
     run_dirs: list[Path] = []
-    cfg = None
     for k in range(seeds):
         tag = "" if seeds == 1 else f", seed {k} ({k + 1} of {seeds})"
         cfg_k = pretrain_config(out, shard_sets, plan, seed=k)
-        cfg = cfg or cfg_k
         run_dirs.append(pretrain_stage(cfg_k, stage, suffix=tag))
         encoders = {"pretrained": str(run_dirs[-1]), "random": RANDOM_SPEC}
         stage(f"probes: linear + kNN on frozen features, pretrained vs random encoder, held-out test split{tag}",
@@ -99,6 +97,7 @@ def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike
         if not probes and not segs:
             raise RuntimeError("no downstream task could be evaluated (see the messages above)")
         per_seed.append((probes, segs))
+    cfg = pretrain_config(out, shard_sets, plan)  # seed 0's, for the footnote (every seed has its sizes)
     run_dir = run_dirs[0]
     encoders = {"pretrained": str(run_dir), "random": RANDOM_SPEC}
     probes, segs = per_seed[0]
