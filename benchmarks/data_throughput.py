@@ -12,7 +12,7 @@ Then peak RSS of the stream reading N and 10 N samples (each in a fresh subproce
 shards, so 10 N reads about ten times as many shards): it must not grow with the data read.
 
 Shards come from ``--shards DIR`` or are built from ``--originals`` (BUSI by default) with
-``sonofm.datasets.build.build_shards`` (or a minimal writer of this script when that is missing).
+``sonofm.datasets.build.orchestrate.build_shards`` (or a minimal writer of this script when that is missing).
 
     python benchmarks/data_throughput.py --num-workers 2 --samples 1000
 """
@@ -38,8 +38,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from sonofm.datasets.augment import AugmentConfig, augment_sample
-from sonofm.datasets.stream import StreamSpec, discover_shards, make_train_loader
+from sonofm.datasets.stream.augment import AugmentConfig, augment_sample
+from sonofm.datasets.stream.loader import StreamSpec, discover_shards, make_train_loader
 from sonofm.paths import shared_data_dir
 
 MASK_RE = re.compile(r"_mask(_\d+)?$")
@@ -88,14 +88,14 @@ def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def build(originals: Path, out: Path, per_shard: int, own_writer: bool) -> str:
     if not own_writer:
         try:
-            from sonofm.datasets.build import build_shards
+            from sonofm.datasets.build.orchestrate import build_shards
         except ImportError:
             own_writer = True
     if own_writer:
         minimal_shards(originals_of(originals), out, per_shard)
         return "minimal writer of this benchmark (original pixels, split 'train' = all)"
     build_shards([f"busi:{originals}"], out, samples_per_shard=per_shard, workers=2, progress=False)
-    return "sonofm.datasets.build.build_shards (field crop, max_side 512, group splits)"
+    return "sonofm.datasets.build.orchestrate.build_shards (field crop, max_side 512, group splits)"
 
 
 def decode_only(shards: list[tuple[str, int]], limit: int) -> tuple[int, float, tuple[float, float]]:

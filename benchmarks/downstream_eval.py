@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sonofm.datasets.adapters import get_adapter
-from sonofm.datasets.splits import stratified_group_kfold
+from sonofm.datasets.build.splits import stratified_group_kfold
+from sonofm.datasets.sources.adapters import get_adapter
 from sonofm.evaluation.probe import run_probe, write_json
 from sonofm.finetune.data import iterate_batches, load_samples
 from sonofm.finetune.seg_train import run_seg_finetune

@@ -33,8 +33,8 @@ def build(n: int, size: int, out: Path) -> Path:
     shards = out / f"shards-{n}"
     if (shards / ".done").is_file():
         return shards
-    from sonofm.datasets.build import build_shards
-    from sonofm.datasets.source_specs import SourceSpec
+    from sonofm.datasets.build.orchestrate import build_shards
+    from sonofm.datasets.sources.specs import SourceSpec
     from sonofm.datasets.synthetic import generate_corpus
 
     generate_corpus(out / f"corpus-{n}", n=n, seed=0, size=size, progress=False)

@@ -189,7 +189,7 @@ def _measure(step: Callable[[dict[str, Any], int], None], batch: dict[str, Any],
 
 
 def _build_shards(root: Path, n: int, size: int) -> Path:
-    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.build.orchestrate import build_shards
     from sonofm.datasets.synthetic import generate_corpus
 
     generate_corpus(root / "corpus", n=n, seed=1, size=size, progress=False)
@@ -201,7 +201,7 @@ def _build_shards(root: Path, n: int, size: int) -> Path:
 def _data_wait(shards: Path, name: str, img_size: int, batch: int, workers: int, device: torch.device,
                precision: str, warmup: int, steps: int) -> dict[str, float]:
     """``full`` steps fed by the real stream: the share of wall time spent waiting for the next batch."""
-    from sonofm.datasets.stream import StreamSpec, make_train_loader, shard_indexes
+    from sonofm.datasets.stream.loader import StreamSpec, make_train_loader, shard_indexes
     from sonofm.datasets.taxonomy import Taxonomy
 
     fast = plan_fast_path(FastPathConfig(), device)

@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 
-from sonofm.datasets import overlays
-from sonofm.datasets.field import detect_field
-from sonofm.datasets.preprocess import to_grayscale
+from sonofm.datasets.preprocess import overlays
+from sonofm.datasets.preprocess.field import detect_field
+from sonofm.datasets.preprocess.pipeline import to_grayscale
 from sonofm.paths import shared_data_dir
 
 WORDS = ["LT BREAST", "RT BREAST", "TRANS", "SAG", "LEFT", "RT UIQ", "LT AXILLA", "LONG", "12 O'CLOCK",

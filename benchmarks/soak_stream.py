@@ -34,15 +34,15 @@ from typing import Any
 import psutil
 import torch
 
-from sonofm.datasets.stream import StreamSpec, corrupt_counts, discover_shards, make_train_loader
+from sonofm.datasets.stream.loader import StreamSpec, corrupt_counts, discover_shards, make_train_loader
 
 MB = 1024 * 1024
 
 
 def build(source: str, n: int, max_side: int, out: Path) -> Path:
     """Shards of ``source`` (synthetic corpus of ``n`` images, or BUSI) with every sample in ``train``."""
-    from sonofm.datasets.build import build_shards
-    from sonofm.datasets.source_specs import SourceSpec
+    from sonofm.datasets.build.orchestrate import build_shards
+    from sonofm.datasets.sources.specs import SourceSpec
 
     if source == "synthetic":
         from sonofm.datasets.synthetic import generate_corpus

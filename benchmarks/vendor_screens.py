@@ -8,11 +8,11 @@ preprocessing leaves unblanked, in screen coordinates) against the true field, t
 UI pixels left in the output, and how many screens kept any UI pixel.
 
 Clips are scored twice: every frame detected on its own (what the build does today), and one
-field per clip from :func:`~sonofm.datasets.field.detect_clip_field` passed to ``preprocess``.
+field per clip from :func:`~sonofm.datasets.preprocess.field.detect_clip_field` passed to ``preprocess``.
 
     OMP_NUM_THREADS=1 python benchmarks/vendor_screens.py --n 20 --sheet docs/vendor_screens_crop.png
 
-``--baseline FILE`` runs the same with another ``field.py`` (e.g. ``git show REV:sonofm/datasets/field.py``)
+``--baseline FILE`` runs the same with another ``field.py`` (e.g. ``git show REV:sonofm/datasets/preprocess/field.py``)
 patched into preprocessing, for before/after tables.
 """
 
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sonofm.datasets import preprocess as pp
-from sonofm.datasets.adapters import get_adapter
-from sonofm.datasets.build_workers import clip_fields
-from sonofm.datasets.preprocess import preprocess
-from sonofm.datasets.records import Record
+from sonofm.datasets.build.workers import clip_fields
+from sonofm.datasets.preprocess import pipeline as pp
+from sonofm.datasets.preprocess.pipeline import preprocess
+from sonofm.datasets.sources.adapters import get_adapter
+from sonofm.datasets.sources.records import Record
 from sonofm.datasets.synthetic.screens import LAYOUTS, Screen, render_screen, score_field
 
 MAX_SIDE = 4096  # no resize: the kept mask is compared pixel for pixel with the truth
@@ -107,7 +107,7 @@ def run_video(screens: dict[tuple[str, int], Screen], work: Path) -> tuple[dict,
         sc = screens[(lay, s)]
         for rec in recs:
             _score(per_frame, lay, sc, kept_mask(preprocess(rec, max_side=MAX_SIDE), rec.image.shape[:2]))
-        # the shard build's own per-clip fields (sonofm.datasets.build.clip_fields)
+        # the shard build's own per-clip fields (sonofm.datasets.build.orchestrate.clip_fields)
         for rec, fld in zip(recs, clip_fields(recs)):
             _score(per_clip, lay, sc, kept_mask(preprocess(rec, max_side=MAX_SIDE, field=fld), rec.image.shape[:2]))
     return per_frame, per_clip

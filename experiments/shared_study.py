@@ -75,8 +75,8 @@ import torch
 from sonofm.atomic_io import write_json
 from sonofm.checkpoints import STATE_FILE, latest_checkpoint, locate_checkpoint, read_state
 from sonofm.config import PretrainConfig, load_config
+from sonofm.datasets.build.splits import stratified_group_kfold
 from sonofm.datasets.shards import base_key, iter_tar_samples, load_indexes
-from sonofm.datasets.splits import stratified_group_kfold
 from sonofm.evaluation.features import cached_features, extract_features, fingerprint
 from sonofm.evaluation.probe import cross_validate
 from sonofm.finetune.data import Sample, iterate_batches, samples_from_shards
@@ -147,7 +147,7 @@ def verify_no_test_leak(run_dir: Path, shards: Path) -> dict[str, Any]:
     resolves to are all indexed as train; train and test groups of every source are disjoint; the
     sample keys the run logged (``keys/rank*.txt``, when present) are all train keys.
     """
-    from sonofm.datasets.shard_discovery import discover_shards
+    from sonofm.datasets.shards.discovery import discover_shards
 
     run_dir, _ = locate_checkpoint(run_dir)  # a run dir, or one checkpoint inside <run>/checkpoints/
     data_cfg = load_config(PretrainConfig, run_dir / "config.yaml").data

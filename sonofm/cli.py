@@ -89,7 +89,7 @@ def _cmd_shards_build(args: argparse.Namespace) -> int:
     from sonofm.config import ShardsConfig, load_config
 
     cfg = load_config(ShardsConfig, args.config, args.overrides)
-    from sonofm.datasets.build import build_shards, parse_source_arg
+    from sonofm.datasets.build.orchestrate import build_shards, parse_source_arg
 
     sources = [*cfg.sources, *(args.source or [])]
     if not sources:
@@ -118,7 +118,7 @@ def _cmd_shards_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_shards_inspect(args: argparse.Namespace) -> int:
-    from sonofm.datasets.inspect import inspect_shards
+    from sonofm.datasets.shards.inspect import inspect_shards
 
     print(inspect_shards(args.dir, contact_sheet_dir=args.sheets))
     return 0

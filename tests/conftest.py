@@ -33,8 +33,8 @@ def synthetic_shards(root: Path, n: int, seed: int, size: int, splits: dict[str,
                      samples_per_shard: int = 16) -> Path:
     """Shards of ``n`` built-in synthetic images (``size`` px) under ``root/shards``, built the way
     ``sonofm shards build`` does (one worker, no dedup, no progress bar)."""
-    from sonofm.datasets.build import build_shards
-    from sonofm.datasets.source_specs import SourceSpec
+    from sonofm.datasets.build.orchestrate import build_shards
+    from sonofm.datasets.sources.specs import SourceSpec
     from sonofm.datasets.synthetic import generate_corpus
 
     generate_corpus(root / "corpus", n=n, seed=seed, size=size, progress=False)

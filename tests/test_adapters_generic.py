@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import convert_color_space
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from sonofm.datasets.adapters import ADAPTERS, AdapterError, get_adapter
-from sonofm.datasets.adapters.hc18 import fill_outline
+from sonofm.datasets.sources.adapters import ADAPTERS, AdapterError, get_adapter
+from sonofm.datasets.sources.adapters.hc18 import fill_outline
 from sonofm.datasets.taxonomy import Taxonomy
 
 US_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"

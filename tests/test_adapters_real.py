@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sonofm.datasets.adapters import AdapterError, get_adapter
-from sonofm.datasets.records import Record
+from sonofm.datasets.sources.adapters import AdapterError, get_adapter
+from sonofm.datasets.sources.records import Record
 from sonofm.datasets.taxonomy import Taxonomy
 
 pytestmark = pytest.mark.realdata

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sonofm.datasets.augment import (
+from sonofm.datasets.stream.augment import (
     AugmentConfig,
     augment_sample,
     eval_sample,

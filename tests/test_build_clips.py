@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sonofm.datasets.build import build_shards
-from sonofm.datasets.field import detect_field
+from sonofm.datasets.build.orchestrate import build_shards
+from sonofm.datasets.preprocess.field import detect_field
 from sonofm.datasets.shards import iter_tar_samples, load_indexes
 from sonofm.datasets.synthetic.dicom_writer import write_us_dicom
 from sonofm.datasets.synthetic.screens import render_screen, screen_gray
@@ -27,7 +27,7 @@ def test_frames_of_a_clip_share_the_field_found_from_all_of_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, buffer: int
 ) -> None:
     """``buffer`` 3: only the first three frames are held to find the field; the rest stream through."""
-    import sonofm.datasets.build_workers as build_workers
+    import sonofm.datasets.build.workers as build_workers
 
     monkeypatch.setattr(build_workers, "CLIP_BUFFER", buffer)
     sc = render_screen("linear", 2, n_frames=6, hard_first=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sonofm.datasets.build import build_shards
+from sonofm.datasets.build.orchestrate import build_shards
 from sonofm.datasets.shards import iter_tar_samples, load_indexes
 from sonofm.datasets.synthetic.dicom_writer import write_us_dicom
 

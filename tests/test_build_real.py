@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sonofm.datasets.build import build_shards
-from sonofm.datasets.inspect import inspect_shards
+from sonofm.datasets.build.orchestrate import build_shards
 from sonofm.datasets.shards import file_sha256, iter_tar_samples, load_indexes, progress_path
-from sonofm.datasets.source_specs import SourceSpec
+from sonofm.datasets.shards.inspect import inspect_shards
+from sonofm.datasets.sources.specs import SourceSpec
 
 pytestmark = pytest.mark.realdata
 
@@ -233,7 +233,7 @@ def test_killed_build_leaves_only_complete_shards_and_resume_matches(shared_data
 
     out = tmp_path / "killed"
     code = (
-        "from sonofm.datasets.build import build_shards\n"
+        "from sonofm.datasets.build.orchestrate import build_shards\n"
         f"build_shards(['cca:{root}?links=any'], {str(out)!r}, workers=1, **{kw!r})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -261,7 +261,7 @@ def test_the_error_path_does_not_import_torch(argv: list[str]) -> None:
 
 def test_adapter_option_values_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``?labels=None`` means no labels (as null does); a value the adapter does not know is one line."""
-    from sonofm.datasets.source_specs import make_adapter, parse_source_arg
+    from sonofm.datasets.sources.specs import make_adapter, parse_source_arg
 
     (tmp_path / "imgs").mkdir()
     adapter = make_adapter(parse_source_arg(f"folder:{tmp_path / 'imgs'}?labels=None"))

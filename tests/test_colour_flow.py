@@ -10,9 +10,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 
-from sonofm.datasets import overlays
-from sonofm.datasets.preprocess import ColourLimitExceeded, preprocess
-from sonofm.datasets.records import Record
+from sonofm.datasets.preprocess import overlays
+from sonofm.datasets.preprocess.pipeline import ColourLimitExceeded, preprocess
+from sonofm.datasets.sources.records import Record
 
 
 def _speckle(h: int, w: int, seed: int = 0) -> np.ndarray:

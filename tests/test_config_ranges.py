@@ -283,7 +283,7 @@ def test_the_schema_patch_is_the_encoders_stride() -> None:
 def test_the_loader_augments_with_the_schemas_config() -> None:
     """One AugmentConfig: the stream's is the schema's, and one built by hand is held to the same ranges."""
     from sonofm.config.schema import AugmentConfig as SchemaAugment
-    from sonofm.datasets.augment import AugmentConfig
+    from sonofm.datasets.stream.augment import AugmentConfig
 
     assert AugmentConfig is SchemaAugment
     assert AugmentConfig().crop_ratio == [3 / 4, 4 / 3]

@@ -39,8 +39,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def shards(corpus: Path) -> Path:
-    from sonofm.datasets.build import build_shards
-    from sonofm.datasets.source_specs import SourceSpec
+    from sonofm.datasets.build.orchestrate import build_shards
+    from sonofm.datasets.sources.specs import SourceSpec
 
     out = corpus.parent / "shards"
     build_shards([SourceSpec(adapter="synthetic", root=corpus)], out, max_side=96, samples_per_shard=8,
@@ -148,7 +148,7 @@ def test_repeated_random_kills_resume_to_the_uninterrupted_model(shards: Path, t
 
 def _build(corpus: Path, out: Path, fault: str | None = None) -> subprocess.CompletedProcess:
     code = (
-        "from sonofm.datasets.build import build_shards\n"
+        "from sonofm.datasets.build.orchestrate import build_shards\n"
         f"build_shards(['synthetic:{corpus}'], {str(out)!r}, max_side=64, samples_per_shard=3, "
         "split_fractions={'train': 0.7, 'val': 0.3}, workers=1, dedup=False, progress=False)\n"
     )

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from sonofm.datasets.dedup import DuplicateFilter, dhash, hamming, phash
+from sonofm.datasets.preprocess.dedup import DuplicateFilter, dhash, hamming, phash
 
 
 def _image(seed: int, h: int = 160, w: int = 200) -> np.ndarray:

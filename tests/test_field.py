@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from sonofm.datasets.field import detect_field
+from sonofm.datasets.preprocess.field import detect_field
 
 H, W = 300, 400
 

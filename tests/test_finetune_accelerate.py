@@ -33,7 +33,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six synthetic sources, 4 samples per shard; train and val splits (every sample has a mask)."""
-    from sonofm.datasets.build import SourceSpec, build_shards
+    from sonofm.datasets.build.orchestrate import SourceSpec, build_shards
     from sonofm.datasets.synthetic import generate_corpus
 
     root = tmp_path_factory.mktemp("ft")
@@ -45,8 +45,8 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _groups_by_key(shard_dir: Path, split: str) -> dict[str, str]:
-    from sonofm.datasets.shard_names import base_key
-    from sonofm.datasets.shard_reader import iter_tar_samples
+    from sonofm.datasets.shards.names import base_key
+    from sonofm.datasets.shards.reader import iter_tar_samples
 
     out = {}
     for tar in sorted(shard_dir.glob(f"*-{split}-*.tar")):

@@ -18,7 +18,7 @@ SIZE = 64
 
 def _cca(shared_data, per_group: dict[int, int]):
     """``{recording index: frames}`` from the CCA adapter, as in-memory samples."""
-    from sonofm.datasets.adapters import get_adapter
+    from sonofm.datasets.sources.adapters import get_adapter
 
     adapter = get_adapter("cca", shared_data / "cca")
     items = adapter.items()
@@ -72,7 +72,7 @@ def test_run_seg_finetune_writes_best_checkpoint(shared_data, tmp_path):
 
 
 def test_label_fractions_select_whole_cca_recordings(shared_data):
-    from sonofm.datasets.adapters import get_adapter
+    from sonofm.datasets.sources.adapters import get_adapter
 
     items = get_adapter("cca", shared_data / "cca").items()
     groups = [it.meta["group"] for it in items]
@@ -93,7 +93,7 @@ def test_label_fractions_select_whole_cca_recordings(shared_data):
 
 
 def _busi(shared_data, per_class: int):
-    from sonofm.datasets.adapters import get_adapter
+    from sonofm.datasets.sources.adapters import get_adapter
     from sonofm.finetune.data import encode_labels
 
     adapter = get_adapter("busi", shared_data / "busi")
@@ -206,7 +206,7 @@ def test_infer_task_specs_from_metadata(shared_data):
 
 @pytest.mark.parametrize("hw", [(90, 60), (50, 130), (64, 64)])
 def test_letterbox_round_trip_restores_the_original_mask(hw):
-    from sonofm.datasets.augment import eval_sample
+    from sonofm.datasets.stream.augment import eval_sample
     from sonofm.evaluation.metrics import dice_score
     from sonofm.finetune.data import letterbox_window, logits_to_original
 

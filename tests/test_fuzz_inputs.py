@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sonofm.datasets.adapters import AdapterError, get_adapter
-from sonofm.datasets.build import build_shards
-from sonofm.datasets.stream import (
+from sonofm.datasets.build.orchestrate import build_shards
+from sonofm.datasets.sources.adapters import AdapterError, get_adapter
+from sonofm.datasets.stream.loader import (
     StreamError,
     StreamSpec,
     corrupt_counts,
@@ -381,7 +381,7 @@ def _eval_keys(d: Path, workers: int) -> tuple[list[str], dict[str, int]]:
 def test_stream_skips_and_counts_each_bad_sample(case: ShardCase, tmp_path: Path,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     d, good, (bad,) = _shard_dir(tmp_path / "s", [case])
-    with caplog.at_level(logging.WARNING, logger="sonofm.datasets.stream"):
+    with caplog.at_level(logging.WARNING, logger="sonofm.datasets.stream.loader"):
         keys, counts = within_deadline(lambda: _eval_keys(d, workers=0))
     assert {k: v for k, v in counts.items() if v and k != "total"} == case.counted, counts
     if not case.counted:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sonofm.datasets.imageio import AdapterError, binarize, read_image, read_mask
+from sonofm.datasets.sources.imageio import AdapterError, binarize, read_image, read_mask
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from sonofm.cli import main
-from sonofm.datasets.inspect import CAPTION, LEGEND, MASK_RGB, TILE, _caption_name
+from sonofm.datasets.shards.inspect import CAPTION, LEGEND, MASK_RGB, TILE, _caption_name
 from tests.conftest import synthetic_shards
 
 
@@ -49,7 +49,7 @@ def test_sheets_go_to_the_working_directory_not_the_shard_folder(shards: Path, t
 
 
 def test_sheet_has_a_legend_and_a_caption_under_every_thumbnail(shards: Path, tmp_path: Path) -> None:
-    from sonofm.datasets.inspect import inspect_shards
+    from sonofm.datasets.shards.inspect import inspect_shards
 
     inspect_shards(shards, contact_sheet_dir=tmp_path)
     sheet = max(tmp_path.glob("*.contact.png"), key=lambda p: p.stat().st_size)

@@ -8,7 +8,8 @@ line (``sonofm.cli``, ``sonofm.quickstart``, ``sonofm.__main__``). Pretraining a
 packages (evaluation, finetune) share a stage but not code: what both loops need is the training
 core. Imports are read with ``ast`` (module-, function- and class-level, absolute and relative);
 nothing is imported or run, so the test also catches an import that only a rarely taken branch
-executes. A module that no stage claims is itself a violation, so a new package gets a place in
+executes. Inside the data stage the same rule orders its sub-packages: sources -> preprocess -> shards ->
+build, and shards -> stream (build and stream apart). A module that no stage claims is itself a violation, so a new package gets a place in
 the order before it lands.
 """
 
@@ -43,9 +44,23 @@ STAGES: dict[str, int] = {
     "sonofm.cli": 6,
     "sonofm.__main__": 6,
 }
+#: The data stage's own order (sources <- preprocess <- shards <- build; shards <- stream): a module of
+#: ``sonofm.datasets`` imports only sub-stages ranked before its own. The package's ``__init__``
+#: (its public names) comes last, so nothing inside imports it.
+DATA_STAGES: dict[str, int] = {
+    "sonofm.datasets.taxonomy": 0,
+    "sonofm.datasets.synthetic": 0,
+    "sonofm.datasets.sources": 1,
+    "sonofm.datasets.preprocess": 2,
+    "sonofm.datasets.shards": 3,
+    "sonofm.datasets.build": 4,
+    "sonofm.datasets.stream": 4,
+}
+DATA_PACKAGE = "sonofm.datasets"
 #: Packages of one stage that must not import each other (either way).
 APART: tuple[tuple[str, frozenset[str]], ...] = (
     ("sonofm.pretrain", frozenset({"sonofm.evaluation", "sonofm.finetune"})),
+    ("sonofm.datasets.build", frozenset({"sonofm.datasets.stream"})),
 )
 #: The command line, and the only modules allowed to import it.
 COMMAND_LINE = frozenset({"sonofm.cli", "sonofm.quickstart"})
@@ -150,29 +165,50 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
+def _data_stage(module: str) -> tuple[str, int] | None:
+    """(sub-stage, rank) of a module inside ``sonofm.datasets``; the package itself ranks last."""
+    if module == DATA_PACKAGE:
+        return DATA_PACKAGE, len(DATA_STAGES)
+    key = _owner(module, DATA_STAGES)
+    return None if key is None else (key, DATA_STAGES[key])
+
+
+def _stage_pair(mod: str, target: str) -> tuple[str, int, str, int] | None:
+    """(home, rank, there, rank) of an import, by sub-stage inside ``sonofm.datasets``, else by stage."""
+    home, there = _owner(mod, STAGES), _owner(target, STAGES)
+    if home is None or there is None:
+        return None
+    if home == there == DATA_PACKAGE and _data_stage(mod) and _data_stage(target):
+        return (*_data_stage(mod), *_data_stage(target))
+    return home, STAGES[home], there, STAGES[there]
+
+
 def layering_violations(graph: dict[str, set[str]]) -> list[str]:
     """Every breach of the contract in ``graph`` (module -> imported modules), one line each, sorted."""
     out = []
     for mod in sorted(graph):
-        home = _owner(mod, STAGES)
-        if home is None:
+        if _owner(mod, STAGES) is None:
             out.append(f"unplaced module: {mod} (give it a stage in STAGES)")
             continue
+        if _owner(mod, STAGES) == DATA_PACKAGE and _data_stage(mod) is None:
+            out.append(f"unplaced module: {mod} (give it a sub-stage in DATA_STAGES)")
+            continue
         for target in sorted(graph[mod]):
-            there = _owner(target, STAGES)
-            if there is None:
+            pair = _stage_pair(mod, target)
+            if pair is None:
                 continue  # reported as unplaced on its own line
+            home, rank_home, there, rank_there = pair
             line = _owner(target, COMMAND_LINE)
             if line:
                 # the modules of one command-line package (sonofm.quickstart.*) may import each other
                 if mod not in MAY_IMPORT_COMMAND_LINE and _owner(mod, COMMAND_LINE) != line:
                     out.append(f"imports the command line: {mod} -> {target}")
                     continue
-            if STAGES[there] > STAGES[home]:
+            if rank_there > rank_home:
                 out.append(f"backward import: {mod} -> {target} ({home} comes before {there})")
             for package, apart in APART:
                 if (home == package and there in apart) or (home in apart and there == package):
-                    out.append(f"sibling import: {mod} -> {target} ({home} and {there} share only the training core)")
+                    out.append(f"sibling import: {mod} -> {target} ({home} and {there} share only what comes before)")
     out.extend(f"import cycle among: {', '.join(c)}" for c in strongly_connected(graph))
     return sorted(out)
 
@@ -193,10 +229,10 @@ def test_package_keeps_the_layering_contract() -> None:
 def _clean_graph() -> dict[str, set[str]]:
     return {
         "sonofm.errors": set(),
-        "sonofm.datasets.stream": {"sonofm.errors"},
+        "sonofm.datasets.stream.loader": {"sonofm.errors"},
         "sonofm.models.encoder": set(),
         "sonofm.train.schedule": set(),
-        "sonofm.pretrain.engine": {"sonofm.datasets.stream", "sonofm.models.encoder", "sonofm.train.schedule"},
+        "sonofm.pretrain.engine": {"sonofm.datasets.stream.loader", "sonofm.models.encoder", "sonofm.train.schedule"},
         "sonofm.finetune.seg_train": {"sonofm.train.schedule", "sonofm.evaluation.metrics"},
         "sonofm.evaluation.metrics": set(),
         "sonofm.export": {"sonofm.models.encoder"},
@@ -212,11 +248,11 @@ def test_checker_accepts_a_graph_that_keeps_the_order() -> None:
 
 def test_checker_reports_a_planted_backward_import_with_both_modules() -> None:
     graph = _clean_graph()
-    graph["sonofm.datasets.stream"].add("sonofm.pretrain.engine")
+    graph["sonofm.datasets.stream.loader"].add("sonofm.pretrain.engine")
     found = layering_violations(graph)
-    assert "backward import: sonofm.datasets.stream -> sonofm.pretrain.engine " \
+    assert "backward import: sonofm.datasets.stream.loader -> sonofm.pretrain.engine " \
         "(sonofm.datasets comes before sonofm.pretrain)" in found
-    assert "import cycle among: sonofm.datasets.stream, sonofm.pretrain.engine" in found
+    assert "import cycle among: sonofm.datasets.stream.loader, sonofm.pretrain.engine" in found
     assert len(found) == 2
 
 
@@ -225,7 +261,7 @@ def test_checker_reports_finetune_reaching_into_pretrain() -> None:
     graph["sonofm.finetune.seg_train"].add("sonofm.pretrain.engine")
     assert layering_violations(graph) == [
         "sibling import: sonofm.finetune.seg_train -> sonofm.pretrain.engine "
-        "(sonofm.finetune and sonofm.pretrain share only the training core)"
+        "(sonofm.finetune and sonofm.pretrain share only what comes before)"
     ]
 
 
@@ -255,12 +291,12 @@ def test_checker_lets_a_command_line_package_import_its_own_modules() -> None:
 
 def test_checker_finds_cycles_longer_than_two_and_unplaced_modules() -> None:
     graph = _clean_graph()
-    graph["sonofm.datasets.a"] = {"sonofm.datasets.b"}
-    graph["sonofm.datasets.b"] = {"sonofm.datasets.c"}
-    graph["sonofm.datasets.c"] = {"sonofm.datasets.a", "sonofm.errors"}
+    graph["sonofm.datasets.sources.a"] = {"sonofm.datasets.sources.b"}
+    graph["sonofm.datasets.sources.b"] = {"sonofm.datasets.sources.c"}
+    graph["sonofm.datasets.sources.c"] = {"sonofm.datasets.sources.a", "sonofm.errors"}
     graph["sonofm.newstage"] = set()
     assert layering_violations(graph) == [
-        "import cycle among: sonofm.datasets.a, sonofm.datasets.b, sonofm.datasets.c",
+        "import cycle among: sonofm.datasets.sources.a, sonofm.datasets.sources.b, sonofm.datasets.sources.c",
         "unplaced module: sonofm.newstage (give it a stage in STAGES)",
     ]
 
@@ -287,8 +323,26 @@ def _plant(path: Path, line: str) -> None:
         ),
         (
             "datasets/synthetic/texture.py",  # relative, two levels up
-            "from ..stream import StreamSpec",
-            None,  # same stage: allowed by the order; the planted line must still be read
+            "from ..stream.loader import StreamSpec",
+            "backward import: sonofm.datasets.synthetic.texture -> sonofm.datasets.stream.loader "
+            "(sonofm.datasets.synthetic comes before sonofm.datasets.stream)",
+        ),
+        (
+            "datasets/sources/records.py",  # a source reaching into the build
+            "from sonofm.datasets.build.splits import assign_split",
+            "backward import: sonofm.datasets.sources.records -> sonofm.datasets.build.splits "
+            "(sonofm.datasets.sources comes before sonofm.datasets.build)",
+        ),
+        (
+            "datasets/stream/loader.py",  # build and stream share only the shards
+            "from sonofm.datasets.build.splits import assign_split",
+            "sibling import: sonofm.datasets.stream.loader -> sonofm.datasets.build.splits",
+        ),
+        (
+            "datasets/build/orchestrate.py",  # the public names come last
+            "from sonofm.datasets import StreamSpec",
+            "backward import: sonofm.datasets.build.orchestrate -> sonofm.datasets "
+            "(sonofm.datasets.build comes before sonofm.datasets)",
         ),
         (
             "datasets/synthetic/sources.py",
@@ -310,7 +364,7 @@ def test_planted_import_in_a_copy_of_the_package(tmp_path: Path, module: str, li
     found = layering_violations(graph)
     if expected is None:
         assert found == []
-        assert "sonofm.datasets.stream" in graph["sonofm.datasets.synthetic.texture"]
+        assert "sonofm.datasets.stream.loader" in graph["sonofm.datasets.synthetic.texture"]
     else:
         hits = [f for f in found if f.startswith(expected)]
         assert hits, found

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from sonofm.datasets.preprocess import preprocess, to_grayscale
-from sonofm.datasets.records import Record
+from sonofm.datasets.preprocess.pipeline import preprocess, to_grayscale
+from sonofm.datasets.sources.records import Record
 
 
 def _screen(h: int = 600, w: int = 800, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

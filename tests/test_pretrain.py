@@ -74,7 +74,7 @@ def _fixed_batch_loss(cfg: PretrainConfig, state: dict | None) -> tuple[float, f
     import torch
     from accelerate.utils import set_seed
 
-    from sonofm.datasets.stream import StreamSpec, make_eval_loader
+    from sonofm.datasets.stream.loader import StreamSpec, make_eval_loader
     from sonofm.pretrain.engine import build_model, mask_generator, taxonomy_for
 
     taxonomy = taxonomy_for(cfg)  # the tree the shards' indexes describe, as the engine builds it

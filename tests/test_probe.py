@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sonofm.datasets.splits import stratified_group_kfold
+from sonofm.datasets.build.splits import stratified_group_kfold
 from sonofm.evaluation.probe import cross_validate, knn_probe, linear_probe, run_probe
 
 
@@ -61,7 +61,7 @@ def test_linear_probe_separable_and_cv_report():
 
 @pytest.mark.realdata
 def test_probe_on_busi(shared_data, tmp_path):
-    from sonofm.datasets.adapters import get_adapter
+    from sonofm.datasets.sources.adapters import get_adapter
     from sonofm.finetune.data import iterate_batches, load_samples
 
     adapter = get_adapter("busi", shared_data / "busi")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sonofm.datasets.build import build_shards
+from sonofm.datasets.build.orchestrate import build_shards
 from sonofm.datasets.shards import iter_tar_samples
 
 KW = {"max_side": 64, "samples_per_shard": 4, "dedup": False, "progress": False, "workers": 1}

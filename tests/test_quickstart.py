@@ -262,7 +262,7 @@ def test_data_without_known_layout_lists_what_was_looked_for(tmp_path: Path) -> 
 
 def test_known_layouts_are_the_taxonomy_facts_of_sources_with_an_adapter() -> None:
     """Discovery reads display name, layout, unit of splitting and tasks from ``configs/taxonomy.yaml``."""
-    from sonofm.datasets.adapters import ADAPTERS
+    from sonofm.datasets.sources.adapters import ADAPTERS
     from sonofm.datasets.taxonomy import source_facts
     from sonofm.quickstart.discovery import tasks_of
 
@@ -294,7 +294,7 @@ def _link(src: Path, dst: Path) -> None:
 
 def _real_subset(shared: Path, root: Path) -> Path:
     """~40 BUSI images with masks (Kaggle layout) and CCA frames of recordings in both train and test."""
-    from sonofm.datasets.splits import assign_split
+    from sonofm.datasets.build.splits import assign_split
 
     busi_src = shared / "busi" / "Dataset_BUSI_with_GT"
     busi_dst = root / "busi" / "Dataset_BUSI_with_GT"

@@ -130,8 +130,8 @@ PRETRAIN_RECIPES = sorted((CONFIGS / "pretrain").glob("*.yaml"))
 
 @pytest.mark.parametrize("recipe", SHARD_RECIPES, ids=lambda p: p.name)
 def test_shard_recipe_sources_parse_to_known_adapters_options_and_sources(recipe: Path) -> None:
-    from sonofm.datasets.adapters import ADAPTERS
-    from sonofm.datasets.source_specs import SourceSpec, parse_source_arg
+    from sonofm.datasets.sources.adapters import ADAPTERS
+    from sonofm.datasets.sources.specs import SourceSpec, parse_source_arg
     from sonofm.datasets.taxonomy import Taxonomy
 
     cfg = load_config(SCHEMAS["shards"], recipe)

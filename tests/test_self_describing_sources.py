@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from sonofm.config import PretrainConfig, load_config
-from sonofm.datasets.build import build_shards
+from sonofm.datasets.build.orchestrate import build_shards
 from sonofm.datasets.shards import load_indexes
 from sonofm.datasets.taxonomy import UNLABELLED, Taxonomy
 
@@ -139,7 +139,7 @@ def test_user_taxonomy_is_refused_when_its_label_is_not_declared(tmp_path: Path)
 def test_pretrain_from_another_directory_reads_every_sample(
     shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sonofm.datasets.stream import StreamSpec, make_eval_loader
+    from sonofm.datasets.stream.loader import StreamSpec, make_eval_loader
     from sonofm.pretrain.engine import run_pretraining, taxonomy_for
     from sonofm.train.loggers import read_metrics
 

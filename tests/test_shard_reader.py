@@ -31,7 +31,7 @@ from sonofm.datasets.shards import (
     sample_meta,
     write_json_atomic,
 )
-from sonofm.datasets.stream import StreamSpec, make_eval_loader
+from sonofm.datasets.stream.loader import StreamSpec, make_eval_loader
 from sonofm.finetune.data import samples_from_shards
 
 

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from sonofm.atomic_io import to_jsonable
-from sonofm.datasets.records import META_KEYS
 from sonofm.datasets.shards import (
     EncodedSample,
     ResumeMismatch,
@@ -29,7 +28,8 @@ from sonofm.datasets.shards import (
 from sonofm.datasets.shards import (
     tmp_path as shard_tmp_path,
 )
-from sonofm.datasets.source_specs import SourceSpec, parse_source_arg, parse_sources
+from sonofm.datasets.sources.records import META_KEYS
+from sonofm.datasets.sources.specs import SourceSpec, parse_source_arg, parse_sources
 
 
 def _sample(i: int, split: str = "train", mask: bool = True) -> EncodedSample:
@@ -204,7 +204,7 @@ def _toy_folder(root: Path, n: int = 12) -> Path:
 
 
 def test_build_small_folder_errors_reruns_and_workers(tmp_path):
-    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.build.orchestrate import build_shards
     from sonofm.datasets.shards import load_indexes
 
     data = _toy_folder(tmp_path / "data")
@@ -234,7 +234,7 @@ def test_build_small_folder_errors_reruns_and_workers(tmp_path):
 def test_build_rejects_misplaced_or_repeated_sources(tmp_path):
     """An undeclared source needs no entry, but an organ the taxonomy lacks, or a declared source
     placed elsewhere, stops the build before anything is decoded."""
-    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.build.orchestrate import build_shards
     from sonofm.datasets.taxonomy import TaxonomyError
 
     data = _toy_folder(tmp_path / "data", n=2)
@@ -250,7 +250,7 @@ def test_build_rejects_misplaced_or_repeated_sources(tmp_path):
 
 def test_resume_with_records_that_do_not_match_rebuilds_the_source(tmp_path, capsys):
     """A progress record whose keys differ from what the build produces: start the source over."""
-    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.build.orchestrate import build_shards
     from sonofm.datasets.shards import index_path, load_indexes, progress_path
 
     data = _toy_folder(tmp_path / "data")

@@ -9,7 +9,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from sonofm.datasets.splits import assign_fold, assign_split, group_kfold, normalise_fractions, unit_hash
+from sonofm.datasets.build.splits import (
+    assign_fold,
+    assign_split,
+    group_kfold,
+    normalise_fractions,
+    unit_hash,
+)
 
 FR = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -19,7 +25,7 @@ def test_split_is_deterministic_across_processes():
     groups = [f"patient{i}" for i in range(50)]
     here = [assign_split(g, FR, "s") for g in groups]
     code = (
-        "from sonofm.datasets.splits import assign_split;"
+        "from sonofm.datasets.build.splits import assign_split;"
         f"print(','.join(assign_split(f'patient{{i}}', {FR!r}, 's') for i in range(50)))"
     )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,6 +1,6 @@
 """Streaming: exact-once evaluation, reproducible and resumable training, mixing, corrupt data.
 
-The shards are written here with ``tarfile`` (the layout of ``sonofm.datasets.records``), so these
+The shards are written here with ``tarfile`` (the layout of ``sonofm.datasets.sources.records``), so these
 tests do not depend on the shard writer.
 """
 
@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sonofm.datasets.stream import (
+from sonofm.datasets.stream.loader import (
     StreamError,
     StreamSpec,
     corrupt_counts,

@@ -29,7 +29,7 @@ import yaml
 from safetensors.torch import save_file
 
 from sonofm.checkpoints import STATE_FILE, load_checkpoint
-from sonofm.datasets.stream import StreamSpec, discover_shards, make_eval_loader
+from sonofm.datasets.stream.loader import StreamSpec, discover_shards, make_eval_loader
 from sonofm.models.loading import load_encoder
 
 REPO = Path(__file__).resolve().parents[1]

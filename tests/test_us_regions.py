@@ -15,11 +15,11 @@ import pydicom
 import pytest
 from PIL import Image, ImageDraw
 
-from sonofm.datasets.adapters import get_adapter
-from sonofm.datasets.build import build_shards
-from sonofm.datasets.dicom_io import ANATOMY_KEYWORDS, anatomy, region_kind
-from sonofm.datasets.preprocess import preprocess
+from sonofm.datasets.build.orchestrate import build_shards
+from sonofm.datasets.preprocess.pipeline import preprocess
 from sonofm.datasets.shards import iter_tar_samples
+from sonofm.datasets.sources.adapters import get_adapter
+from sonofm.datasets.sources.dicom_io import ANATOMY_KEYWORDS, anatomy, region_kind
 from sonofm.datasets.synthetic.dicom_writer import write_us_dicom
 from sonofm.datasets.taxonomy import Taxonomy
 
@@ -293,8 +293,8 @@ def test_writer_rejects_what_it_cannot_write(tmp_path: Path) -> None:
 def test_a_linear_region_is_its_box_even_with_dark_deep_tissue(tmp_path: Path) -> None:
     """Power Doppler screen, linear probe, deep tissue black down to the box's bottom: detection alone
     loses the deep field (and calls it a fan); the scanner's region says the box is the image."""
-    from sonofm.datasets.field import detect_field
-    from sonofm.datasets.preprocess import preprocess
+    from sonofm.datasets.preprocess.field import detect_field
+    from sonofm.datasets.preprocess.pipeline import preprocess
     from sonofm.datasets.synthetic.screens import render_screen, score_field, screen_gray
 
     sc = render_screen("power_doppler", 4)

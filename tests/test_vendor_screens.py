@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sonofm.datasets.field import detect_clip_field, detect_field
-from sonofm.datasets.preprocess import preprocess
-from sonofm.datasets.records import Record
+from sonofm.datasets.preprocess.field import detect_clip_field, detect_field
+from sonofm.datasets.preprocess.pipeline import preprocess
+from sonofm.datasets.sources.records import Record
 from sonofm.datasets.synthetic.screens import LAYOUTS, render_screen, score_field, screen_gray
 
 #: Lowest IoU per layout, a little under the minimum over 20 seeds in

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sonofm.datasets.imageio import AdapterError
-from sonofm.datasets.video import Deduper, even_indices, sample_video
+from sonofm.datasets.sources.imageio import AdapterError
+from sonofm.datasets.sources.video import Deduper, even_indices, sample_video
 
 W, H = 64, 48
 

@@ -16,9 +16,9 @@ from PIL import Image, ImageDraw
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sonofm.datasets.field import detect_field  # noqa: E402
-from sonofm.datasets.preprocess import preprocess, to_grayscale  # noqa: E402
-from sonofm.datasets.records import Record  # noqa: E402
+from sonofm.datasets.preprocess.field import detect_field  # noqa: E402
+from sonofm.datasets.preprocess.pipeline import preprocess, to_grayscale  # noqa: E402
+from sonofm.datasets.sources.records import Record  # noqa: E402
 from sonofm.paths import shared_data_dir  # noqa: E402
 
 

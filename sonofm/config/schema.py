@@ -136,7 +136,7 @@ DECAY = {"ge": 0.0, "lt": 1.0, "why": "0 disables it"}
 @dataclass
 class AugmentConfig:
     """Augmentation applied in the loader workers (pretraining and finetuning); the one definition,
-    used by :mod:`sonofm.datasets.augment`. Set a range to [1, 1] or a probability to 0 to disable a part."""
+    used by :mod:`sonofm.datasets.stream.augment`. Set a range to [1, 1] or a probability to 0 to disable a part."""
 
     crop_scale: list[float] = checked(factory=_pair(0.35, 1.0), length=2, increasing=True, gt=0.0, le=1.0,
                                       why="crop area / the field's bounding box")

@@ -14,7 +14,7 @@ import torch
 def groups_in_split(shards: list[str], split: str) -> int | None:
     """Groups of ``split`` over these shard sets from their indexes (an upper bound: sources may share
     group names, and unlabelled samples are left out later), or None when an index lacks the count."""
-    from sonofm.datasets.stream import shard_indexes
+    from sonofm.datasets.stream.loader import shard_indexes
 
     total = 0
     indexes = shard_indexes(shards)
@@ -31,7 +31,7 @@ def probe_from_config(cfg: Any) -> dict[str, Any]:
 
     Fewer groups in the split than folds stop here, before the encoder is loaded or a feature extracted.
     """
-    from sonofm.datasets.stream import StreamSpec, make_eval_loader, shard_indexes
+    from sonofm.datasets.stream.loader import StreamSpec, make_eval_loader, shard_indexes
     from sonofm.evaluation.probe import run_probe, too_few_groups
 
     if not cfg.data.shards:

@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from sonofm.atomic_io import write_json
-from sonofm.datasets.splits import stratified_group_kfold
+from sonofm.datasets.build.splits import stratified_group_kfold
 from sonofm.errors import UserError
 from sonofm.evaluation.metrics import balanced_accuracy, classification_metrics, confusion_matrix
 

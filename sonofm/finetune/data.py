@@ -1,13 +1,13 @@
 """Records -> fixed-size tensors for finetuning, and predictions back to each record's original size.
 
-Downstream training and evaluation can read either the shard stream (``sonofm.datasets.stream``)
+Downstream training and evaluation can read either the shard stream (``sonofm.datasets.stream.loader``)
 or records straight from an adapter, and this module gives both the same batch layout.
 
 Training batches (``image`` [B,1,S,S], ``mask`` [B,S,S] + ``has_mask``, ``targets["label"]``, ``key``)
 come from a *batch source* that knows its position, so a resumed run continues with exactly the
 batches the uninterrupted run would have drawn next:
 
-- :class:`StreamBatches`: the pretraining stream (:func:`sonofm.datasets.stream.make_train_loader`,
+- :class:`StreamBatches`: the pretraining stream (:func:`sonofm.datasets.stream.loader.make_train_loader`,
   decoding and augmentation in its workers, memory independent of the data's size). Rows the task
   cannot use (no mask for segmentation; a group outside the label fraction) are dropped here and
   batches refilled to full size from the next stream batches; the position is (stream batches
@@ -23,11 +23,11 @@ from one pass over the split's metadata (:func:`split_groups`, PNGs not decoded,
 not per image); the kept set reaches the stream's workers through its target function.
 
 Evaluation at the stored size: images are letterboxed exactly as the stream's evaluation transform
-does (:func:`sonofm.datasets.augment.eval_sample`: longest side scaled to ``size``, zero padding,
+does (:func:`sonofm.datasets.stream.augment.eval_sample`: longest side scaled to ``size``, zero padding,
 centred), so :func:`logits_to_original` can undo it — crop the letterbox window, resize to the
 original ``(H, W)`` — and segmentation metrics are computed against the untouched stored mask, not
 against a resized copy. :func:`shard_eval_loader` reads a split exactly once across ranks and loader
-workers with the stream's assignment (:func:`sonofm.datasets.stream.eval_assignment`) and keeps each
+workers with the stream's assignment (:func:`sonofm.datasets.stream.loader.eval_assignment`) and keeps each
 sample's stored image and mask beside its letterboxed tensor (the stream's own evaluation loader
 hands out the letterboxed mask only); :func:`sample_eval_batches` does the same for in-memory
 samples (rank ``r`` takes samples ``r::W``). Each evaluated sample carries ``order``, its place in
@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sonofm.datasets.augment import AugmentConfig, augment_sample, eval_sample, letterbox_window
-from sonofm.datasets.records import Record
+from sonofm.datasets.sources.records import Record
+from sonofm.datasets.stream.augment import AugmentConfig, augment_sample, eval_sample, letterbox_window
 
 __all__ = [
     "to_gray",
@@ -198,8 +198,8 @@ def samples_from_shards(
     Used to evaluate segmentation at the stored size of shard data and to finetune from shards
     without the streaming machinery; the stored (preprocessed) image is the "original" here.
     """
-    from sonofm.datasets.shard_discovery import discover_shards
     from sonofm.datasets.shards import CorruptSample, base_key, decode_sample, iter_tar_samples
+    from sonofm.datasets.shards.discovery import discover_shards
 
     path_list = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     samples: list[Sample] = []
@@ -297,7 +297,7 @@ class StreamBatches:
 
     ``need_mask``: drop samples without a mask (segmentation). ``groups``: keep only these groups.
     ``binary_mask``: every foreground id becomes 1. Loader settings as
-    :func:`~sonofm.datasets.stream.make_train_loader` (``paths`` are shard sets mixed by ``weights``
+    :func:`~sonofm.datasets.stream.loader.make_train_loader` (``paths`` are shard sets mixed by ``weights``
     or ``temperature``).
     """
 
@@ -306,7 +306,7 @@ class StreamBatches:
                  aug: AugmentConfig | dict[str, Any] | None = None, weights: Sequence[float] | None = None,
                  temperature: float = 1.0, split: str = "train", classes: Sequence[str] | None = None,
                  groups: frozenset[str] | None = None, need_mask: bool = False, binary_mask: bool = False) -> None:
-        from sonofm.datasets.stream import StreamSpec
+        from sonofm.datasets.stream.loader import StreamSpec
 
         paths = [str(p) for p in paths]
         if weights is None and len(paths) == 1:
@@ -330,7 +330,7 @@ class StreamBatches:
         return self.loader.corrupt_counts() if self.loader is not None else {}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from sonofm.datasets.stream import make_train_loader
+        from sonofm.datasets.stream.loader import make_train_loader
 
         self.loader = make_train_loader(
             self.spec, batch_size=self.batch_size, img_size=self.img_size, seed=self.seed, rank=self.rank,
@@ -391,8 +391,8 @@ def split_groups(paths: Sequence[str], split: str, need_mask: bool = False) -> C
     """
     import json
 
-    from sonofm.datasets.shard_discovery import discover_shards
-    from sonofm.datasets.shard_reader import CorruptCounter, iter_tar_samples
+    from sonofm.datasets.shards.discovery import discover_shards
+    from sonofm.datasets.shards.reader import CorruptCounter, iter_tar_samples
 
     counts: Counter[str] = Counter()
     counter = CorruptCounter()
@@ -412,8 +412,8 @@ def split_groups(paths: Sequence[str], split: str, need_mask: bool = False) -> C
 def split_size(paths: Sequence[str], split: str) -> int:
     """Samples in ``split`` of these shard sets: the indexes' counts (local shards without one are
     counted from their tar headers; -1 when a remote shard's count is unknown)."""
-    from sonofm.datasets.shard_discovery import discover_shards
-    from sonofm.datasets.shard_reader import count_samples
+    from sonofm.datasets.shards.discovery import discover_shards
+    from sonofm.datasets.shards.reader import count_samples
 
     total = 0
     for url, n in discover_shards([str(p) for p in paths], split):
@@ -467,7 +467,7 @@ class _StoredSizeEval(IterableDataset):
 
     def __init__(self, shards: list[tuple[str, int]], *, size: int, batch_size: int, rank: int, world_size: int,
                  num_workers: int, binary_mask: bool, need_mask: bool, targets: RowTargets | None) -> None:
-        from sonofm.datasets.shard_reader import CorruptCounter
+        from sonofm.datasets.shards.reader import CorruptCounter
 
         self.shards, self.size, self.batch_size = shards, size, batch_size
         self.rank, self.world_size, self.num_workers = rank, world_size, max(num_workers, 1)
@@ -475,9 +475,9 @@ class _StoredSizeEval(IterableDataset):
         self.counter = CorruptCounter()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from sonofm.datasets.shard_names import base_key
-        from sonofm.datasets.shard_reader import CorruptSample, decode_sample, iter_tar_samples
-        from sonofm.datasets.stream import eval_assignment
+        from sonofm.datasets.shards.names import base_key
+        from sonofm.datasets.shards.reader import CorruptSample, decode_sample, iter_tar_samples
+        from sonofm.datasets.stream.loader import eval_assignment
 
         info = get_worker_info()
         worker = 0 if info is None else info.id
@@ -518,7 +518,7 @@ def shard_eval_loader(paths: Sequence[str], split: str, *, size: int, batch_size
     ``need_mask``: samples without a mask are left out; ``classes``: the label vocabulary
     (``targets["label"]``). Corrupt samples are skipped and counted (``loader.dataset.counter``).
     """
-    from sonofm.datasets.shard_discovery import StreamError, discover_shards
+    from sonofm.datasets.shards.discovery import StreamError, discover_shards
 
     shards = [s for s in discover_shards([str(p) for p in paths], split) if s[1] != 0]
     if not shards:

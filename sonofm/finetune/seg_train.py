@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from sonofm.atomic_io import write_json
-from sonofm.datasets.augment import AugmentConfig
+from sonofm.datasets.stream.augment import AugmentConfig
 from sonofm.evaluation.metrics import segmentation_metrics
 from sonofm.evaluation.plots import save_overlay
 from sonofm.finetune.data import Sample, SampleBatches, logits_to_original, sample_eval_batches

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sonofm.atomic_io import write_json
-from sonofm.datasets.augment import AugmentConfig
+from sonofm.datasets.stream.augment import AugmentConfig
 from sonofm.datasets.taxonomy import UNLABELLED
 from sonofm.evaluation.metrics import classification_metrics
 from sonofm.finetune.data import Sample, SampleBatches, sample_eval_batches
@@ -103,7 +103,7 @@ class TaskSpec:
 def dataset_probabilities(sizes: Sequence[int], weights: Sequence[float | None] | None = None,
                           temperature: float = 1.0) -> np.ndarray:
     """Sampling probability per dataset: the stream's mixing rule, ``weights`` only if all are given."""
-    from sonofm.datasets.stream import mixing_probabilities
+    from sonofm.datasets.stream.loader import mixing_probabilities
 
     given = weights is not None and all(w is not None for w in weights)
     return mixing_probabilities(sizes, weights if given else None, temperature)
@@ -480,8 +480,8 @@ def _scan(path: str, split: str) -> dict[str, Any]:
     """What a shard set without an index holds: sources, organs, labels, sizes (one metadata pass)."""
     import json
 
-    from sonofm.datasets.shard_discovery import discover_shards
-    from sonofm.datasets.shard_reader import CorruptCounter, iter_tar_samples
+    from sonofm.datasets.shards.discovery import discover_shards
+    from sonofm.datasets.shards.reader import CorruptCounter, iter_tar_samples
 
     out: dict[str, Any] = {"sources": set(), "organs": set(), "labels": Counter(), "n": 0, "masks": 0}
     counter = CorruptCounter()
@@ -521,8 +521,8 @@ def task_specs_from_shards(
     holding several sources of different organs (e.g. ``shards/shared``) is one dataset per source
     (its ``{source}.index.json``), each with that folder's task and weight.
     """
-    from sonofm.datasets.shard_discovery import shard_indexes
-    from sonofm.datasets.shard_index import index_files
+    from sonofm.datasets.shards.discovery import shard_indexes
+    from sonofm.datasets.shards.index import index_files
     from sonofm.finetune.data import split_size
 
     expanded: list[tuple[str, str | None, float | None]] = []

@@ -109,7 +109,7 @@ def taxonomy_for(cfg: PretrainConfig) -> Any:
     Shard sets without an index (remote URL lists) fall back to the built-in taxonomy extended by
     ``hierarchy.taxonomy``.
     """
-    from sonofm.datasets.stream import shard_indexes
+    from sonofm.datasets.stream.loader import shard_indexes
     from sonofm.datasets.taxonomy import Taxonomy
 
     indexes = shard_indexes(list(cfg.data.shards))
@@ -138,7 +138,7 @@ def _check_tree(run_dir: Path, tree: dict[str, Any], main: bool, resuming: bool)
 
 def _make_loader(data: DataConfig, seed: int, rank: int, world: int, resume_samples: int, target_fn,
                  fast: FastPath):
-    from sonofm.datasets.stream import StreamSpec, make_train_loader
+    from sonofm.datasets.stream.loader import StreamSpec, make_train_loader
 
     if not data.shards:
         raise ValueError("data.shards is empty: give shard folders, e.g. data.shards=[shards/shared]")

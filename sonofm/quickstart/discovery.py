@@ -49,7 +49,7 @@ def find_datasets(path: str | os.PathLike) -> dict[str, Path]:
 
     Raises ``FileNotFoundError`` listing what was looked for when nothing known is found.
     """
-    from sonofm.datasets.adapters import AdapterError, get_adapter
+    from sonofm.datasets.sources.adapters import AdapterError, get_adapter
 
     root = Path(path).expanduser()
     if not root.is_dir():

@@ -72,7 +72,7 @@ def _synthetic_corpus(out: Path, plan: Plan, workers: int) -> Path:
 
 
 def _build(specs: list[Any], out_dir: Path, plan: Plan, workers: int) -> dict[str, Any]:
-    from sonofm.datasets.build import build_shards
+    from sonofm.datasets.build.orchestrate import build_shards
 
     # small shards: the stream reads shard after shard, so many small ones (from every source) mix better
     # in its shuffle buffer than one big shard per source, and the pretraining classifier sees mixed batches
@@ -82,7 +82,7 @@ def _build(specs: list[Any], out_dir: Path, plan: Plan, workers: int) -> dict[st
 
 def data_stage(out: Path, data: str | None, plan: Plan, workers: int, stage: Stages) -> tuple[list[Path], list[Task], str]:
     """Shard sets to pretrain on, the downstream tasks, and a one-line description of the data."""
-    from sonofm.datasets.build import SourceSpec
+    from sonofm.datasets.build.orchestrate import SourceSpec
 
     if data is None:
         stage("synthetic corpus")

@@ -1,14 +1,14 @@
 """Build shards: adapters -> taxonomy -> preprocess -> dedup -> split -> shard writer, per source.
 
 Determinism: the items of a source are decoded in several processes
-(:mod:`~sonofm.datasets.build_workers`, in item order), and everything order-dependent
+(:mod:`~sonofm.datasets.build.workers`, in item order), and everything order-dependent
 (near-duplicate removal, cutting into shards) runs here, in the main process, in item order, so the
 shards are the same whatever the number of workers.
 
 Each source is built on its own (one duplicate filter per source, its own index), so adding or
 rebuilding one source never changes the shards of another. A killed build resumes from its
-progress file (:mod:`~sonofm.datasets.build_progress`), a finished source whose inputs did not
-change is skipped. Source specs are read by :mod:`~sonofm.datasets.source_specs`; this module
+progress file (:mod:`~sonofm.datasets.build.progress`), a finished source whose inputs did not
+change is skipped. Source specs are read by :mod:`~sonofm.datasets.sources.specs`; this module
 orchestrates the build and writes its report and each source's index.
 """
 
@@ -22,14 +22,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sonofm.datasets.build_progress import (
+from sonofm.datasets.build.progress import (
     BuildProgress,
     fingerprint,
     index_up_to_date,
     recorded_keys,
     remove_stale,
 )
-from sonofm.datasets.build_workers import (
+from sonofm.datasets.build.pseudonyms import DEFAULT_ON, key_fingerprint, pseudonym_key, scrub_report
+from sonofm.datasets.build.splits import normalise_fractions
+from sonofm.datasets.build.workers import (
     ItemResult,
     Job,
     SampleOut,
@@ -37,9 +39,7 @@ from sonofm.datasets.build_workers import (
     clip_fields,
     item_results,
 )
-from sonofm.datasets.dedup import DuplicateFilter
-from sonofm.datasets.imageio import MAX_ASPECT, MIN_SIDE
-from sonofm.datasets.pseudonyms import DEFAULT_ON, key_fingerprint, pseudonym_key, scrub_report
+from sonofm.datasets.preprocess.dedup import DuplicateFilter
 from sonofm.datasets.shards import (
     INDEX_VERSION,
     EncodedSample,
@@ -53,7 +53,8 @@ from sonofm.datasets.shards import (
     output_error,
     write_json_atomic,
 )
-from sonofm.datasets.source_specs import (
+from sonofm.datasets.sources.imageio import MAX_ASPECT, MIN_SIDE
+from sonofm.datasets.sources.specs import (
     BadSpecError,
     SourceSpec,
     load_sources_file,
@@ -61,7 +62,6 @@ from sonofm.datasets.source_specs import (
     parse_source_arg,
     parse_sources,
 )
-from sonofm.datasets.splits import normalise_fractions
 from sonofm.datasets.taxonomy import SourceInfo, Taxonomy, display, regions_of
 from sonofm.errors import UserError
 

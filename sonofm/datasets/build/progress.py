@@ -30,7 +30,7 @@ from typing import Any
 from sonofm import __version__
 from sonofm.atomic_io import write_text
 from sonofm.datasets.shards import INDEX_VERSION, index_path, progress_path, read_index, shard_pattern
-from sonofm.datasets.source_specs import SourceSpec
+from sonofm.datasets.sources.specs import SourceSpec
 
 
 def fingerprint(spec: SourceSpec, source: str, items: Sequence[Any], settings: dict[str, Any]) -> str:

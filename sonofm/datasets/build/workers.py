@@ -19,12 +19,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sonofm.datasets.dedup import image_digests
-from sonofm.datasets.imageio import MAX_ASPECT, MIN_SIDE, degenerate_reason
-from sonofm.datasets.pseudonyms import pseudonymise_meta
+from sonofm.datasets.build.pseudonyms import pseudonymise_meta
+from sonofm.datasets.build.splits import assign_split
+from sonofm.datasets.preprocess.dedup import image_digests
 from sonofm.datasets.shards import encode_png, sample_key, sample_meta
-from sonofm.datasets.source_specs import SourceSpec, make_adapter
-from sonofm.datasets.splits import assign_split
+from sonofm.datasets.sources.imageio import MAX_ASPECT, MIN_SIDE, degenerate_reason
+from sonofm.datasets.sources.specs import SourceSpec, make_adapter
 from sonofm.datasets.taxonomy import SourceInfo
 
 #: Records of one item held in memory at once to find the fields of its clips.
@@ -82,7 +82,7 @@ class Worker:
     """Decodes and preprocesses one item; lives once per process."""
 
     def __init__(self, job: Job):
-        from sonofm.datasets.preprocess import ColourLimitExceeded, preprocess
+        from sonofm.datasets.preprocess.pipeline import ColourLimitExceeded, preprocess
         from sonofm.datasets.taxonomy import Taxonomy
 
         self.colour_limit_exceeded = ColourLimitExceeded
@@ -180,11 +180,11 @@ def clip_field_map(records: Sequence[Any]) -> dict[tuple[Any, ...], Any]:
     """One acoustic field per clip among ``records`` (the frames of a video or multi-frame DICOM).
 
     The frames of one clip share their field: it is detected once from all of them, where pixels
-    that never change are UI, not tissue (:func:`~sonofm.datasets.field.detect_clip_field`),
+    that never change are UI, not tissue (:func:`~sonofm.datasets.preprocess.field.detect_clip_field`),
     instead of frame by frame. Stills and clips of one frame get none (detected alone).
     """
-    from sonofm.datasets.field import detect_clip_field
-    from sonofm.datasets.preprocess import detection_gray
+    from sonofm.datasets.preprocess.field import detect_clip_field
+    from sonofm.datasets.preprocess.pipeline import detection_gray
 
     clips: dict[tuple[Any, ...], list[Any]] = {}
     for r in records:

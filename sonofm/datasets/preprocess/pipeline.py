@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sonofm.datasets import overlays
-from sonofm.datasets.field import Field, detect_field
-from sonofm.datasets.records import Record
+from sonofm.datasets.preprocess import overlays
+from sonofm.datasets.preprocess.field import Field, detect_field
+from sonofm.datasets.sources.records import Record
 
 #: Share of coloured pixels above which an image has more than a tint (marks, Doppler).
 COLOUR_SHARE = 5e-4
@@ -39,7 +39,7 @@ class ColourLimitExceeded(ValueError):
 class ColourInfo:
     """What the grayscale conversion found: how much real colour the image held, and where.
 
-    ``area`` is the (H, W) coloured area grown by :data:`~sonofm.datasets.overlays.COLOUR_GROW`
+    ``area`` is the (H, W) coloured area grown by :data:`~sonofm.datasets.preprocess.overlays.COLOUR_GROW`
     (``None`` when there is none) and ``blanked`` whether it was set to 0. ``field_fraction`` (the
     share of the field that ``area`` covers) is filled in by :func:`preprocess` once the field is known.
     """

@@ -1,13 +1,15 @@
-"""The shard format in one import: names (``shard_names``), writing (``shard_writer``), reading and
-decoding samples (``shard_reader``) and the per-source index (``shard_index``).
+"""The shard format: names (``names``), writing (``writer``), reading and decoding samples
+(``reader``), the per-source index (``index``), which shards a set holds (``discovery``) and
+contact sheets and summaries of a shard folder (``inspect``).
 
-Each of those modules owns one part of the format; this module only gathers their public names, so
-callers need not know the split.
+Each of those modules owns one part of the format; this package gathers their public names, so
+callers need not know the split. A new per-sample field is written in ``writer`` and read in
+``reader``; a new index entry in ``index``.
 """
 
 from __future__ import annotations
 
-from sonofm.datasets.shard_index import (
+from sonofm.datasets.shards.index import (
     entry_file,
     index_files,
     index_shards,
@@ -16,7 +18,7 @@ from sonofm.datasets.shard_index import (
     read_index,
     write_json_atomic,
 )
-from sonofm.datasets.shard_names import (
+from sonofm.datasets.shards.names import (
     INDEX_SUFFIX,
     INDEX_VERSION,
     NAME_RE,
@@ -31,11 +33,10 @@ from sonofm.datasets.shard_names import (
     sample_key,
     shard_name,
     shard_pattern,
-    source_name_from_path,
     split_member_name,
     tmp_path,
 )
-from sonofm.datasets.shard_reader import (
+from sonofm.datasets.shards.reader import (
     CORRUPT_KINDS,
     CorruptCounter,
     CorruptSample,
@@ -46,7 +47,7 @@ from sonofm.datasets.shard_reader import (
     decode_sample,
     iter_tar_samples,
 )
-from sonofm.datasets.shard_writer import (
+from sonofm.datasets.shards.writer import (
     EncodedSample,
     OutputError,
     ResumeMismatch,
@@ -66,6 +67,6 @@ __all__ = [
     "base_key", "check_source_name", "check_split_name", "count_samples", "decode_png", "decode_sample",
     "encode_png", "entry_file", "file_sha256", "index_files", "index_path", "index_shards", "is_url",
     "iter_tar_samples", "keys_sha256", "load_indexes", "member_name", "output_error", "progress_path",
-    "read_index", "sample_key", "sample_meta", "shard_name", "shard_pattern", "source_name_from_path",
+    "read_index", "sample_key", "sample_meta", "shard_name", "shard_pattern",
     "split_member_name", "tmp_path", "write_json_atomic",
 ]

@@ -12,9 +12,9 @@ from typing import Any
 
 import braceexpand
 
-from sonofm.datasets.shard_index import index_files, index_shards, is_url, load_indexes, read_index
-from sonofm.datasets.shard_names import INDEX_SUFFIX
-from sonofm.datasets.shard_reader import count_samples
+from sonofm.datasets.shards.index import index_files, index_shards, is_url, load_indexes, read_index
+from sonofm.datasets.shards.names import INDEX_SUFFIX
+from sonofm.datasets.shards.reader import count_samples
 from sonofm.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from sonofm.atomic_io import write_json
-from sonofm.datasets.shard_names import INDEX_SUFFIX
-from sonofm.datasets.shard_writer import output_error
+from sonofm.datasets.shards.names import INDEX_SUFFIX
+from sonofm.datasets.shards.writer import output_error
 
 _ENTRY_KEYS = frozenset({"file", "split", "count"})
 _ENTRY_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")

@@ -23,19 +23,6 @@ def check_source_name(source: str) -> str:
     return source
 
 
-def source_name_from_path(path: str | os.PathLike) -> str:
-    """A source name for a collection that was given none: its folder name, or a file's stem (a CSV
-    manifest, a single DICOM), lower-cased, with anything outside ``[a-z0-9_-]`` turned into ``_``."""
-    p = Path(path).expanduser()
-    stem = p.stem if p.suffix and not p.is_dir() else p.name
-    if not stem:  # "." or "/"
-        stem = Path(os.path.abspath(p)).name
-    name = _SAFE.sub("_", stem.lower()).strip("_-")
-    if not name:
-        raise ValueError(f"{path}: cannot derive a source name from this path; give one with ?source=NAME")
-    return name
-
-
 def check_split_name(split: str) -> str:
     """Split names sit between dashes in shard names: only ``[A-Za-z0-9_]``."""
     if not isinstance(split, str) or not SPLIT_RE.match(split):

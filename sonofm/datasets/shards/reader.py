@@ -21,9 +21,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from sonofm.datasets.imageio import MAX_PIXELS
-from sonofm.datasets.shard_index import is_url
-from sonofm.datasets.shard_names import split_member_name
+from sonofm.datasets.shards.index import is_url
+from sonofm.datasets.shards.names import split_member_name
+from sonofm.datasets.sources.imageio import MAX_PIXELS
 from sonofm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def iter_tar_samples(path_or_url: str | os.PathLike, counter: CorruptCounter | N
                      offset: int = 0, report_tar: bool = True) -> Iterator[dict[str, Any]]:
     """Raw samples ``{"__key__", "__url__", ext: bytes}`` of one shard, in file order, indices ``offset::stride``.
 
-    Keys follow :func:`~sonofm.datasets.shard_names.split_member_name`. A read error (truncated or
+    Keys follow :func:`~sonofm.datasets.shards.names.split_member_name`. A read error (truncated or
     unreadable tar) drops the sample in progress and ends the shard: with a ``counter`` it is counted
     once (by the reader with ``report_tar``) and the samples read so far stand; without one it raises
     :class:`ShardReadError`. Samples of other strides are skipped over, not read.

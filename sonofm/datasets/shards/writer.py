@@ -23,8 +23,14 @@ import numpy as np
 from PIL import Image
 
 from sonofm.atomic_io import fsync_dir, to_jsonable
-from sonofm.datasets.records import META_KEYS
-from sonofm.datasets.shard_names import check_source_name, check_split_name, member_name, shard_name, tmp_path
+from sonofm.datasets.shards.names import (
+    check_source_name,
+    check_split_name,
+    member_name,
+    shard_name,
+    tmp_path,
+)
+from sonofm.datasets.sources.records import META_KEYS
 from sonofm.errors import UserError
 from sonofm.faults import maybe_kill
 

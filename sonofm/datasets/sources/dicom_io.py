@@ -1,7 +1,7 @@
 """Reading and decoding DICOM files (single and multi-frame): pixel spacing, ultrasound regions, colour.
 
 Kept apart from the adapters so that the adapter base (which decodes ``.dcm`` files met by any
-adapter) and :class:`~sonofm.datasets.adapters.dicom.DicomAdapter` both import it without a cycle.
+adapter) and :class:`~sonofm.datasets.sources.adapters.dicom.DicomAdapter` both import it without a cycle.
 
 Every photometric interpretation pydicom decodes is turned into what the other adapters yield:
 MONOCHROME2 as is, MONOCHROME1 inverted, RGB as is, YBR_* converted to RGB by pydicom, PALETTE
@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from sonofm.datasets.imageio import AdapterError
-from sonofm.datasets.video import DEDUP_THRESHOLD, Deduper, even_indices
+from sonofm.datasets.sources.imageio import AdapterError
+from sonofm.datasets.sources.video import DEDUP_THRESHOLD, Deduper, even_indices
 
 CM_UNITS = 3  # PhysicalUnitsX/YDirection code for centimetres
 _PROBES = (("CURVED", "convex"), ("PHASED", "phased"), ("SECTOR", "phased"), ("LINEAR", "linear"))

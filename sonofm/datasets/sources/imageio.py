@@ -27,7 +27,7 @@ class AdapterError(UserError, ValueError):
     """A source file that cannot be read or decoded; the message names the file and the problem.
 
     Defined here (not in ``adapters``) so that low-level readers can raise it without importing the
-    adapter registry; import it from ``sonofm.datasets.adapters``.
+    adapter registry; import it from ``sonofm.datasets.sources.adapters``.
     """
 
 

@@ -3,7 +3,7 @@
 Keeping one small, explicit type between adapters, preprocessing and the shard writer means a
 new data source only has to produce ``Record`` objects to get splits, shards and streaming.
 
-Shard sample layout (written by ``sonofm.datasets.shards``, read by ``sonofm.datasets.stream``):
+Shard sample layout (written by ``sonofm.datasets.shards``, read by ``sonofm.datasets.stream.loader``):
 
 - ``__key__``: ``{source}-{uid}`` with only ``[A-Za-z0-9_-]`` characters (no dots: webdataset
   splits keys on dots).

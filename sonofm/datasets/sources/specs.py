@@ -89,7 +89,7 @@ def parse_source_arg(s: str | dict[str, Any]) -> SourceSpec | list[SourceSpec]:
 
     A path to a YAML file (a list of such strings or of mappings with ``adapter``, ``root``,
     ``source``, ``organ``, ``region``, ``description``, ``options``/other keys; relative roots are
-    relative to the file) gives a list of specs; :func:`~sonofm.datasets.build.build_shards`
+    relative to the file) gives a list of specs; :func:`~sonofm.datasets.build.orchestrate.build_shards`
     accepts such lists inside its ``sources`` and flattens them.
     """
     if isinstance(s, SourceSpec):
@@ -163,7 +163,7 @@ def parse_sources(args: Iterable[Any]) -> list[SourceSpec]:
 
 def make_adapter(spec: SourceSpec) -> Any:
     """The adapter object for ``spec`` (the source override goes to the adapter)."""
-    from sonofm.datasets.adapters import get_adapter
+    from sonofm.datasets.sources.adapters import get_adapter
 
     kwargs = dict(spec.options)
     if spec.source is not None:

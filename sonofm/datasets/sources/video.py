@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sonofm.datasets.imageio import AdapterError
+from sonofm.datasets.sources.imageio import AdapterError
 
 VIDEO_EXTENSIONS = frozenset(
     {".gif", ".mp4", ".avi", ".mov", ".mpeg", ".mpg", ".m4v", ".mkv", ".webm", ".wmv"}

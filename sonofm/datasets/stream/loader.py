@@ -1,7 +1,7 @@
 """Streaming shards into training and evaluation batches.
 
-Which shards a set holds is :mod:`sonofm.datasets.shard_discovery`; reading and decoding a shard's
-samples is :mod:`sonofm.datasets.shard_reader`. This module mixes, plans, shuffles and batches.
+Which shards a set holds is :mod:`sonofm.datasets.shards.discovery`; reading and decoding a shard's
+samples is :mod:`sonofm.datasets.shards.reader`. This module mixes, plans, shuffles and batches.
 
 Training stream (``make_train_loader``), infinite and reproducible
 -----------------------------------------------------------------
@@ -61,16 +61,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sonofm.datasets.augment import AugmentConfig, augment_sample, eval_sample
-from sonofm.datasets.shard_discovery import Shard, StreamError, discover_shards, shard_indexes
-from sonofm.datasets.shard_names import base_key
-from sonofm.datasets.shard_reader import (
+from sonofm.datasets.shards.discovery import Shard, StreamError, discover_shards, shard_indexes
+from sonofm.datasets.shards.names import base_key
+from sonofm.datasets.shards.reader import (
     CORRUPT_KINDS,
     CorruptCounter,
     CorruptSample,
     decode_sample,
     iter_tar_samples,
 )
+from sonofm.datasets.stream.augment import AugmentConfig, augment_sample, eval_sample
 
 log = logging.getLogger(__name__)
 

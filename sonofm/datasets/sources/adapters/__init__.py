@@ -1,4 +1,4 @@
-"""Dataset adapters: each turns one collection layout into :class:`~sonofm.datasets.records.Record` objects.
+"""Dataset adapters: each turns one collection layout into :class:`~sonofm.datasets.sources.records.Record` objects.
 
 ``get_adapter("busi", root)`` builds one by name; :data:`ADAPTERS` lists them. Every adapter has a
 cheap ``items()`` listing and a ``load(item)`` that decodes one item (see :mod:`.base`), and raises
@@ -11,16 +11,16 @@ import difflib
 import os
 from typing import Any
 
-from sonofm.datasets.adapters.base import Adapter, Item, merge_masks
-from sonofm.datasets.adapters.busi import BusiAdapter
-from sonofm.datasets.adapters.cca import CcaAdapter
-from sonofm.datasets.adapters.csv_manifest import CsvAdapter
-from sonofm.datasets.adapters.dicom import DicomAdapter
-from sonofm.datasets.adapters.folder import FolderAdapter
-from sonofm.datasets.adapters.hc18 import Hc18Adapter
-from sonofm.datasets.adapters.pocus import PocusAdapter
-from sonofm.datasets.adapters.synthetic import SyntheticAdapter
-from sonofm.datasets.imageio import AdapterError
+from sonofm.datasets.sources.adapters.base import Adapter, Item, merge_masks
+from sonofm.datasets.sources.adapters.busi import BusiAdapter
+from sonofm.datasets.sources.adapters.cca import CcaAdapter
+from sonofm.datasets.sources.adapters.csv_manifest import CsvAdapter
+from sonofm.datasets.sources.adapters.dicom import DicomAdapter
+from sonofm.datasets.sources.adapters.folder import FolderAdapter
+from sonofm.datasets.sources.adapters.hc18 import Hc18Adapter
+from sonofm.datasets.sources.adapters.pocus import PocusAdapter
+from sonofm.datasets.sources.adapters.synthetic import SyntheticAdapter
+from sonofm.datasets.sources.imageio import AdapterError
 from sonofm.errors import UnknownNameError
 
 ADAPTERS: dict[str, type[Adapter]] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import contextvars
 import os
+import re
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sonofm.datasets.imageio import (
+from sonofm.datasets.sources.imageio import (
     IMAGE_EXTENSIONS,
     AdapterError,
     binarize,
@@ -26,8 +27,8 @@ from sonofm.datasets.imageio import (
     read_image,
     read_mask,
 )
-from sonofm.datasets.records import Record
-from sonofm.datasets.video import DEDUP_THRESHOLD, VIDEO_EXTENSIONS, sample_video
+from sonofm.datasets.sources.records import Record
+from sonofm.datasets.sources.video import DEDUP_THRESHOLD, VIDEO_EXTENSIONS, sample_video
 from sonofm.errors import BadOptionError
 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
@@ -47,6 +48,22 @@ _LINKS_HINT = "give links=any to follow links out of the source folder"
 # the links and special files it refuses to it, and follows its ``links`` policy, so adapters that
 # call ``list_files`` plainly count and refuse alike.
 _LISTING: contextvars.ContextVar[Adapter | None] = contextvars.ContextVar("sonofm_listing", default=None)
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def source_name_from_path(path: str | os.PathLike) -> str:
+    """A source name for a collection that was given none: its folder name, or a file's stem (a CSV
+    manifest, a single DICOM), lower-cased, with anything outside ``[a-z0-9_-]`` turned into ``_``."""
+    p = Path(path).expanduser()
+    stem = p.stem if p.suffix and not p.is_dir() else p.name
+    if not stem:  # "." or "/"
+        stem = Path(os.path.abspath(p)).name
+    name = _UNSAFE_NAME.sub("_", stem.lower()).strip("_-")
+    if not name:
+        raise ValueError(f"{path}: cannot derive a source name from this path; give one with ?source=NAME")
+    return name
 
 
 @dataclass
@@ -222,7 +239,7 @@ class Adapter(abc.ABC):
             for f in clip.frames:
                 yield f.index, f.image, {}
         elif ext in DICOM_EXTENSIONS:
-            from sonofm.datasets.dicom_io import decode_dicom
+            from sonofm.datasets.sources.dicom_io import decode_dicom
 
             yield from decode_dicom(path, self.count, **self.frame_options())
         else:

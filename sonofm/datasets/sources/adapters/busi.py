@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sonofm.datasets.adapters.base import Adapter, Item, relpath
+from sonofm.datasets.sources.adapters.base import Adapter, Item, relpath
 
 CLASSES = ("benign", "malignant", "normal")
 _MASK = re.compile(r"^(?P<stem>.+)_mask(?:_\d+)?$")

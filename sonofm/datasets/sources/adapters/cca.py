@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sonofm.datasets.adapters.base import Adapter, Item, relpath
-from sonofm.datasets.imageio import IMAGE_EXTENSIONS
+from sonofm.datasets.sources.adapters.base import Adapter, Item, relpath
+from sonofm.datasets.sources.imageio import IMAGE_EXTENSIONS
 
 DATASET_DIR = "Common Carotid Artery Ultrasound Images"
 IMAGES, MASKS = "US images", "Expert mask images"

@@ -16,9 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sonofm.datasets.adapters.base import Adapter, Item, merge_masks
-from sonofm.datasets.imageio import AdapterError
-from sonofm.datasets.shards import source_name_from_path
+from sonofm.datasets.sources.adapters.base import Adapter, Item, merge_masks, source_name_from_path
+from sonofm.datasets.sources.imageio import AdapterError
 
 KNOWN_COLUMNS = ("path", "label", "mask", "group", "organ", "region", "source", "probe", "pixel_spacing_mm")
 

@@ -1,7 +1,7 @@
 """The DICOM adapter: a DICOM file or a folder of them as one source.
 
 Decoding (photometric interpretations, bit depths, ultrasound regions, hashed patient groups,
-anatomy from the header) lives in :mod:`sonofm.datasets.dicom_io`, shared with the adapter base.
+anatomy from the header) lives in :mod:`sonofm.datasets.sources.dicom_io`, shared with the adapter base.
 """
 
 from __future__ import annotations
@@ -12,10 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from sonofm.datasets.adapters.base import DICOM_EXTENSIONS, Adapter, Item, list_files, relpath
-from sonofm.datasets.dicom_io import decode_dicom, is_dicom
-from sonofm.datasets.imageio import AdapterError
-from sonofm.datasets.shards import source_name_from_path
+from sonofm.datasets.sources.adapters.base import (
+    DICOM_EXTENSIONS,
+    Adapter,
+    Item,
+    list_files,
+    relpath,
+    source_name_from_path,
+)
+from sonofm.datasets.sources.dicom_io import decode_dicom, is_dicom
+from sonofm.datasets.sources.imageio import AdapterError
 
 
 class DicomAdapter(Adapter):

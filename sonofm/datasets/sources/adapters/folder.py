@@ -15,9 +15,16 @@ import os
 import re
 from pathlib import Path
 
-from sonofm.datasets.adapters.base import MEDIA_EXTENSIONS, Adapter, Item, list_files, merge_masks, relpath
-from sonofm.datasets.imageio import IMAGE_EXTENSIONS, AdapterError
-from sonofm.datasets.shards import source_name_from_path
+from sonofm.datasets.sources.adapters.base import (
+    MEDIA_EXTENSIONS,
+    Adapter,
+    Item,
+    list_files,
+    merge_masks,
+    relpath,
+    source_name_from_path,
+)
+from sonofm.datasets.sources.imageio import IMAGE_EXTENSIONS, AdapterError
 
 
 class FolderAdapter(Adapter):

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from sonofm.datasets.adapters.base import Adapter, Item, relpath
-from sonofm.datasets.imageio import AdapterError, read_mask
+from sonofm.datasets.sources.adapters.base import Adapter, Item, relpath
+from sonofm.datasets.sources.imageio import AdapterError, read_mask
 
 SUBSETS = {
     "training": ("training_set", "training_set_pixel_size_and_HC.csv"),

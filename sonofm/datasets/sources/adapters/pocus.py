@@ -15,8 +15,8 @@ from __future__ import annotations
 import csv
 import re
 
-from sonofm.datasets.adapters.base import MEDIA_EXTENSIONS, Adapter, Item, list_files, relpath
-from sonofm.datasets.imageio import AdapterError
+from sonofm.datasets.sources.adapters.base import MEDIA_EXTENSIONS, Adapter, Item, list_files, relpath
+from sonofm.datasets.sources.imageio import AdapterError
 
 FOLDERS = ("pocus_videos", "pocus_images")
 PROBES = ("convex", "linear")

@@ -7,7 +7,7 @@ pixel_spacing_mm``) with PNG images and 0/255 masks; this is the CSV adapter wit
 
 from __future__ import annotations
 
-from sonofm.datasets.adapters.csv_manifest import CsvAdapter
+from sonofm.datasets.sources.adapters.csv_manifest import CsvAdapter
 
 
 class SyntheticAdapter(CsvAdapter):
