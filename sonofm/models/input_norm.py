@@ -6,7 +6,7 @@ model that fed the same encoder raw [0, 1] images would see inputs shifted by tw
 deviations and shrunk four-fold: the pretrained weights would look worse than random ones. So the
 statistics travel *with the encoder*, in timm's own place (``model.pretrained_cfg["mean"/"std"]``,
 what ``timm.data.resolve_data_config(model=...)`` reads), and every downstream forward
-(:class:`~sonofm.finetune.upernet.SegModel`, :class:`~sonofm.finetune.prompt_model.PromptModel`,
+(:class:`~sonofm.models.upernet.SegModel`, :class:`~sonofm.models.prompt_model.PromptModel`,
 :func:`~sonofm.evaluation.features.pooled_features`) normalises through :class:`InputNorm`.
 :func:`sonofm.models.loading.load_encoder` sets them for every kind of encoder, the random
 baseline included, so both sides of a comparison get identical preprocessing.
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["INPUT_MEAN", "INPUT_STD", "set_input_stats", "input_stats", "InputNorm"]
+__all__ = ["INPUT_MEAN", "INPUT_STD", "set_input_stats", "input_stats", "adapt_stats", "InputNorm"]
 
 #: Mean and std of [0, 1] B-mode intensities the pretraining normalises with (one grey channel).
 INPUT_MEAN = 0.5
@@ -44,6 +44,26 @@ def _in_chans(encoder: nn.Module) -> int:
     if conv is None:
         raise TypeError(f"{type(encoder).__name__}: no Conv2d found to read the number of input channels from")
     return int(conv.in_channels)
+
+
+def adapt_stats(mean: float | Sequence[float], std: float | Sequence[float], from_chans: int,
+                to_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Statistics of ``from_chans``-channel weights for the same weights adapted to ``to_chans`` channels.
+
+    timm's stem adaptation (``adapt_input_conv``) *sums* the RGB kernels for one grey channel, so a grey
+    image ``x`` through the adapted stem equals ``[x, x, x]`` through the original one exactly when all
+    three channels are normalised alike: the grey mean and std are the means of the per-channel ones
+    (ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) become 0.449 / 0.226). One grey channel
+    going to three is repeated. Values for another channel count than ``from_chans`` are an error.
+    """
+    m, s = _per_channel(mean, from_chans, "mean"), _per_channel(std, from_chans, "std")
+    if from_chans == to_chans:
+        return m, s
+    if to_chans == 1:
+        return (sum(m) / len(m),), (sum(s) / len(s),)
+    if from_chans == 1:
+        return m * to_chans, s * to_chans
+    raise ValueError(f"cannot carry {from_chans}-channel statistics to {to_chans} channels")
 
 
 def set_input_stats(encoder: nn.Module, mean: float | Sequence[float] = INPUT_MEAN,
