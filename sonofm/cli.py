@@ -179,6 +179,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from sonofm.evaluation.fmuia_score import score_to_files
+
+    score_to_files(args.pred_dir, args.root, out=args.out)
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -275,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: print what would be uploaded")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("score", parents=[common], help="score FM_UIA 2026 prediction files against a labelled root",
+                       description="Score a prediction folder (the challenge's JSON files and mask PNGs) against a "
+                       "labelled FM_UIA data root: per-subtask table, the nine averages, PRED_DIR/scores.json. "
+                       "A labelled image without a prediction is an error that names it (exit status 2).")
+    p.add_argument("pred_dir", metavar="PRED_DIR", help="prediction folder (e.g. what 'sonofm predict' wrote)")
+    p.add_argument("--root", required=True, metavar="ROOT", help="labelled challenge root holding csv_files/")
+    p.add_argument("--out", default=None, metavar="FILE", help="scores JSON (default: PRED_DIR/scores.json)")
+    p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("quickstart", parents=[common], help="the whole pipeline on built-in synthetic data (or --data)",
                        description="Generate data, build shards, pretrain, probe, segment, export, and print a "
