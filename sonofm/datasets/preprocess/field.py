@@ -49,6 +49,12 @@ FINE_SIDE = 1024
 UI_MAX_AREA = 0.005
 #: ... and so is one thinner than this share of the image height or width (rulers, scale bars).
 UI_MAX_THIN = 0.03
+#: A bright, flat component no taller than this share of the image height (or ``UI_LINE_PX``
+#: pixels, whichever is more) and narrower than ``UI_LINE_WIDE`` of its width is a line of text,
+#: whatever its area: on a small screen one line of patient ID or date is more than ``UI_MAX_AREA``.
+UI_LINE_H = 0.06
+UI_LINE_PX = 12
+UI_LINE_WIDE = 0.5
 #: Brightness above the background that a UI mark's brightest pixel reaches (text, ticks, bars).
 UI_BRIGHT = 100.0
 #: A small mark is flat: at least ``UI_FLAT_SHARE`` of its pixels within ``UI_FLAT`` of its peak
@@ -192,17 +198,22 @@ def _ui_marks(gray: np.ndarray, bg: float, thr: float) -> tuple[np.ndarray, np.n
     x0 = np.array([o[1].start for o in objs])
     x1 = np.array([o[1].stop for o in objs])
     narrow = (ww < UI_MAX_THIN * wf) & (x0 > 0) & (x1 < wf)
-    small = (area < UI_MAX_AREA * fine.size) & ~narrow & bright[1:]
+    line = (hh <= max(UI_LINE_PX, UI_LINE_H * hf)) & (ww < UI_LINE_WIDE * wf)
+    small = ((area < UI_MAX_AREA * fine.size) | line) & ~narrow & bright[1:]
     small[int(np.argmax(area))] = False
+    main = int(np.argmax(area))
+    beside = small & _outside_hull(lab, main + 1, objs, n)
     if small.any():
         # Small bright tissue (a vessel wall, a calcification in dark tissue) is as small as a
         # word; marks are drawn in one shade, so many of their pixels sit at the mark's peak.
+        # Beside the tissue (outside its hull) there is no tissue: there small anti-aliased text
+        # (a 7 px patient ID on a small screen, no pixel at its peak) is a mark too.
         pix = np.concatenate([[False], small])[lab]
         ids, vals = lab[pix], fine[pix]
         peak = np.zeros(n + 1, np.float32)
         np.maximum.at(peak, ids, vals)
         near = np.bincount(ids, weights=vals >= peak[ids] - UI_FLAT * (peak[ids] - bg), minlength=n + 1)[1:]
-        small &= near >= UI_FLAT_SHARE * area
+        small &= (near >= UI_FLAT_SHARE * area) | beside
     ui = (bright[1:] & narrow) | small
     ui[int(np.argmax(area))] = False  # the tissue itself
     if not ui.any():
@@ -217,6 +228,23 @@ def _ui_marks(gray: np.ndarray, bg: float, thr: float) -> tuple[np.ndarray, np.n
         marks = marks[rows[:, None], cols[None, :]]
         text_map = text_map[rows[:, None], cols[None, :]]
     return marks, text_map
+
+
+def _outside_hull(lab: np.ndarray, main: int, objs: list, n: int) -> np.ndarray:
+    """Per component 1..n: whether most of its pixels lie outside the convex hull of component ``main``."""
+    sl = objs[main - 1]
+    comp = lab[sl] == main
+    edge = comp & ~ndi.binary_erosion(comp)
+    yy, xx = np.nonzero(edge)
+    pts = np.stack([xx + sl[1].start + 0.5, yy + sl[0].start + 0.5], axis=1).astype(np.float64)  # centres
+    eq = _hull_equations(pts)
+    out = np.ones(n, bool)
+    if eq is None:
+        return out
+    hull = _rasterise(eq, *lab.shape, grow=1.0)
+    inside = np.bincount(lab[hull], minlength=n + 1)[1:]
+    total = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    return inside < 0.5 * total
 
 
 def _pool_any(mask: np.ndarray, shape: tuple[int, int], sy: float, sx: float) -> np.ndarray:
