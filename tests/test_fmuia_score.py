@@ -415,7 +415,7 @@ def test_writer_reader_round_trip(tmp_path: Path) -> None:
     det = back.entries["detection"][("T2", "../Detection/D/1.png")]
     assert det["bbox_pixels"] == [10.0, 5.0, 30.0, 25.0]
     assert det["bbox_normalized"] == pytest.approx([10 / 40, 5 / 50, 30 / 40, 25 / 50])  # x / width, y / height
-    reg = back.entries["regression"][("T3", "../Regression/R/1.png")]
+    reg = back.entries["keypoints"][("T3", "../Regression/R/1.png")]
     assert reg["predicted_points_pixels"] == [8.0, 4.0, 20.0, 30.0]
     assert reg["predicted_points_normalized"] == pytest.approx([8 / 80, 4 / 40, 20 / 80, 30 / 40])
     assert sorted(p.name for p in out.iterdir()) == sorted(

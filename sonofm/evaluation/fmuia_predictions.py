@@ -40,17 +40,18 @@ from sonofm.errors import UserError
 CLASSIFICATION_FILE = "classification_predictions.json"
 DETECTION_FILE = "detection_predictions.json"
 REGRESSION_FILE = "regression_predictions.json"
-#: The JSON prediction kinds and their file, in the order they are written.
+#: The kinds with a JSON file (sonofm's kind names; the challenge calls keypoints "Regression") and
+#: their file, in the order they are written.
 JSON_FILES: dict[str, str] = {
     "classification": CLASSIFICATION_FILE,
     "detection": DETECTION_FILE,
-    "regression": REGRESSION_FILE,
+    "keypoints": REGRESSION_FILE,
 }
 #: The keys every entry of a kind's file must have (beyond ``image_path`` and ``task_id``).
 ENTRY_KEYS: dict[str, tuple[str, ...]] = {
     "classification": ("predicted_class", "predicted_probs"),
     "detection": ("bbox_pixels", "bbox_normalized"),
-    "regression": ("predicted_points_pixels", "predicted_points_normalized"),
+    "keypoints": ("predicted_points_pixels", "predicted_points_normalized"),
 }
 
 
@@ -191,14 +192,14 @@ class PredictionWriter:
     def add_keypoints(self, image_path: str, task_id: str, points_xy_pixels: Sequence[Any] | np.ndarray,
                       image_hw: Sequence[int]) -> None:
         """One image's K points, ``(K, 2)`` or flat ``[x1, y1, ...]``, in original pixels."""
-        what = f"regression {image_path}"
+        what = f"keypoints {image_path}"
         xy = _floats(points_xy_pixels, f"{what}: predicted_points_pixels")
         if not xy or len(xy) % 2:
             raise PredictionFormatError(f"{what}: points must be (x, y) pairs, got {len(xy)} numbers")
         hw = _image_hw(image_hw, what)
         entry = self._ids(image_path, task_id)
         entry.update(predicted_points_pixels=xy, predicted_points_normalized=_normalised_xy(xy, hw))
-        self._append("regression", entry)
+        self._append("keypoints", entry)
 
     def add_segmentation(self, mask_path: str, class_map: np.ndarray) -> Path:
         """Write one ``(H, W)`` map of class indices (at the original size) as the PNG for ``mask_path``."""

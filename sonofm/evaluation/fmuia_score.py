@@ -58,7 +58,7 @@ from sonofm.evaluation.fmuia_predictions import (
     segmentation_relpath,
 )
 
-KINDS: tuple[str, ...] = ("segmentation", "classification", "detection", "regression")
+KINDS: tuple[str, ...] = ("segmentation", "classification", "detection", "keypoints")
 #: The nine numbers, in order: (key, kind, per-subtask metric, label in the table).
 AVERAGES: tuple[tuple[str, str, str, str], ...] = (
     ("seg_dice", "segmentation", "dice", "seg Dice"),
@@ -69,7 +69,7 @@ AVERAGES: tuple[tuple[str, str, str, str], ...] = (
     ("cls_f1_weighted", "classification", "f1_weighted", "cls F1 weighted"),
     ("cls_mcc", "classification", "mcc", "cls MCC"),
     ("det_iou", "detection", "iou", "det IoU"),
-    ("reg_mre", "regression", "mre", "reg MRE (px)"),
+    ("reg_mre", "keypoints", "mre", "reg MRE (px)"),
 )
 #: How many names an error message or the printed report lists before saying "and N more".
 SHOW = 10
@@ -102,7 +102,7 @@ class TruthRow:
 
     ``kind`` is one of :data:`KINDS`; ``mask_file`` the true mask's path on disk (segmentation);
     ``label`` the class (classification); ``box`` ``(x_min, y_min, x_max, y_max)`` (detection);
-    ``points`` the K ``(x, y)`` (regression), all in original pixels. ``where`` names the CSV line."""
+    ``points`` the K ``(x, y)`` (keypoints, the challenge's Regression), all in original pixels. ``where`` names the CSV line."""
 
     kind: str
     task_id: str
@@ -117,7 +117,7 @@ class TruthRow:
 
 
 _TASK_NAMES = {"segmentation": "segmentation", "classification": "classification",
-               "detection": "detection", "regression": "regression"}
+               "detection": "detection", "regression": "keypoints"}
 
 
 def _cell(row: dict[str, Any], key: str) -> str | None:
@@ -359,7 +359,7 @@ def score_folder(pred_dir: str | os.PathLike, root: str | os.PathLike, *, rows: 
                                        f"{sorted(counts)} across its rows ({task_rows[0].where}, ...)")
             kind = task_rows[0].kind
             scorer = {"segmentation": _score_segmentation, "classification": _score_classification,
-                      "detection": _score_detection, "regression": _score_regression}[kind]
+                      "detection": _score_detection, "keypoints": _score_keypoints}[kind]
             metrics = scorer(task_rows, preds, invalid, bar)
             subtasks[task_id] = {"kind": kind, "n": len(task_rows), "num_classes": task_rows[0].num_classes,
                                  **metrics}
@@ -446,10 +446,10 @@ def _score_detection(rows: list[TruthRow], preds: PredictionFolder, invalid: lis
     return {"iou": _mean(ious)}
 
 
-def _score_regression(rows: list[TruthRow], preds: PredictionFolder, invalid: list[str], bar: tqdm) -> dict:
+def _score_keypoints(rows: list[TruthRow], preds: PredictionFolder, invalid: list[str], bar: tqdm) -> dict:
     errors = []
     for row in rows:
-        xy = preds.entries["regression"][(row.task_id, row.image_path)]["predicted_points_pixels"]
+        xy = preds.entries["keypoints"][(row.task_id, row.image_path)]["predicted_points_pixels"]
         truth = [v for point in row.points or () for v in point]
         if len(xy) != len(truth):
             invalid.append(f"{_label(row)}: {len(xy) // 2} predicted points, the task has {len(truth) // 2}")
@@ -472,7 +472,7 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     "segmentation": ("dice", "hd"),
     "classification": ("accuracy", "auc", "f1_macro", "f1_weighted", "mcc"),
     "detection": ("iou",),
-    "regression": ("mre",),
+    "keypoints": ("mre",),
 }
 
 
