@@ -53,6 +53,7 @@ from sonofm.datasets.shards import (
     output_error,
     write_json_atomic,
 )
+from sonofm.datasets.sources.fmuia import PROBLEMS as ROW_PROBLEMS
 from sonofm.datasets.sources.imageio import MAX_ASPECT, MIN_SIDE
 from sonofm.datasets.sources.specs import (
     BadSpecError,
@@ -83,6 +84,7 @@ SKIP_LABELS = {
     "unreadable_folders": "unreadable folders",
     "unreadable_files": "unreadable files",
     "other_files_ignored": "non-media files",
+    **ROW_PROBLEMS,  # bad rows of a benchmark's CSVs (FM_UIA)
 }
 #: Counters of samples written changed (``report["altered"]``).
 ALTERED_LABELS = {"masks_thresholded": "soft masks cut at half range"}
@@ -224,8 +226,8 @@ class _SourceRun:
             raise output_error(f"cannot write {self.log.path}", e) from e
         writer = ShardSetWriter(self.out_dir, source, self.settings["samples_per_shard"], done=done,
                                 on_commit=self.log.append)
-        tally = _Tally(Counter(self.listing[0]), list(self.listing[1]),
-                       DuplicateFilter() if self.settings["dedup"] else None)
+        dedup = self.settings["dedup"] and getattr(self.plan.adapter, "deduplicate", True)
+        tally = _Tally(Counter(self.listing[0]), list(self.listing[1]), DuplicateFilter() if dedup else None)
         bar = tqdm(total=len(self.items), desc=f"shards {source}", unit="file", disable=not self.show_progress,
                    dynamic_ncols=True)
         try:
@@ -246,7 +248,10 @@ class _SourceRun:
             info.region = Taxonomy.with_user_files(self.taxonomy_files).organ_region.get(info.organ)
         report["taxonomy"] = info.to_dict()
         report["pseudonymised"] = self.pseudonym_key is not None
-        write_json_atomic(index_path(self.out_dir, source), self._index(report, info, tally, entries))
+        details = self.plan.adapter.describe_source(source) if hasattr(self.plan.adapter, "describe_source") else {}
+        report.update(details)  # e.g. the task of a benchmark's source, and how it was split
+        index = {**details, **self._index(report, info, tally, entries)}
+        write_json_atomic(index_path(self.out_dir, source), index)
         self.log.discard()
         return report
 
@@ -350,10 +355,8 @@ def _build_source(
     spec, source = plan.spec, plan.source
     # listed here, in the main process: what the listing counts (images without mask, refused links,
     # ragged rows) is kept for the report, beside what the workers count while decoding
-    items = plan.adapter.list_items()
+    items = plan.adapter.list_items(source) if plan.only_rows else plan.adapter.list_items()
     listing = (dict(plan.adapter.stats), list(plan.adapter.notes))
-    if plan.only_rows:
-        items = [it for it in items if getattr(it, "meta", {}).get("source") == source]
     if not items:
         raise ValueError(f"source {source}: adapter {spec.adapter!r} found no files under {spec.root}")
     pseudonymised = spec.pseudonymise if spec.pseudonymise is not None else spec.adapter in DEFAULT_ON
@@ -592,6 +595,8 @@ def _summary_line(rep: dict[str, Any]) -> str:
         line += "; counted " + ", ".join(f"{k} {n}" for k, n in sorted(other.items()))
     if rep["shards_skipped"]:
         line += f"; {rep['shards_skipped']} complete shards kept"
+    if rep.get("split_by"):
+        line += f"; split by {rep['split_by']}"
     for w in rep["warnings"]:
         line += f"\n[sonofm] {rep['source']}: warning: {w}"
     return line

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -91,3 +92,29 @@ def clip_boxes(boxes: np.ndarray, height: float, width: float) -> np.ndarray:
     b[:, [0, 2]] = b[:, [0, 2]].clip(0, width)
     b[:, [1, 3]] = b[:, [1, 3]].clip(0, height)
     return b
+
+
+def mask_to_original(mask: Any, meta: Mapping[str, Any]) -> np.ndarray:
+    """A class-id mask at the stored sample's size, put back at the original image's size.
+
+    The build cropped the original to ``meta["crop"]`` and resized the crop to ``meta["size"]``;
+    the mask is resized back into the crop by nearest neighbour (class ids are never blended) and
+    everything outside the crop is background (0). A mask stored without resizing comes back exactly.
+    """
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask_to_original expects a (H, W) mask, got shape {m.shape}")
+    if meta.get("crop") is None or meta.get("orig_size") is None:
+        return m.copy()
+    t, left, b, r = (int(v) for v in meta["crop"])
+    if meta.get("size") is not None and list(m.shape) != [int(v) for v in meta["size"]]:
+        raise ValueError(f"mask is {m.shape[1]}x{m.shape[0]} but the sample's stored size is "
+                         f"{meta['size'][1]}x{meta['size'][0]}")
+    h, w = (int(v) for v in meta["orig_size"])
+    if m.dtype == bool:
+        m = m.astype(np.uint8)
+    if m.shape != (b - t, r - left):
+        m = np.asarray(Image.fromarray(np.ascontiguousarray(m)).resize((r - left, b - t), Image.Resampling.NEAREST))
+    out = np.zeros((h, w), dtype=m.dtype)
+    out[t:b, left:r] = m
+    return out

@@ -16,6 +16,7 @@ from PIL import Image
 
 from sonofm.datasets.preprocess import overlays
 from sonofm.datasets.preprocess.field import Field, detect_field
+from sonofm.datasets.preprocess.geometry import stored_from_original
 from sonofm.datasets.sources.records import Record
 
 #: Share of coloured pixels above which an image has more than a tint (marks, Doppler).
@@ -145,6 +146,30 @@ def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
+def _target_area(meta: dict[str, Any], h: int, w: int) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """The pixel box ``(top, left, bottom, right)`` holding every box and point of ``meta`` (original
+    pixels, continuous coordinates) and the pixels they cover (boxes' rectangles, points' pixels);
+    ``None`` without targets."""
+    boxes = np.asarray(meta.get("boxes") or [], dtype=np.float64).reshape(-1, 4)
+    points = np.asarray(meta.get("points") or [], dtype=np.float64).reshape(-1, 2)
+    points = points[np.isfinite(points).all(axis=1)]
+    if not len(boxes) and not len(points):
+        return None
+    area = np.zeros((h, w), bool)
+    cells = []
+    for x0, y0, x1, y1 in boxes:
+        c = (int(np.clip(np.floor(y0), 0, h - 1)), int(np.clip(np.floor(x0), 0, w - 1)),
+             int(np.clip(np.ceil(y1), 1, h)), int(np.clip(np.ceil(x1), 1, w)))
+        cells.append((c[0], c[1], max(c[2], c[0] + 1), max(c[3], c[1] + 1)))
+    for x, y in points:
+        row, col = int(np.clip(np.floor(y), 0, h - 1)), int(np.clip(np.floor(x), 0, w - 1))
+        cells.append((row, col, row + 1, col + 1))
+    for ct, cl, cb, cr in cells:
+        area[ct:cb, cl:cr] = True
+    box = (min(c[0] for c in cells), min(c[1] for c in cells), max(c[2] for c in cells), max(c[3] for c in cells))
+    return box, area
+
+
 def _resize_valid(img: np.ndarray, valid: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Area-average ``img`` over its ``valid`` pixels only; also the stored pixels that are mostly valid.
 
@@ -178,7 +203,10 @@ def preprocess(
     field, 0-1) an image whose coloured share of the field is above it raises
     :class:`ColourLimitExceeded`. Text and marks drawn inside the field are detected and reported
     (``text_inside_field``, ``text_inside_boxes``), not removed. A segmentation mask is never cut:
-    the crop and the field grow to contain it. Downsampling averages areas (no aliasing of
+    the crop and the field grow to contain it, and so for the boxes and points of
+    ``record.meta["boxes"]`` / ``["points"]`` (original pixels), which the sample's meta then holds
+    in its stored pixels (:func:`~sonofm.datasets.preprocess.geometry.original_from_stored` maps
+    them back). Downsampling averages areas (no aliasing of
     speckle); images are never upsampled.
     """
     where = record.meta.get("path", "<unknown file>")
@@ -215,6 +243,14 @@ def preprocess(
             grown_for_mask = (nt, nl, nb, nr) != (t, left, b, r) or bool((record.mask > 0)[~field_mask].any())
             t, left, b, r = nt, nl, nb, nr
             field_mask |= record.mask > 0
+    targets = _target_area(record.meta, h, w)  # boxes and points: never cut either
+    grown_for_targets = False
+    if targets is not None:
+        box, area = targets
+        nt, nl, nb, nr = min(t, box[0]), min(left, box[1]), max(b, box[2]), max(r, box[3])
+        grown_for_targets = (nt, nl, nb, nr) != (t, left, b, r)
+        t, left, b, r = nt, nl, nb, nr
+        field_mask |= area
     blanked = colour.area if colour.blanked else None
     if blanked is not None:
         field_mask &= ~blanked
@@ -246,6 +282,7 @@ def preprocess(
         meta["pixel_spacing_mm"] = [float(sr) * ch / nh, float(sc) * cw / nw]
     field_meta = fld.to_meta()
     field_meta["grown_for_mask"] = grown_for_mask
+    field_meta["grown_for_targets"] = grown_for_targets
     meta.update(
         {
             "field": field_meta,
@@ -258,4 +295,9 @@ def preprocess(
             "text_inside_boxes": [[int(v) for v in bx] for bx in text_boxes],
         }
     )
+    to_stored = stored_from_original(meta)  # boxes and points move with the pixels, exactly
+    if meta.get("boxes") is not None:
+        meta["boxes"] = to_stored.boxes(meta["boxes"]).tolist()
+    if meta.get("points") is not None:
+        meta["points"] = to_stored.points(meta["points"]).tolist()
     return Processed(image=np.ascontiguousarray(img), mask=mask, field_mask=fm, meta=meta)

@@ -11,6 +11,16 @@ Shard sample layout (written by ``sonofm.datasets.shards``, read by ``sonofm.dat
 - ``mask.png`` (optional): 8-bit PNG of class ids (0 background, 1.. foreground classes).
 - ``field.png`` (optional): 0/255 PNG of the acoustic field at the stored image size.
 - ``json``: :data:`META_KEYS` (unknown values are ``null``) plus any source-specific extras.
+  Geometry written by preprocessing: ``orig_size`` ``[h, w]`` of the decoded image, ``crop``
+  ``[top, left, bottom, right]`` taken from it and ``size`` ``[h, w]`` stored
+  (``sonofm.datasets.preprocess.geometry.original_from_stored`` maps stored pixels back).
+  Targets beside the mask: ``boxes`` ``[[x_min, y_min, x_max, y_max], ...]`` (optional
+  ``box_labels`` ``[int, ...]``) and ``points`` ``[[x, y], ...]`` (K points, in order), in the
+  stored sample's pixels (continuous coordinates: pixel ``i`` covers ``[i, i + 1)``); a record
+  carries them in its original image's pixels, and the crop grows so that none is cut.
+  Benchmark rows (FM_UIA) also carry ``task_id``, ``image_path`` exactly as their CSV wrote it,
+  and for segmentation ``mask_path``; the source's index says its task (``index["task"]``:
+  ``kind``, ``num_classes``, ``task_id``, ``classes`` for classification).
 
 Every shard directory holds ``{source}-{split}-{000000}.tar`` files and one
 ``{source}.index.json`` per source: ``{"version", "source", "complete", "fingerprint", "build",

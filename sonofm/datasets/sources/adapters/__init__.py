@@ -16,6 +16,7 @@ from sonofm.datasets.sources.adapters.busi import BusiAdapter
 from sonofm.datasets.sources.adapters.cca import CcaAdapter
 from sonofm.datasets.sources.adapters.csv_manifest import CsvAdapter
 from sonofm.datasets.sources.adapters.dicom import DicomAdapter
+from sonofm.datasets.sources.adapters.fmuia import FmuiaAdapter
 from sonofm.datasets.sources.adapters.folder import FolderAdapter
 from sonofm.datasets.sources.adapters.hc18 import Hc18Adapter
 from sonofm.datasets.sources.adapters.pocus import PocusAdapter
@@ -32,6 +33,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "csv": CsvAdapter,
     "dicom": DicomAdapter,
     "synthetic": SyntheticAdapter,
+    "fmuia": FmuiaAdapter,
 }
 
 
@@ -53,6 +55,7 @@ __all__ = [
     "CcaAdapter",
     "CsvAdapter",
     "DicomAdapter",
+    "FmuiaAdapter",
     "FolderAdapter",
     "Hc18Adapter",
     "Item",

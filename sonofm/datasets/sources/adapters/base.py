@@ -93,6 +93,9 @@ class Adapter(abc.ABC):
         "links": "inside",
     }
     options: ClassVar[dict[str, Any]] = {}
+    #: Whether the build may drop near-duplicate images of this adapter's sources (``dedup``): off
+    #: where every row is a labelled example to keep (a benchmark's rows).
+    deduplicate: ClassVar[bool] = True
 
     def __init__(self, root: str | os.PathLike, source: str | None = None, **options: Any) -> None:
         self.root = Path(root).expanduser()
@@ -116,6 +119,8 @@ class Adapter(abc.ABC):
         self.stats: dict[str, int] = {}
         #: The first :data:`MAX_NOTES` files left out, ``{"file", "reason", "counter"}``, for the report.
         self.notes: list[dict[str, str]] = []
+        #: The source :meth:`list_items` is listing (``None``: all of them).
+        self.listing_source: str | None = None
 
     def find_layout(self, wrapper: str, required: Iterable[str]) -> Path:
         """``root`` or ``root/wrapper``, whichever holds every ``required`` sub-folder (publishers ship
@@ -134,15 +139,24 @@ class Adapter(abc.ABC):
     def items(self) -> list[Item]:
         """Every file of the source in a deterministic order, without decoding anything."""
 
-    def list_items(self) -> list[Item]:
+    def list_items(self, source: str | None = None) -> list[Item]:
         """:meth:`items` with fresh counters, and with :func:`list_files` reporting the links it
-        refuses to this adapter: what the build calls, so listing-time counts reach the report."""
+        refuses to this adapter: what the build calls, so listing-time counts reach the report.
+
+        ``source``: only the items of that one of :meth:`sources` (an adapter that can tell whose
+        rows a listing problem concerns counts only that source's, see :attr:`listing_source`).
+        """
         self.stats, self.notes = {}, []
+        self.listing_source = source
         token = _LISTING.set(self)
         try:
-            return list(self.items())
+            items = list(self.items())
         finally:
             _LISTING.reset(token)
+            self.listing_source = None
+        if source is not None:
+            items = [it for it in items if getattr(it, "meta", {}).get("source") == source]
+        return items
 
     def allowed_roots(self) -> list[Path]:
         """Folders the files of this source may really live in (after following symbolic links)."""
@@ -192,6 +206,11 @@ class Adapter(abc.ABC):
     def sources(self) -> list[str]:
         """Source names this adapter's records carry (several for a manifest with a ``source`` column)."""
         return [self.source]
+
+    def describe_source(self, source: str) -> dict[str, Any]:
+        """What the adapter knows of one of its sources beyond the taxonomy, stored at the top of
+        that source's index and in its build report (FM_UIA: the task's kind and classes); ``{}``."""
+        return {}
 
     def report(self) -> dict[str, int]:
         """Counters gathered so far (skipped files, dropped duplicate frames) for the build report."""
