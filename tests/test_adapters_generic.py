@@ -42,7 +42,7 @@ def gray(h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
 
 
 def test_registry_and_unknown_names(tmp_path: Path) -> None:
-    assert set(ADAPTERS) == {"busi", "cca", "pocus", "hc18", "folder", "csv", "dicom", "synthetic"}
+    assert set(ADAPTERS) == {"busi", "cca", "pocus", "hc18", "folder", "csv", "dicom", "synthetic", "fmuia"}
     with pytest.raises(KeyError, match="did you mean busi"):
         get_adapter("bussi", tmp_path)
     with pytest.raises(AdapterError, match="does not exist"):
