@@ -86,6 +86,10 @@ class Field:
     fallback: bool = False
     #: Bounding boxes of the views of a dual-view screen (empty for one view); ``mask`` is their union.
     views: list[tuple[int, int, int, int]] = field(default_factory=list)
+    #: (H, W) map of the burnt-in marks found beside the tissue (text lines, ticks, rulers), or None.
+    #: The field's edge is drawn at working resolution and may cover a few of their pixels when they
+    #: are printed 1-3 px from the image: preprocessing blanks those (text that touches the image).
+    ui_marks: np.ndarray | None = None
 
     @property
     def text_outside(self) -> bool:
@@ -167,8 +171,9 @@ def _disk(radius: int) -> np.ndarray:
     return xx * xx + yy * yy <= radius * radius
 
 
-def _ui_marks(gray: np.ndarray, bg: float, thr: float) -> tuple[np.ndarray, np.ndarray]:
-    """Full-resolution maps of burnt-in UI marks, and of those among them that are text.
+def _ui_marks(gray: np.ndarray, bg: float, thr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full-resolution maps of burnt-in UI marks, of those among them that are text, and of the marks
+    that lie beside the tissue (outside the hull of its speckle component: certainly no tissue).
 
     At working size a label or grey bar a few pixels from the field blurs into it and the closing
     glues it on, so its pixels end up in the hull (the crop keeps them, a fan-shaped hull is the
@@ -185,7 +190,7 @@ def _ui_marks(gray: np.ndarray, bg: float, thr: float) -> tuple[np.ndarray, np.n
     lab, n = ndi.label(sig, structure=np.ones((3, 3), bool))
     empty = np.zeros(gray.shape, bool)
     if n < 2:
-        return empty, empty
+        return empty, empty, empty
     area = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     bright = np.zeros(n + 1, bool)
     bright[np.unique(lab[fine >= bg + UI_BRIGHT])] = True
@@ -202,7 +207,8 @@ def _ui_marks(gray: np.ndarray, bg: float, thr: float) -> tuple[np.ndarray, np.n
     small = ((area < UI_MAX_AREA * fine.size) | line) & ~narrow & bright[1:]
     small[int(np.argmax(area))] = False
     main = int(np.argmax(area))
-    beside = small & _outside_hull(lab, main + 1, objs, n)
+    outside = _outside_hull(lab, main + 1, objs, n)
+    beside = small & outside
     if small.any():
         # Small bright tissue (a vessel wall, a calcification in dark tissue) is as small as a
         # word; marks are drawn in one shade, so many of their pixels sit at the mark's peak.
@@ -215,19 +221,17 @@ def _ui_marks(gray: np.ndarray, bg: float, thr: float) -> tuple[np.ndarray, np.n
         near = np.bincount(ids, weights=vals >= peak[ids] - UI_FLAT * (peak[ids] - bg), minlength=n + 1)[1:]
         small &= (near >= UI_FLAT_SHARE * area) | beside
     ui = (bright[1:] & narrow) | small
-    ui[int(np.argmax(area))] = False  # the tissue itself
+    ui[main] = False  # the tissue itself
     if not ui.any():
-        return empty, empty
+        return empty, empty, empty
     text = ui & (hh < 0.08 * hf) & (ww < 0.3 * wf)
-    marks = np.concatenate([[False], ui])[lab]
-    text_map = np.concatenate([[False], text])[lab]
+    maps = [np.concatenate([[False], sel])[lab] for sel in (ui, text, ui & outside)]
     if (fy, fx) != (1.0, 1.0):  # back to the original grid (nearest)
         h, w = gray.shape
         rows = np.minimum((np.arange(h) * fy).astype(int), hf - 1)
         cols = np.minimum((np.arange(w) * fx).astype(int), wf - 1)
-        marks = marks[rows[:, None], cols[None, :]]
-        text_map = text_map[rows[:, None], cols[None, :]]
-    return marks, text_map
+        maps = [m[rows[:, None], cols[None, :]] for m in maps]
+    return maps[0], maps[1], maps[2]
 
 
 def _outside_hull(lab: np.ndarray, main: int, objs: list, n: int) -> np.ndarray:
@@ -569,8 +573,9 @@ def _detect(gray: np.ndarray, static: np.ndarray | None) -> Field:
     cols0 = np.flatnonzero(region.any(axis=0))
     screen = static is not None or cols0.size == 0 or cols0[0] > 1 or cols0[-1] < ws - 2
     text_marks = np.zeros((h, w), bool)
+    beside: np.ndarray | None = None
     if screen:
-        marks, text_marks = _ui_marks(gray, bg, thr)
+        marks, text_marks, beside = _ui_marks(gray, bg, thr)
         if static is not None:
             marks |= static
         if marks.any():
@@ -608,7 +613,7 @@ def _detect(gray: np.ndarray, static: np.ndarray | None) -> Field:
     covers = t <= margin_y and left <= margin_x and b >= h - margin_y and r >= w - margin_x
     boxes = [bx for bx in boxes if not mask[(bx[0] + bx[2]) // 2, (bx[1] + bx[3]) // 2]]
     if len(parts) == 1 and covers and parts[0][0] == "rect":
-        return Field("full", (0, 0, h, w), np.ones((h, w), bool), extended_bottom=extended)
+        return Field("full", (0, 0, h, w), np.ones((h, w), bool), extended_bottom=extended, ui_marks=beside)
     views: list[tuple[int, int, int, int]] = []
     if all(p[0] == "rect" for p in parts):
         mask = np.zeros((h, w), bool)
@@ -625,7 +630,7 @@ def _detect(gray: np.ndarray, static: np.ndarray | None) -> Field:
     apex, radii, angles = geom if geom is not None else (None, None, None)
     return Field(
         kind, bbox, mask, apex, radii, angles, text_boxes=boxes, extended_bottom=extended,
-        views=views if len(views) > 1 else [],
+        views=views if len(views) > 1 else [], ui_marks=beside,
     )
 
 

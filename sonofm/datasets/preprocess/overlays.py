@@ -9,8 +9,10 @@ anti-aliased and JPEG-smeared rim, blanked to 0 and taken out of the field mask 
 
 Text. Burnt-in labels inside the field ("LT AXILLA", "TRANS"), caliper crosses and their numbers
 are white or a flat bright grey, in thin strokes with sharp edges over darker tissue; speckle is
-made of grains whose brightness varies and whose surroundings are about as bright. They are only
-detected (:func:`text_in_field`), not removed: the build report counts them.
+made of grains whose brightness varies and whose surroundings are about as bright. They are
+detected (:func:`text_in_field`) and, by default, blanked with the burnt-in marks the field's edge
+covers (:func:`text_area`): a label inside the image can name the patient or the hospital as well
+as one beside it, and stored pixels leave the hospital. ``text=keep`` keeps them (reported).
 """
 
 from __future__ import annotations
@@ -201,3 +203,29 @@ def _group_text(gray: np.ndarray, stroke: np.ndarray, scale: float) -> list[tupl
         if len(line) >= 2:
             boxes.append((t, left, b, r))
     return sorted(boxes)
+
+
+#: Pixels a text box or mark is grown by before it is blanked (anti-aliased rim, JPEG smear).
+TEXT_GROW = 1
+
+
+def text_area(shape: tuple[int, int], boxes: list[tuple[int, int, int, int]], marks: np.ndarray | None = None,
+              grow: int = TEXT_GROW) -> np.ndarray:
+    """The (H, W) pixels to blank for text that touches the kept image.
+
+    ``boxes`` are the text found inside the field (:func:`text_in_field`), whole: the gaps between
+    the strokes of a word carry no tissue worth keeping, and a stroke missed by the stroke test is
+    still inside its word's box. ``marks`` are burnt-in marks found beside the tissue
+    (:attr:`~sonofm.datasets.preprocess.field.Field.ui_marks`); the caller keeps the part of the
+    area that lies in the kept field. Both are grown by ``grow`` pixels for the anti-aliased rim.
+    """
+    area = np.zeros(shape, bool)
+    for t, left, b, r in boxes:
+        area[t:b, left:r] = True
+    if marks is not None:
+        if marks.shape != area.shape:
+            raise ValueError(f"text_area: marks {marks.shape} do not match the image {area.shape}")
+        area |= marks
+    if grow > 0 and area.any():
+        area = ndi.binary_dilation(area, structure=np.ones((3, 3), bool), iterations=grow)
+    return area

@@ -21,6 +21,8 @@ from sonofm.datasets.sources.records import Record
 
 #: Share of coloured pixels above which an image has more than a tint (marks, Doppler).
 COLOUR_SHARE = 5e-4
+#: What preprocessing does with text that touches the kept image: blank it (default) or keep it.
+TEXT_MODES = ("blank", "keep")
 
 
 class ColourLimitExceeded(ValueError):
@@ -193,6 +195,7 @@ def preprocess(
     blank_colour: bool = True,
     colour_limit: float | None = None,
     detect_text: bool = True,
+    text: str = "blank",
 ) -> Processed:
     """Grayscale, blank colour, crop to the acoustic field, blank what lies outside it, and downsize.
 
@@ -201,8 +204,11 @@ def preprocess(
     blanked and taken out of the stored field mask, so masked pretraining never draws or scores
     them (``blank_colour=False`` keeps their luminance). With ``colour_limit`` (a share of the
     field, 0-1) an image whose coloured share of the field is above it raises
-    :class:`ColourLimitExceeded`. Text and marks drawn inside the field are detected and reported
-    (``text_inside_field``, ``text_inside_boxes``), not removed. A segmentation mask is never cut:
+    :class:`ColourLimitExceeded`. Text and marks drawn inside the field, and burnt-in marks beside
+    it that the field's edge covers, are detected (``text_inside_field``, ``text_inside_boxes``) and
+    with ``text="blank"`` (the default) set to 0 and taken out of the field mask
+    (``text_blanked_pixels``); ``text="keep"`` keeps them for users who want the annotations, and
+    ``detect_text=False`` skips the in-field detector. A segmentation mask is never cut:
     the crop and the field grow to contain it, and so for the boxes and points of
     ``record.meta["boxes"]`` / ``["points"]`` (original pixels), which the sample's meta then holds
     in its stored pixels (:func:`~sonofm.datasets.preprocess.geometry.original_from_stored` maps
@@ -216,6 +222,8 @@ def preprocess(
         raise ValueError(f"{where}: max_side must be at least 8, got {max_side}")
     if colour_limit is not None and not 0.0 <= colour_limit <= 1.0:
         raise ValueError(f"{where}: colour_limit must be a share in [0, 1], got {colour_limit}")
+    if text not in TEXT_MODES:
+        raise ValueError(f"{where}: text must be one of {', '.join(TEXT_MODES)}, got {text!r}")
     luma, colour = to_grayscale(record.image, blank_colour=False)
     gray = blank_colour_pixels(luma, colour) if blank_colour else luma
     h, w = gray.shape
@@ -255,6 +263,15 @@ def preprocess(
     if blanked is not None:
         field_mask &= ~blanked
     text_boxes = overlays.text_in_field(gray, field_mask) if detect_text else []
+    # Burnt-in marks the field's edge covers (ID and date lines printed 1-3 px from the image) and
+    # text found inside: both touch the kept image, both go unless the user keeps the annotations.
+    touching = overlays.text_area((h, w), text_boxes, fld.ui_marks) & field_mask
+    text_blanked = 0
+    if text == "blank" and touching.any():
+        field_mask &= ~touching
+        gray = np.where(touching, np.uint8(0), gray)
+        blanked = touching if blanked is None else blanked | touching
+        text_blanked = int(touching.sum())
 
     img = gray[t:b, left:r].copy()
     fm = field_mask[t:b, left:r]
@@ -291,8 +308,10 @@ def preprocess(
             "size": [nh, nw],
             "colour": colour.to_meta(),
             "text_outside_field": fld.text_outside,
-            "text_inside_field": bool(text_boxes),
+            "text_inside_field": bool(touching.any()),
             "text_inside_boxes": [[int(v) for v in bx] for bx in text_boxes],
+            "text_mode": text,
+            "text_blanked_pixels": text_blanked,
         }
     )
     to_stored = stored_from_original(meta)  # boxes and points move with the pixels, exactly
