@@ -18,6 +18,7 @@ from typing import Any
 
 from sonofm.datasets.shards import load_indexes
 from sonofm.datasets.taxonomy import Licence, display, source_facts
+from sonofm.evaluation.records import RECORD_KEYS, RESULTS_FORMAT, result_record
 
 #: The licence of a source sonofm has no facts about (a user's or a self-describing source).
 UNKNOWN_LICENCE = Licence("unknown to sonofm: check this source's terms before publishing", "other", "unknown")
@@ -147,21 +148,7 @@ def _fmt(value: Any) -> str:
     return num(value)
 
 
-#: ``{"format": RESULTS_FORMAT, "results": [record, ...]}``: one record per reported number.
-RESULTS_FORMAT = "sonofm-results-1"
-RECORD_KEYS = ("task", "dataset", "split", "protocol", "encoder", "metric")
-_METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "auroc": "AUROC", "macro_f1": "macro F1",
-                 "accuracy": "accuracy", "dice": "Dice", "iou": "IoU", "hd95": "HD95 (px)", "hd95_mm": "HD95 (mm)"}
-
-
-def result_record(task: str, dataset: str, split: str, protocol: str, encoder: str, metric: str,
-                  value: float | dict[str, Any], n: int | None = None) -> dict[str, Any]:
-    """One reported number with what it was measured on: ``value`` a number or ``{"mean", "std"}``."""
-    mean = value["mean"] if isinstance(value, dict) else value
-    std = value.get("std") if isinstance(value, dict) else None
-    return {"task": task, "dataset": dataset, "split": split, "protocol": protocol, "encoder": encoder,
-            "metric": _METRIC_NAMES.get(metric, metric), "mean": float(mean),
-            "std": float(std) if isinstance(std, (int, float)) else None, "n": n}
+# the records' format lives with the evaluation stage (probes and finetuning write it too)
 
 
 def _probe_records(report: dict[str, Any]) -> list[dict[str, Any]]:

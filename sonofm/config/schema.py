@@ -202,6 +202,9 @@ class ModelConfig:
     name: str = checked("convnextv2_atto", prefix=("convnext",), why="a timm ConvNeXt V1 or V2, e.g. convnextv2_tiny")
     in_chans: int = checked(1, **COUNT)
     drop_path_rate: float = checked(0.0, ge=0.0, lt=1.0)
+    # continued pretraining: the encoder starts from these weights (any encoder spec of the same
+    # architecture, e.g. timm:convnextv2_atto.fcmae); the decoder and heads start new. null: random init
+    init: str | None = None
 
 
 @dataclass
@@ -325,8 +328,10 @@ class ProbeConfig:
     """Frozen-feature evaluation (``sonofm probe``)."""
 
     out_dir: str = checked("runs/probe", nonempty=True)
-    # random:<timm name> | run dir | exported timm dir
+    # any encoder spec: random:<name>, timm:<name>.<tag>, hf-hub:<org>/<repo>, a folder, <arch>@<file>.safetensors, a run
     encoder: str = checked("random:convnextv2_atto", nonempty=True)
+    # encoders probed the same way beside it, one row each (``random`` = random:<the encoder's architecture>)
+    baselines: list[str] = checked(factory=list, distinct=True)
     in_chans: int = checked(1, **COUNT)
     data: DataConfig = field(default_factory=DataConfig)
     label_key: str = checked("label", nonempty=True)
@@ -371,7 +376,9 @@ class FinetuneConfig:
 
     task: str = "seg"  # "seg" | "universal"
     out_dir: str = checked("runs/finetune", nonempty=True)
-    encoder: str = checked("random:convnextv2_atto", nonempty=True)
+    encoder: str = checked("random:convnextv2_atto", nonempty=True)  # any encoder spec (see ProbeConfig)
+    # encoders finetuned the same way beside it, each in out_dir/baselines/<name>, one row each
+    baselines: list[str] = checked(factory=list, distinct=True)
     in_chans: int = checked(1, **COUNT)
     seed: int = checked(0, **SEED)
     steps: int = checked(500, **COUNT)
@@ -415,6 +422,8 @@ class ShardsConfig:
     taxonomy: str | None = None  # a user taxonomy file extending the built-in tree (new organs, sources)
     # drop images whose colour covers more of the field than this share
     colour_limit: float | None = checked(None, **PROBABILITY, why="a share of the field; null keeps every image")
+    # text touching the kept image (labels inside it, ID/date lines its edge covers): blank (set to 0) or keep
+    text: str = "blank"
 
     def cross_checks(self, at: str) -> Iterator[Problem]:
         if not self.train + self.val + self.test > 0:
@@ -438,4 +447,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task": ("seg", "universal"),
     "prompt.gate": ("scalar", "channel"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
+    "text": ("blank", "keep"),
 }

@@ -10,6 +10,7 @@ processes at each sample's stored size. Launch on several processes with
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -51,20 +52,55 @@ def finetune_from_config(cfg: Any, resume: str | None = None) -> dict[str, Any]:
     Shows a progress bar over the steps and ends by printing the figures and the files it wrote (on
     the main process).
     """
+    from sonofm.evaluation.compare import baseline_dir, baselines_for
+    from sonofm.models.encoder_spec import check_spec
+
+    check_spec(cfg.encoder)
+    baselines = baselines_for(cfg.encoder, list(getattr(cfg, "baselines", None) or []))
+    report = _finetune_one(cfg, resume)
+    if not baselines:
+        return report
+    reports = {cfg.encoder: report}
+    for spec in baselines:  # the same recipe, seed and data; each its own out_dir (resumable on its own)
+        sub = copy.deepcopy(cfg)
+        sub.encoder, sub.out_dir, sub.baselines = spec, str(baseline_dir(cfg.out_dir, spec)), []
+        reports[spec] = _finetune_one(sub, resume)
+    return {**report, "comparison": _compare(cfg, reports)}
+
+
+def _finetune_one(cfg: Any, resume: str | None) -> dict[str, Any]:
     if cfg.task == "seg":
         from sonofm.finetune.seg_train import finetune_segmentation
 
         if not cfg.data.shards:
             raise ValueError("finetune seg: data.shards is empty")
-        report = finetune_segmentation(cfg, resume=resume, progress="finetune seg")
+        report = finetune_segmentation(cfg, resume=resume, progress=f"finetune seg ({cfg.encoder})")
     elif cfg.task == "universal":
         from sonofm.finetune.universal import finetune_universal
 
         if not cfg.datasets:
             raise ValueError("finetune universal: 'datasets' is empty; list one shard folder per dataset")
-        report = finetune_universal(cfg, resume=resume, progress="finetune universal")
+        report = finetune_universal(cfg, resume=resume, progress=f"finetune universal ({cfg.encoder})")
     else:
         raise ValueError(f"unknown finetune task {cfg.task!r}; choose seg or universal")
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary(cfg, report))
     return report
+
+
+def _compare(cfg: Any, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One row per encoder (the final validation figures): table, chart and results records in ``out_dir``."""
+    from sonofm.evaluation.compare import finetune_rows, write_comparison
+
+    sets = list(cfg.data.shards) if cfg.task == "seg" else list(cfg.datasets)
+    dataset = ", ".join(Path(s).name for s in sets)
+    rows, records = finetune_rows(reports, cfg.task, dataset)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {"rows": rows}
+    written = write_comparison(cfg.out_dir, rows, records, f"finetune {cfg.task} on {dataset}: encoder vs baselines "
+                               f"({cfg.steps} steps, validation split)")
+    print(f"\nfinetune {cfg.task} comparison (final validation figures):")
+    print(written["table"])
+    print(f"wrote {written['markdown']}, {written['figure']} and {written['results']} "
+          f"(sonofm export --results {written['results']} puts these rows on the model card)")
+    return {"rows": rows, **written}
