@@ -383,16 +383,46 @@ def test_extra_predictions_are_reported_not_fatal(root: Path, tmp_path: Path,
     assert len(saved["extra_predictions"]) == 2
 
 
-def test_unlabelled_or_bad_rows_are_named(root: Path) -> None:
+def test_rows_that_cannot_be_scored_are_left_out_and_named(root: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pred"
+    _random_predictions(root, out)
+    for name in ("x", "y"):
+        _png(root, f"../Classification/DSC/{name}.png", np.zeros((6, 7, 3), np.uint8))
     with open(root / "csv_files" / "cls_bin.csv", "a", newline="") as f:
-        f.write("../Classification/DSC/x.png,cls_bin,classification,2,\n")
-        f.write("../Classification/DSC/y.png,cls_bin,segmentatio,2,1\n")
-    with pytest.raises(GroundTruthError) as err:
+        f.write("../Classification/DSC/x.png,cls_bin,classification,2,\n")  # no label
+        f.write("../Classification/DSC/y.png,cls_bin,segmentatio,2,1\n")  # unknown task_name
+    with PredictionWriter(tmp_path / "more") as w:
+        w.add_classification("../Classification/DSC/x.png", "cls_bin", [0.3, 0.7])
+    entries = json.loads((out / CLASSIFICATION_FILE).read_text()) + json.loads((tmp_path / "more" / CLASSIFICATION_FILE).read_text())
+    (out / CLASSIFICATION_FILE).write_text(json.dumps(entries))
+    truth = read_truth(root)
+    assert len(truth.rows) == 6 + 6 + 14 + 20 + 5 + 5
+    assert len(truth.left_out) == 2
+    assert "cls_bin.csv, row 16: no label" in truth.left_out[1] and "segmentatio" in truth.left_out[0]
+    assert main(["score", str(out), "--root", str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 row(s) of the root left out (not scored)" in printed and "cls_bin.csv, row 17" in printed
+    report = json.loads((out / "scores.json").read_text())
+    assert len(report["truth_left_out"]) == 2
+    assert report["extra_predictions"] == []  # x.png is named by the root: not an unknown image
+
+
+def test_a_root_without_labels_cannot_be_scored(root: Path, tmp_path: Path) -> None:
+    for f in (root / "csv_files").glob("*.csv"):
+        with open(f, newline="") as h:
+            rows = list(csv.DictReader(h))
+        for r in rows:
+            for k in ("mask", "x_min", "y_min", "x_max", "y_max", *(f"point_{i}_xy" for i in range(1, 4))):
+                if k in r:
+                    r[k] = ""
+        _write_csv(f, rows)
+    for mask in root.glob("Segmentation/*/*/masks/*.png"):
+        mask.unlink()  # a validation root names the masks to predict but holds none
+    with pytest.raises(GroundTruthError, match="carries a label"):
         read_truth(root)
-    assert "cls_bin.csv:16" in str(err.value) and "no label" in str(err.value)
-    assert "cls_bin.csv:17" in str(err.value) and "segmentatio" in str(err.value)
-    with pytest.raises(GroundTruthError, match="no csv_files"):
-        read_truth(root / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no CSV files"):
+        read_truth(tmp_path / "nowhere")
 
 
 def test_writer_reader_round_trip(tmp_path: Path) -> None:

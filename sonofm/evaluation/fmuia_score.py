@@ -30,18 +30,20 @@ without a prediction is an error that names it (:class:`MissingPredictionsError`
 prediction that cannot be scored (a mask of the wrong size or with an unknown class index, a wrong
 number of probabilities or points, a duplicate). Predictions for images the root does not list are
 reported (they would be ignored) without failing.
+
+The root is read by the data side's :func:`sonofm.datasets.sources.fmuia.read_root`, the reader the
+shard build uses: rows it rejects (a missing file, an unknown ``task_name``, ...) and rows without a
+label are left out of the scores and listed in the report; a root with no label at all is an error.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,7 @@ from sonofm.errors import UserError
 from sonofm.evaluation.fmuia_predictions import (
     JSON_FILES,
     PredictionFolder,
+    PredictionFormatError,
     read_class_map,
     read_predictions,
     segmentation_relpath,
@@ -102,7 +105,8 @@ class TruthRow:
 
     ``kind`` is one of :data:`KINDS`; ``mask_file`` the true mask's path on disk (segmentation);
     ``label`` the class (classification); ``box`` ``(x_min, y_min, x_max, y_max)`` (detection);
-    ``points`` the K ``(x, y)`` (keypoints, the challenge's Regression), all in original pixels. ``where`` names the CSV line."""
+    ``points`` the K ``(x, y)`` (keypoints, the challenge's Regression), all in original pixels.
+    ``where`` names the CSV row."""
 
     kind: str
     task_id: str
@@ -116,99 +120,51 @@ class TruthRow:
     where: str = ""
 
 
-_TASK_NAMES = {"segmentation": "segmentation", "classification": "classification",
-               "detection": "detection", "regression": "keypoints"}
+@dataclass
+class Truth:
+    """What a root gives the scorer: its labelled rows, the rows left out (each ``"where: why"``), and
+    every ``(task_id, image_path)`` and mask its CSVs name (so a prediction for a left-out row is
+    not called one for an unknown image)."""
+
+    rows: list[TruthRow]
+    left_out: list[str] = field(default_factory=list)
+    known_images: set[tuple[str, str]] = field(default_factory=set)
+    known_masks: set[PurePosixPath] = field(default_factory=set)
 
 
-def _cell(row: dict[str, Any], key: str) -> str | None:
-    v = row.get(key)
-    if v is None:
-        return None
-    v = str(v).strip()
-    return None if v == "" or v.lower() == "nan" else v
+def read_truth(root: str | os.PathLike) -> Truth:
+    """The labelled rows of ``root/csv_files/*.csv``, read by the data side's
+    :func:`sonofm.datasets.sources.fmuia.read_root` (the same rows, kinds and bad-row checks as the
+    build). Rows it rejects, and rows without a label, are left out and listed; a root without any
+    label is an error (a validation or test root cannot be scored)."""
+    from sonofm.datasets.sources.fmuia import read_csv_rows, read_root
 
-
-def _whole(text: str, what: str) -> int:
-    value = float(text)
-    if value != int(value):
-        raise ValueError(f"{what} {text!r} is not a whole number")
-    return int(value)
-
-
-def _truth_row(row: dict[str, Any], csv_dir: Path, where: str) -> TruthRow:
-    """One CSV row -> :class:`TruthRow`; raises ValueError saying what is wrong with it."""
-    image_path, task_id, task_name = _cell(row, "image_path"), _cell(row, "task_id"), _cell(row, "task_name")
-    if not image_path or not task_id or not task_name:
-        raise ValueError("image_path, task_id and task_name must all be given")
-    kind = _TASK_NAMES.get(task_name.lower())
-    if kind is None:
-        raise ValueError(f"unknown task_name {task_name!r} (expected one of {sorted(_TASK_NAMES)})")
-    n_text = _cell(row, "num_classes")
-    if n_text is None:
-        raise ValueError("num_classes is empty")
-    n = _whole(n_text, "num_classes")
-    base = dict(kind=kind, task_id=task_id, image_path=image_path, num_classes=n, where=where)
-    if kind == "segmentation":
-        mask = _cell(row, "mask_path")
-        if mask is None:
-            raise ValueError("no mask_path: this row carries no label")
-        segmentation_relpath(mask)  # the prediction's place must be well defined
-        return TruthRow(**base, mask_path=mask, mask_file=Path(os.path.normpath(csv_dir / mask)))
-    if kind == "classification":
-        label = _cell(row, "mask")
-        if label is None:
-            raise ValueError("no label in column 'mask': this row carries no label")
-        y = _whole(label, "label")
-        if not 0 <= y < n:
-            raise ValueError(f"label {y} outside 0..{n - 1} (num_classes {n})")
-        return TruthRow(**base, label=y)
-    if kind == "detection":
-        cells = [_cell(row, k) for k in ("x_min", "y_min", "x_max", "y_max")]
-        if any(c is None for c in cells):
-            raise ValueError("x_min, y_min, x_max, y_max must all be given")
-        box = tuple(float(c) for c in cells)  # type: ignore[arg-type]
-        if not all(math.isfinite(v) for v in box) or box[2] < box[0] or box[3] < box[1]:
-            raise ValueError(f"box {list(box)} is not [x_min, y_min, x_max, y_max]")
-        return TruthRow(**base, box=box)  # type: ignore[arg-type]
-    points = []
-    for i in range(1, n + 1):
-        text = _cell(row, f"point_{i}_xy")
-        if text is None:
-            raise ValueError(f"point_{i}_xy is empty (num_classes {n} points expected)")
-        try:
-            xy = json.loads(text)
-        except json.JSONDecodeError:
-            raise ValueError(f"point_{i}_xy {text!r} is not JSON [x, y]") from None
-        if not (isinstance(xy, list) and len(xy) == 2 and all(isinstance(v, (int, float)) for v in xy)):
-            raise ValueError(f"point_{i}_xy {text!r} is not [x, y]")
-        points.append((float(xy[0]), float(xy[1])))
-    return TruthRow(**base, points=tuple(points))
-
-
-def read_truth(root: str | os.PathLike) -> list[TruthRow]:
-    """Every labelled row of ``root/csv_files/*.csv`` (files in name order, rows in file order).
-
-    A row that cannot be scored (no label, an unknown task_name, a label out of range) is an error
-    naming its file and line: a score over the rows that happen to parse would not be the root's."""
-    csv_dir = Path(root) / "csv_files"
-    files = sorted(csv_dir.glob("*.csv"))
-    if not files:
-        raise GroundTruthError(f"{root}: no csv_files/*.csv; expected a challenge data root (train/ or val/)")
-    rows: list[TruthRow] = []
-    bad: list[str] = []
-    for f in files:
-        with open(f, newline="", encoding="utf-8-sig") as handle:
-            for line, row in enumerate(csv.DictReader(handle), start=2):
-                where = f"{f.name}:{line}"
-                try:
-                    rows.append(_truth_row(row, csv_dir, where))
-                except ValueError as exc:
-                    bad.append(f"{where}: {exc}")
-    if bad:
-        raise GroundTruthError(f"{csv_dir}: {len(bad)} row(s) cannot be scored: {_listing(bad)}")
-    if not rows:
-        raise GroundTruthError(f"{csv_dir}: the CSVs hold no rows")
-    return rows
+    try:
+        table = read_root(root)
+        raw = read_csv_rows(root)
+    except ValueError as exc:  # a CSV that does not parse
+        raise GroundTruthError(str(exc)) from exc
+    truth = Truth(rows=[], left_out=[f"{p.where}: {p.reason}" for p in table.problems])
+    for row in table.rows:
+        if not row.labelled:
+            truth.left_out.append(f"{row.where}: no label (task {row.task_id})")
+            continue
+        truth.rows.append(TruthRow(
+            kind=row.kind, task_id=row.task_id, image_path=row.image_path, num_classes=row.num_classes,
+            mask_path=row.mask_path, mask_file=table.root / row.mask if row.mask else None,
+            label=row.label, box=row.box, points=row.points, where=row.where))
+    if not truth.rows:
+        raise GroundTruthError(
+            f"{root}: none of its {table.n_rows} CSV rows carries a label (a validation or test root?); "
+            "scoring needs a labelled root" + (f"; problems: {_listing(truth.left_out)}" if truth.left_out else ""))
+    for _, cells in raw:
+        truth.known_images.add((cells.get("task_id", ""), cells.get("image_path", "")))
+        if cells.get("mask_path"):
+            try:
+                truth.known_masks.add(segmentation_relpath(cells["mask_path"]))
+            except PredictionFormatError:
+                pass  # a mask path leaving the root: the reader already left that row out
+    return truth
 
 
 # --- metrics -----------------------------------------------------------------------------------------------
@@ -313,12 +269,10 @@ def _find_missing(rows: Sequence[TruthRow], preds: PredictionFolder) -> list[str
     return missing
 
 
-def _find_extra(rows: Sequence[TruthRow], preds: PredictionFolder) -> list[str]:
-    known = {(r.kind, r.task_id, r.image_path) for r in rows if r.kind != "segmentation"}
+def _find_extra(truth: Truth, preds: PredictionFolder) -> list[str]:
     extra = [f"{JSON_FILES[kind]}: task {tid} {path}" for kind, entries in preds.entries.items()
-             for tid, path in entries if (kind, tid, path) not in known]
-    masks = {segmentation_relpath(r.mask_path or "") for r in rows if r.kind == "segmentation"}
-    extra += [f"{rel}: not a mask_path of the root" for rel in preds.mask_files() if rel not in masks]
+             for tid, path in entries if (tid, path) not in truth.known_images]
+    extra += [f"{rel}: not a mask_path of the root" for rel in preds.mask_files() if rel not in truth.known_masks]
     return extra
 
 
@@ -327,15 +281,17 @@ def _mean(values: Iterable[float]) -> float:
     return float(np.mean(kept)) if kept else float("nan")
 
 
-def score_folder(pred_dir: str | os.PathLike, root: str | os.PathLike, *, rows: Sequence[TruthRow] | None = None,
+def score_folder(pred_dir: str | os.PathLike, root: str | os.PathLike, *, truth: Truth | None = None,
                  progress: bool = True) -> dict[str, Any]:
     """Score ``pred_dir`` against the labelled challenge root ``root``; returns the report.
 
     The report holds ``subtasks`` (per task_id: kind, n and its metrics), ``averages`` (the nine
-    numbers; None where a kind has no subtask), ``extra_predictions`` and ``duplicates``. Raises
-    :class:`MissingPredictionsError` naming every labelled image without a usable prediction. ``rows``
-    replaces reading the root's CSVs (for callers that already hold them)."""
-    rows = list(rows) if rows is not None else read_truth(root)
+    numbers; None where a kind has no subtask), ``extra_predictions`` (predictions for images the root
+    does not name) and ``truth_left_out`` (rows of the root that cannot be scored: bad rows, rows
+    without a label). Raises :class:`MissingPredictionsError` naming every labelled image without a
+    usable prediction. ``truth`` replaces reading the root's CSVs (for callers that already hold it)."""
+    truth = truth if truth is not None else read_truth(root)
+    rows = truth.rows
     preds = read_predictions(pred_dir)
     missing = _find_missing(rows, preds)
     if missing:
@@ -377,7 +333,8 @@ def score_folder(pred_dir: str | os.PathLike, root: str | os.PathLike, *, rows: 
         "root": str(root),
         "subtasks": subtasks,
         "averages": averages,
-        "extra_predictions": _find_extra(rows, preds),
+        "extra_predictions": _find_extra(truth, preds),
+        "truth_left_out": list(truth.left_out),
         "definitions": "sonofm.evaluation.fmuia_score (Dice and full HD per non-background class; HD 0 when "
                        "both empty, the image diagonal when one is; AUC n/a when the truth holds one class)",
     }
@@ -494,6 +451,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("averages over subtasks")
     for key, _, _, label in AVERAGES:
         lines.append(f"  {label:<16} {_fmt(report['averages'][key]):>10}")
+    left_out = report.get("truth_left_out") or []
+    if left_out:
+        lines.append(f"{len(left_out)} row(s) of the root left out (not scored): {_listing(left_out)}")
     extra = report.get("extra_predictions") or []
     if extra:
         lines.append(f"{len(extra)} prediction(s) for images the root does not list (ignored): {_listing(extra)}")
@@ -516,6 +476,7 @@ __all__ = [
     "KINDS",
     "GroundTruthError",
     "MissingPredictionsError",
+    "Truth",
     "TruthRow",
     "box_iou",
     "classification_scores",
