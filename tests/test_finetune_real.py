@@ -31,7 +31,7 @@ def _cca(shared_data, per_group: dict[int, int]):
 
 def test_upernet_overfits_cca_and_evaluates_at_full_size(shared_data):
     from sonofm.finetune.seg_train import evaluate_segmentation, train_segmentation
-    from sonofm.finetune.upernet import SegModel
+    from sonofm.models.upernet import SegModel
     from sonofm.models.loading import load_encoder
 
     torch.manual_seed(0)
@@ -52,7 +52,7 @@ def test_upernet_overfits_cca_and_evaluates_at_full_size(shared_data):
 
 def test_run_seg_finetune_writes_best_checkpoint(shared_data, tmp_path):
     from sonofm.finetune.seg_train import run_seg_finetune
-    from sonofm.finetune.upernet import SegModel
+    from sonofm.models.upernet import SegModel
     from sonofm.models.loading import load_encoder
 
     train = _cca(shared_data, {0: 3, 1: 3})

@@ -317,8 +317,8 @@ def _plant(path: Path, line: str) -> None:
     [
         (
             "models/encoder.py",
-            "from sonofm.finetune.upernet import SegModel",
-            "backward import: sonofm.models.encoder -> sonofm.finetune.upernet "
+            "from sonofm.finetune.seg_train import train_segmentation",
+            "backward import: sonofm.models.encoder -> sonofm.finetune.seg_train "
             "(sonofm.models comes before sonofm.finetune)",
         ),
         (

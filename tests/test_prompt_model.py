@@ -7,15 +7,10 @@ import pytest
 import timm
 import torch
 
-from sonofm.finetune.prompt_model import (
-    Prompt,
-    PromptModel,
-    PromptVocab,
-    apply_type,
-    sample_type,
-    taxonomy_organs,
-)
+from sonofm.finetune.prompt_types import apply_type, sample_type, taxonomy_organs
+from sonofm.finetune.tasks import get_task_kind
 from sonofm.models.input_norm import set_input_stats
+from sonofm.models.prompt_model import Prompt, PromptModel, PromptVocab
 
 ORGANS = ["breast", "carotid", "thyroid"]
 
@@ -61,9 +56,9 @@ def test_gates_learn_and_prompt_free_variant():
 
 def test_vocab():
     vocab = PromptVocab(ORGANS)
-    assert vocab.dim == 3 + 2 + 3 + 2
+    assert vocab.dim == 3 + 4 + 3 + 2  # organs, task kinds (seg, cls, det, kp), types, natures
     v = vocab.encode([Prompt("carotid", "seg", "local", "organ")])
-    assert v.tolist() == [[0, 1, 0, 1, 0, 0, 1, 0, 0, 1]]
+    assert v.tolist() == [[0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 1]]
     with pytest.raises(ValueError, match="organ='liverx'"):
         vocab.encode([Prompt("liverx", "seg")])
     organs = taxonomy_organs()
@@ -85,7 +80,9 @@ def test_type_views():
     img, m, kind = apply_type(image, torch.zeros(32, 32, dtype=torch.long), "local")
     assert kind == "whole" and torch.equal(img, image)
     rng = np.random.default_rng(0)
-    kinds = {sample_type("seg", True, rng) for _ in range(50)}
+    seg, cls = get_task_kind("seg").prompt_types, get_task_kind("cls").prompt_types
+    kinds = {sample_type(seg, True, rng) for _ in range(50)}
     assert kinds == {"whole", "local"}
-    assert {sample_type("cls", True, rng) for _ in range(50)} == {"whole", "local", "location"}
-    assert sample_type("cls", False, rng) == "whole"
+    assert {sample_type(cls, True, rng) for _ in range(50)} == {"whole", "local", "location"}
+    assert sample_type(cls, False, rng) == "whole"
+    assert {sample_type(get_task_kind("det").prompt_types, True, rng) for _ in range(20)} == {"whole"}

@@ -74,6 +74,16 @@ __all__ = [
 ]
 
 
+#: sample metadata that holds targets in the stored sample's pixels (see ``sonofm.datasets.sources.records``)
+GEOMETRY_KEYS: tuple[str, ...] = ("boxes", "box_labels", "points")
+
+
+def _geometry_targets(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Per-sample geometry lists of a batch, one key per name any sample has (``[]`` where it has none)."""
+    names = sorted({k for r in rows for k in r})
+    return {k: [list(r.get(k) or []) for r in rows] for k in names}
+
+
 def to_gray(image: np.ndarray) -> np.ndarray:
     """uint8 (H, W) from (H, W) or (H, W, 3) with ITU-R 601 luma weights."""
     if image.ndim == 2:
@@ -152,6 +162,7 @@ def sample_tensors(
         out.pop("box", None)
         out.pop("flip", None)
     out["label"] = s.label
+    out["geometry"] = {k: s.meta[k] for k in GEOMETRY_KEYS if s.meta.get(k) is not None}
     out["key"] = s.key
     out["orig_hw"] = tuple(s.image.shape)
     out["meta"] = s.meta
@@ -166,7 +177,9 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "key": [it["key"] for it in items],
         "orig_hw": [it["orig_hw"] for it in items],
         "meta": [it["meta"] for it in items],
-        "targets": {"label": torch.tensor([it["label"] for it in items], dtype=torch.long)},
+        "view": torch.tensor([it["view"] for it in items], dtype=torch.float64),
+        "targets": {"label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+                    **_geometry_targets([it["geometry"] for it in items])},
     }
     if all("mask" in it for it in items):
         batch["mask"] = torch.stack([it["mask"] for it in items])
@@ -272,13 +285,14 @@ class RowTargets:
 
     ``label``: the class id of ``meta[key]`` in ``classes`` (-1 when absent; a label outside the
     vocabulary makes the sample corrupt, counted and skipped). ``keep``: 1 when the sample's group
-    is in ``groups`` (the label fraction), else 0.
+    is in ``groups`` (the label fraction), else 0. ``geometry``: metadata keys passed through as lists
+    (a detection task's ``boxes``, a keypoint task's ``points``).
     """
 
     def __init__(self, classes: Sequence[str] | None = None, key: str = "label",
-                 groups: frozenset[str] | None = None) -> None:
+                 groups: frozenset[str] | None = None, geometry: Sequence[str] = ()) -> None:
         self.index = {c: i for i, c in enumerate(classes)} if classes is not None else None
-        self.key, self.groups = key, groups
+        self.key, self.groups, self.geometry = key, groups, tuple(geometry)
 
     def __call__(self, meta: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -289,6 +303,8 @@ class RowTargets:
             out["label"] = -1 if v is None else self.index[str(v)]
         if self.groups is not None:
             out["keep"] = int(group_of(meta) in self.groups)
+        for k in self.geometry:  # boxes / points in the stored sample's pixels (lists, one entry per sample)
+            out[k] = list(meta.get(k) or [])
         return out
 
 
@@ -296,6 +312,8 @@ class StreamBatches:
     """Training batches of one rank streamed from shards (see the module docstring); resumable.
 
     ``need_mask``: drop samples without a mask (segmentation). ``groups``: keep only these groups.
+    ``geometry``: metadata keys carried as per-sample lists (``targets[key]``); a sample whose first
+    one is empty (no boxes, no points) is dropped.
     ``binary_mask``: every foreground id becomes 1. Loader settings as
     :func:`~sonofm.datasets.stream.loader.make_train_loader` (``paths`` are shard sets mixed by ``weights``
     or ``temperature``).
@@ -305,7 +323,8 @@ class StreamBatches:
                  world_size: int = 1, num_workers: int = 2, shuffle_buffer: int = 1000,
                  aug: AugmentConfig | dict[str, Any] | None = None, weights: Sequence[float] | None = None,
                  temperature: float = 1.0, split: str = "train", classes: Sequence[str] | None = None,
-                 groups: frozenset[str] | None = None, need_mask: bool = False, binary_mask: bool = False) -> None:
+                 groups: frozenset[str] | None = None, need_mask: bool = False, binary_mask: bool = False,
+                 geometry: Sequence[str] = ()) -> None:
         from sonofm.datasets.stream.loader import StreamSpec
 
         paths = [str(p) for p in paths]
@@ -315,7 +334,9 @@ class StreamBatches:
                                temperature=temperature, split=split)
         self.batch_size, self.img_size, self.seed, self.rank, self.world_size = batch_size, img_size, seed, rank, world_size
         self.num_workers, self.shuffle_buffer, self.aug = num_workers, shuffle_buffer, aug
-        self.targets = RowTargets(classes, groups=groups) if classes is not None or groups is not None else None
+        self.targets = (RowTargets(classes, groups=groups, geometry=geometry)
+                        if classes is not None or groups is not None or geometry else None)
+        self.geometry = tuple(geometry)
         self.need_mask, self.binary_mask = need_mask, binary_mask
         self.consumed, self.used = 0, 0  # stream batches fully consumed; rows of the next one already used
         self.loader: Any = None
@@ -345,6 +366,8 @@ class StreamBatches:
             keep &= sb["has_mask"]
         if "keep" in sb["targets"]:
             keep &= sb["targets"]["keep"] > 0
+        for k in self.geometry[:1]:  # a detection sample needs its boxes, a keypoint sample its points
+            keep &= torch.tensor([len(v) > 0 for v in sb["targets"][k]], dtype=torch.bool)
         return torch.nonzero(keep).flatten().tolist()
 
     def _rows(self, stream: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -365,7 +388,8 @@ class StreamBatches:
         has = bool(sb["has_mask"][i])
         return {"image": sb["image"][i].clone(), "field": sb["field"][i].clone(),
                 "mask": sb["mask"][i].clone() if has else None, "key": sb["key"][i],
-                "label": int(sb["targets"]["label"][i]) if "label" in sb["targets"] else -1}
+                "label": int(sb["targets"]["label"][i]) if "label" in sb["targets"] else -1,
+                "view": sb["view"][i].clone(), "geometry": {k: sb["targets"][k][i] for k in self.geometry}}
 
     def _collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         zeros = torch.zeros(rows[0]["image"].shape[-2:], dtype=torch.long)
@@ -378,7 +402,9 @@ class StreamBatches:
             "mask": mask,
             "has_mask": torch.tensor([r["mask"] is not None for r in rows], dtype=torch.bool),
             "key": [r["key"] for r in rows],
-            "targets": {"label": torch.tensor([r["label"] for r in rows], dtype=torch.long)},
+            "view": torch.stack([r["view"] for r in rows]),
+            "targets": {"label": torch.tensor([r["label"] for r in rows], dtype=torch.long),
+                        **_geometry_targets([r["geometry"] for r in rows])},
         }
 
 
@@ -432,7 +458,7 @@ def _eval_item(image: np.ndarray, field: np.ndarray | None, mask: np.ndarray | N
                size: int, order: Any, key: str, label: int) -> dict[str, Any]:
     out = eval_sample(image, field, mask, size, "letterbox")
     return {"image": out["image"], "stored_image": image, "stored_mask": mask, "meta": meta, "key": key,
-            "order": order, "label": label}
+            "order": order, "label": label, "view": out["view"], "input_size": size}
 
 
 def _eval_collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from sonofm.finetune.engine import (
     save_weights,
 )
 from sonofm.finetune.losses import seg_loss
-from sonofm.finetune.upernet import SegModel
+from sonofm.models.upernet import SegModel
 
 __all__ = [
     "sample_batches",

@@ -1,4 +1,4 @@
-"""Universal finetuning (``sonofm finetune universal``): one prompt model, several datasets, both tasks.
+"""Universal finetuning (``sonofm finetune universal``): one prompt model, several datasets, every task kind.
 
 Each optimiser step (all its micro-batches, on every rank) comes from one dataset, taken with share
 ``p_i`` (given weights, or ``n_i ** (1/T)`` over the training-set sizes: the stream's mixing rule,
@@ -9,13 +9,14 @@ round's order is shuffled by ``(seed, round)``; long-run shares are exactly ``p_
 waits much longer than ``1 / p_i`` steps. The schedule is the same on every rank (a step's global
 batch is one task) and a function of the step number (resume replays it by arithmetic); each rank
 reads its own shards of that dataset. Samples get a training-time prompt type from their mask
-(:func:`sonofm.finetune.prompt_model.sample_type`, seeded by ``(seed, rank, draw)``, applied in the
+(:func:`sonofm.models.prompt_model.sample_type`, seeded by ``(seed, rank, draw)``, applied in the
 training process to the stream's augmented tensors); evaluation always uses ``whole``.
 
-Per-dataset metrics: Dice / IoU / HD95 at the stored size for segmentation, accuracy / balanced
-accuracy / macro F1 / AUROC for classification, each over the whole validation split (every rank
-scores its share, results gathered); each dataset's headline score (Dice, or balanced accuracy) and
-their mean pick the best checkpoint. Datasets are shard sets (:func:`task_specs_from_shards`, read
+Each dataset has a task kind (:mod:`sonofm.finetune.tasks`: segmentation, classification, detection,
+keypoints) that owns its head, loss, targets and metrics; this module never asks which kind it
+holds. Per-dataset metrics are the kind's, over the whole validation split (every rank scores its
+share, results gathered); each dataset's score (the kind's higher-is-better number: Dice, balanced
+accuracy, box IoU, keypoint PCK) and their mean pick the best checkpoint. Datasets are shard sets (:func:`task_specs_from_shards`, read
 from their indexes without loading any image) or in-memory samples (:func:`infer_task_spec`).
 """
 
@@ -31,18 +32,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sonofm.atomic_io import write_json
 from sonofm.datasets.stream.augment import AugmentConfig
 from sonofm.datasets.taxonomy import UNLABELLED
-from sonofm.evaluation.metrics import classification_metrics
 from sonofm.finetune.data import Sample, SampleBatches, sample_eval_batches
-from sonofm.finetune.engine import LoopSettings, gather_results, make_accelerator, run_loop
-from sonofm.finetune.losses import seg_loss
-from sonofm.finetune.prompt_model import NATURES, Prompt, PromptModel, apply_type, sample_type
-from sonofm.finetune.seg_train import evaluate_segmentation_batches, loss_summary
+from sonofm.finetune.engine import LoopSettings, make_accelerator, run_loop
+from sonofm.finetune.prompt_types import apply_type, sample_type
+from sonofm.finetune.seg_train import loss_summary
+from sonofm.finetune.tasks import TaskKind, get_task_kind, guess_task_kind
+from sonofm.models.prompt_model import NATURES, Prompt, PromptModel
 
 __all__ = [
     "TaskSpec",
@@ -56,16 +56,17 @@ __all__ = [
     "task_specs_from_shards",
 ]
 
-HEADLINE = {"seg": "dice", "cls": "balanced_accuracy"}
 
 
 @dataclass
 class TaskSpec:
     """One dataset of a universal run: in-memory samples (``train`` / ``val``) or a shard set (``shards``).
 
-    ``num_classes``: segmentation classes including background, or the number of labels (``classes``
-    names them; samples' ``label`` ids index it, -1 = unlabelled and ignored). For a shard set,
-    ``n_train`` / ``n_val`` are its index's split sizes (``n_train`` sets the mixing share).
+    ``task``: a task kind's name or alias (:data:`sonofm.finetune.tasks.TASK_KINDS`). ``num_classes``: the
+    head's outputs: segmentation classes including background, the number of labels (``classes``
+    names them; samples' ``label`` ids index it, -1 = unlabelled and ignored), box classes, or
+    points. For a shard set, ``n_train`` / ``n_val`` are its index's split sizes (``n_train`` sets
+    the mixing share). ``head_mode``: a head variant where the kind has several (keypoints).
     """
 
     name: str
@@ -80,24 +81,31 @@ class TaskSpec:
     shards: str | None = None
     n_train: int | None = None
     n_val: int | None = None
+    head_mode: str | None = None
 
     def __post_init__(self) -> None:
-        if self.task not in HEADLINE:
-            raise ValueError(f"{self.name}: task must be 'seg' or 'cls', got {self.task!r}")
+        self.task = self.kind.name  # canonical name (an alias such as 'segmentation' is accepted)
         if self.nature not in NATURES:
             raise ValueError(f"{self.name}: nature must be one of {NATURES}, got {self.nature!r}")
         if self.shards is None:
             if not self.train:
                 raise ValueError(f"{self.name}: no training samples")
-            if self.task == "seg" and any(s.mask is None for s in self.train):
-                raise ValueError(f"{self.name}: a segmentation dataset needs a mask on every sample")
+            unusable = [s.key for s in self.train if not self.kind.usable(s.meta, s.mask is not None)]
+            if unusable:
+                raise ValueError(f"{self.name}: {len(unusable)} training samples cannot train {self.kind.title} "
+                                 f"(e.g. {unusable[0]}: no mask, boxes or points it needs)")
             self.n_train, self.n_val = len(self.train), len(self.val)
         elif self.n_train == 0:
             raise ValueError(f"{self.name}: no training samples in {self.shards}")
 
     @property
+    def kind(self) -> TaskKind:
+        return get_task_kind(self.task)
+
+    @property
     def binary(self) -> bool:
-        return self.task == "seg" and self.num_classes == 2
+        """Masks of a two-class segmentation: every foreground id counts as class 1."""
+        return self.kind.needs_mask and self.num_classes == 2
 
 
 def dataset_probabilities(sizes: Sequence[int], weights: Sequence[float | None] | None = None,
@@ -187,7 +195,7 @@ class UniversalBatches:
             images, masks, prompts = [], [], []
             for j in range(batch["image"].shape[0]):
                 m = batch["mask"][j] if "mask" in batch and (has_mask is None or bool(has_mask[j])) else None
-                kind = sample_type(spec.task, m is not None and bool((m > 0).any()), rng, self.p_whole)
+                kind = sample_type(spec.kind.prompt_types, m is not None and bool((m > 0).any()), rng, self.p_whole)
                 img, m2, applied = apply_type(batch["image"][j], m, kind)
                 images.append(img)
                 masks.append(m2 if m2 is not None else (batch["mask"][j] if "mask" in batch else None))
@@ -200,7 +208,7 @@ class UniversalBatches:
             yield batch
 
 
-def _loss_fn(specs: Sequence[TaskSpec], seg: Any):
+def _loss_fn(specs: Sequence[TaskSpec], settings: Any):
     def loss_fn(model: nn.Module, batch: dict[str, Any], step: int, micro: int) -> tuple[torch.Tensor, dict[str, Any]]:
         spec = specs[batch["dataset"]]
         device = next(model.parameters()).device
@@ -209,13 +217,9 @@ def _loss_fn(specs: Sequence[TaskSpec], seg: Any):
             use_prompts = model.module.use_prompts
         prompts = batch["prompts"] if use_prompts else None
         out = model(batch["image"].to(device), spec.name, spec.task, prompts)
-        if spec.task == "seg":
-            loss = seg_loss(out.float(), batch["mask"].to(device), seg.ce_weight, seg.dice_weight,
-                            per_image_dice=seg.dice_per_image)
-        else:
-            y = batch["targets"]["label"].to(device)
-            loss = F.cross_entropy(out.float(), y, ignore_index=-1) if (y >= 0).any() else out.sum() * 0.0
-        return loss, {"dataset": spec.name, "task": spec.task}
+        if "mask" in batch:
+            batch = {**batch, "mask": batch["mask"].to(device)}
+        return spec.kind.loss(out, batch, spec, settings), {"dataset": spec.name, "task": spec.task}
 
     return loss_fn
 
@@ -228,9 +232,9 @@ def _eval_batches(spec: TaskSpec, size: int, batch_size: int, rank: int, world: 
 
     if spec.shards is not None:
         return shard_eval_loader([spec.shards], "val", size=size, batch_size=batch_size, rank=rank, world_size=world,
-                                 num_workers=num_workers, binary_mask=spec.binary, need_mask=spec.task == "seg",
-                                 classes=spec.classes if spec.task == "cls" else None)
-    return sample_eval_batches(spec.val, size, batch_size, rank, world, need_mask=spec.task == "seg")
+                                 num_workers=num_workers, binary_mask=spec.binary, need_mask=spec.kind.needs_mask,
+                                 classes=spec.classes if spec.kind.uses_labels else None)
+    return sample_eval_batches(spec.val, size, batch_size, rank, world, need_mask=spec.kind.needs_mask)
 
 
 @torch.no_grad()
@@ -255,24 +259,10 @@ def evaluate_universal(
             return model(x, spec.name, spec.task, prompts)
 
         batches = _eval_batches(spec, size, batch_size, rank, world, num_workers)
-        if spec.task == "seg":
-            res = evaluate_segmentation_batches(
-                predict, batches, spec.num_classes, device=device, accelerator=accelerator,
-                overlay_dir=Path(overlay_dir) / spec.name if overlay_dir is not None else None, n_overlays=n_overlays)
-            res.pop("per_sample")
-        else:
-            local = []
-            for batch in batches:
-                probs = F.softmax(predict(batch["image"].to(device)).float(), 1).cpu().numpy()
-                for j, st in enumerate(batch["stored"]):
-                    local.append({"order": st["order"], "label": int(batch["targets"]["label"][j]),
-                                  "probs": probs[j]})
-            rows = [r for r in gather_results(local, accelerator) if r["label"] >= 0]
-            if not rows:
-                raise ValueError(f"{spec.name}: no labelled validation sample")
-            res = classification_metrics(np.array([r["label"] for r in rows]), np.stack([r["probs"] for r in rows]))
-            res["n"] = len(rows)
-        res["score"] = res[HEADLINE[spec.task]]
+        res = spec.kind.evaluate(predict, batches, spec, device=device, accelerator=accelerator,
+                                 overlay_dir=Path(overlay_dir) / spec.name if overlay_dir is not None else None,
+                                 n_overlays=n_overlays)
+        res["score"] = spec.kind.score(res)
         out["datasets"][spec.name] = res
     scores = [d["score"] for d in out["datasets"].values() if not math.isnan(d["score"])]
     out["mean_score"] = float(np.mean(scores)) if scores else float("nan")
@@ -304,7 +294,7 @@ def finetune_universal(
 
     from sonofm.finetune.data import StreamBatches, split_groups
     from sonofm.finetune.label_efficiency import select_groups
-    from sonofm.finetune.prompt_model import taxonomy_organs
+    from sonofm.finetune.prompt_types import taxonomy_organs
     from sonofm.models.loading import load_encoder
 
     if tasks is None:
@@ -331,12 +321,10 @@ def finetune_universal(
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     enc, info = load_encoder(cfg.encoder, in_chans=cfg.in_chans)
     pc = cfg.prompt
-    model = PromptModel(
-        enc, organs,
-        seg_heads={t.name: t.num_classes for t in tasks if t.task == "seg"},
-        cls_heads={t.name: t.num_classes for t in tasks if t.task == "cls"},
-        decoder_channels=cfg.seg.decoder_channels, use_prompts=pc.enabled, gate=pc.gate,
-    )
+    channels, dropout = cfg.seg.decoder_channels, 0.1
+    heads = {t.name: t.kind.make_head(t, channels, int(enc.num_features), dropout) for t in tasks}
+    model = PromptModel(enc, organs, heads=heads, decoder_channels=channels, use_prompts=pc.enabled, gate=pc.gate,
+                        dropout=dropout)
     set_seed(cfg.seed + rank)
     size, bs = cfg.data.img_size, cfg.data.batch_size
     aug = asdict(cfg.data.augment)
@@ -347,21 +335,22 @@ def finetune_universal(
             groups = None
             n_train[t.name] = t.n_train
             if cfg.label_fraction < 1.0:
-                counts = split_groups([t.shards], "train", need_mask=t.task == "seg")
+                counts = split_groups([t.shards], "train", need_mask=t.kind.needs_mask)
                 gnames = list(counts)
                 groups = frozenset(gnames[k] for k in select_groups(gnames, cfg.label_fraction, cfg.seed))
                 n_train[t.name] = sum(counts[g] for g in groups)
             sources.append(StreamBatches(
                 [t.shards], batch_size=bs, img_size=size, seed=seed, rank=rank, world_size=world,
-                num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, aug=aug,
-                classes=t.classes if t.task == "cls" else None, groups=groups, need_mask=t.task == "seg",
-                binary_mask=t.binary))
+                num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer, aug=t.kind.augment(aug),
+                classes=t.classes if t.kind.uses_labels else None, groups=groups, need_mask=t.kind.needs_mask,
+                binary_mask=t.binary, geometry=t.kind.geometry))
         else:
             train = list(t.train)
             if cfg.label_fraction < 1.0:
                 train = [train[k] for k in select_groups([s.group for s in train], cfg.label_fraction, cfg.seed)]
             n_train[t.name] = len(train)
-            sources.append(SampleBatches(train, size, bs, seed, True, AugmentConfig.from_any(aug), rank, world))
+            sources.append(SampleBatches(train, size, bs, seed, True, AugmentConfig.from_any(t.kind.augment(aug)), rank,
+                                         world))
     probs = dataset_probabilities([n_train[t.name] if n_train[t.name] is not None else -1 for t in tasks],
                                   [t.weight for t in tasks], cfg.data.temperature)
     batches = UniversalBatches(tasks, sources, probs, cfg.seed, rank, pc.p_whole, cfg.optim.accum_steps)
@@ -377,10 +366,10 @@ def finetune_universal(
         "encoder": info, "organs": organs, "use_prompts": pc.enabled, "img_size": size,
         "decoder_channels": cfg.seg.decoder_channels,
         "tasks": [{"name": t.name, "task": t.task, "organ": t.organ, "nature": t.nature,
-                   "num_classes": t.num_classes, "classes": t.classes} for t in tasks],
+                   "num_classes": t.num_classes, "classes": t.classes, "head_mode": t.head_mode} for t in tasks],
     }
     identity = {"task": "universal", "encoder": cfg.encoder, "in_chans": cfg.in_chans, "datasets": names}
-    res = run_loop(model, batches, _loss_fn(tasks, cfg.seg), settings, accelerator=accelerator, out_dir=out,
+    res = run_loop(model, batches, _loss_fn(tasks, cfg), settings, accelerator=accelerator, out_dir=out,
                    evaluate=evaluate, best_meta=best_meta, identity=identity, resume=resume)
     picked = [f.get("dataset") for f in res.fields]
     final = {k: v for k, v in res.final.items() if k != "score"}
@@ -446,10 +435,12 @@ def infer_task_spec(
     """A :class:`TaskSpec` with what the samples' metadata says filled in.
 
     ``organ``: the samples' ``meta["organ"]`` (shards carry it from the taxonomy; ``unlabelled`` when
-    unknown). ``task``: ``cls`` when samples carry labels, else ``seg``. ``nature``: ``tumour`` for a
-    labelled (diagnostic) dataset, else ``organ``. ``classes``: as given (the shard index's label
-    vocabulary, see :func:`task_specs_from_shards`), else the built-in taxonomy's list for a source
-    it declares, else the sorted labels seen. Segmentation classes: largest mask id + 1 (at least 2).
+    unknown). ``task``: a kind's name, else classification when samples carry labels and segmentation
+    otherwise (:func:`~sonofm.finetune.tasks.base.guess_task_kind`). ``nature``: ``tumour`` for a
+    labelled (diagnostic) dataset, else ``organ``. ``classes`` (a kind that reads labels): as given
+    (the shard index's label vocabulary, see :func:`task_specs_from_shards`), else the built-in
+    taxonomy's list for a source it declares, else the sorted labels seen. Other kinds count their
+    outputs from the samples (segmentation: largest mask id + 1, at least 2; keypoints: points).
     """
     from sonofm.finetune.data import encode_labels
 
@@ -457,15 +448,14 @@ def infer_task_spec(
     if len(organs) != 1:
         raise ValueError(f"{name}: expected one organ in the samples' metadata, found {sorted(organs)}")
     labelled = any(s.meta.get("label") is not None for s in train)
-    task = task or ("cls" if labelled else "seg")
+    kind = get_task_kind(task) if task else guess_task_kind(labelled)
     nature = nature or ("tumour" if labelled else "organ")
-    if task == "cls":
+    if kind.uses_labels:
         if classes is None:
             classes = _taxonomy_labels(str(train[0].meta.get("source")))
         vocab = encode_labels(list(train) + list(val), classes=classes)
-        return TaskSpec(name, "cls", train, val, organs.pop(), nature, len(vocab), vocab, weight)
-    n = max(int(s.mask.max()) for s in train if s.mask is not None) + 1 if train else 2
-    return TaskSpec(name, "seg", train, val, organs.pop(), nature, max(2, n), None, weight)
+        return TaskSpec(name, kind.name, train, val, organs.pop(), nature, len(vocab), vocab, weight)
+    return TaskSpec(name, kind.name, train, val, organs.pop(), nature, kind.outputs_of(train), None, weight)
 
 
 def _taxonomy_labels(source: str) -> list[str] | None:
@@ -530,8 +520,9 @@ def task_specs_from_shards(
         task_i = tasks[i] if tasks is not None else None
         weight_i = weights[i] if weights is not None else None
         files = index_files(str(p)) if Path(str(p)).is_dir() else []
-        organs_here = {str((x.get("taxonomy", {}).get("source") or {}).get("organ")) for x in shard_indexes(str(p))}
-        if len(files) > 1 and len(organs_here) > 1:
+        here = shard_indexes(str(p))
+        organs_here = {str((x.get("taxonomy", {}).get("source") or {}).get("organ")) for x in here}
+        if len(files) > 1 and (len(organs_here) > 1 or any(x.get("task") for x in here)):
             expanded += [(str(f), task_i, weight_i) for f in files]
         else:
             expanded.append((str(p), task_i, weight_i))
@@ -551,27 +542,32 @@ def task_specs_from_shards(
             for x in indexes:
                 labels.update((x.get("counts", {}).get("split_label", {}) or {}).get(train_split, {}) or {})
             vocab = list(entries[0].get("labels") or []) if len(entries) == 1 else []
+            index_task = indexes[0].get("task") if len(indexes) == 1 else None
+            vocab = [str(c) for c in (index_task or {}).get("classes") or []] or vocab
         else:
             scan = _scan(p, train_split)
-            sources, organs, labels, vocab = scan["sources"], scan["organs"], scan["labels"], []
+            sources, organs, labels, vocab, index_task = scan["sources"], scan["organs"], scan["labels"], [], None
         for missing in (UNLABELLED, "None"):  # how indexes count samples without a label (older ones: "None")
             labels.pop(missing, None)
         organs = organs or {UNLABELLED}
         name = next(iter(sources)) if len(sources) == 1 else (Path(p.rstrip("/")).name or f"dataset{i}")
         if len(organs) != 1:
             raise ValueError(f"{name} ({p}): expected one organ in the shard set, found {sorted(organs)}")
-        task = (tasks[i] if tasks is not None else None) or ("cls" if labels else "seg")
+        task = (tasks[i] if tasks is not None else None) or (index_task or {}).get("kind")
+        kind = get_task_kind(task) if task else guess_task_kind(bool(labels))
         weight = weights[i] if weights is not None else None
         n_train, n_val = split_size([p], train_split), split_size([p], val_split)
-        if task == "cls":
+        nature = "tumour" if labels else "organ"
+        if kind.uses_labels:
             classes = vocab or (_taxonomy_labels(next(iter(sources))) if len(sources) == 1 else None) \
                 or sorted(labels)
             unknown = sorted(set(labels) - set(classes))
             if unknown:
                 raise ValueError(f"{name}: labels {unknown} are not in the classes {classes}")
-            specs.append(TaskSpec(name, "cls", [], [], organs.pop(), "tumour" if labels else "organ", len(classes),
-                                  list(classes), weight, shards=p, n_train=n_train, n_val=n_val))
+            specs.append(TaskSpec(name, kind.name, [], [], organs.pop(), nature, len(classes), list(classes), weight,
+                                  shards=p, n_train=n_train, n_val=n_val))
         else:
-            specs.append(TaskSpec(name, "seg", [], [], organs.pop(), "tumour" if labels else "organ", num_classes,
-                                  None, weight, shards=p, n_train=n_train, n_val=n_val))
+            specs.append(TaskSpec(name, kind.name, [], [], organs.pop(), nature,
+                                  kind.num_classes(index_task, [], num_classes), None, weight, shards=p,
+                                  n_train=n_train, n_val=n_val))
     return specs

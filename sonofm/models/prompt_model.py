@@ -1,39 +1,36 @@
-"""Prompt-conditioned segmentation and classification (UniUSNet / UltraUPConvNet style).
+"""Prompt-conditioned universal model (UniUSNet / UltraUPConvNet style): one encoder, one head per dataset.
 
 Four prompts describe what a sample asks for:
 
 - position: the organ, from the taxonomy's organ list (``configs/taxonomy.yaml``),
-- task: ``seg`` or ``cls``,
+- task: the head's token (``seg``, ``cls``, ``det``, ``kp``: :data:`sonofm.models.heads.HEADS`),
 - type: ``whole`` image, ``local`` crop around the mask, ``location`` overlay of the mask,
 - nature: ``tumour`` or ``organ``.
 
 Each is one-hot encoded; the concatenation goes through one linear layer per injection point, giving
-a channel bias for each of the four encoder pyramid levels and for the pooled classification
-feature. Every bias is multiplied by a learnable gate initialised at 0, so at initialisation the
-model is exactly the prompt-free model (the pretrained encoder's features are not disturbed) and
-the prompts earn their influence during training. ``use_prompts=False`` gives the prompt-free
-variant with the same heads.
+a channel bias for each of the four encoder pyramid levels and for the pooled feature. Every bias is
+multiplied by a learnable gate initialised at 0, so at initialisation the model is exactly the
+prompt-free model (the pretrained encoder's features are not disturbed) and the prompts earn their
+influence during training. ``use_prompts=False`` gives the prompt-free variant with the same heads.
 
-Heads: one UPerNet decoder shared by all segmentation datasets with a 1x1 classifier per dataset,
-and one linear classification head per dataset on the pooled last stage (timm's head pool + norm).
-
-Type augmentation (:func:`apply_type`) is generated from masks during training; evaluation uses
-``whole`` only. ``location`` is used for classification only (for segmentation it would hand the
-answer to the model); an image with an empty mask falls back to ``whole``.
+Heads (:mod:`sonofm.models.heads`): one per dataset, FM_UIA's multi-head design. The heads that read a
+dense map share one UPerNet decoder (PPM + FPN fused at stride 4); classification reads the pooled
+last stage (timm's head pool + norm). Which prompt types a task trains with, and how a view is
+made, is the finetuning side's (``sonofm.finetune.prompt_types``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sonofm.finetune.upernet import UPerNetHead, encoder_pyramid, pyramid_channels
+from sonofm.models.heads import HEADS, ClassificationHead, HeadInputs, SegmentationHead
 from sonofm.models.input_norm import InputNorm
+from sonofm.models.upernet import UPerNetHead, encoder_pyramid, pyramid_channels
 
 __all__ = [
     "TASKS",
@@ -43,21 +40,12 @@ __all__ = [
     "PromptVocab",
     "PromptBias",
     "PromptModel",
-    "taxonomy_organs",
-    "apply_type",
-    "sample_type",
 ]
 
-TASKS: tuple[str, ...] = ("seg", "cls")
+#: the prompt's task values: every registered head's token, in registration order (the one-hot layout)
+TASKS: tuple[str, ...] = tuple(HEADS)
 TYPES: tuple[str, ...] = ("whole", "local", "location")
 NATURES: tuple[str, ...] = ("tumour", "organ")
-
-
-def taxonomy_organs(path: str | None = None) -> list[str]:
-    """The organ list of the taxonomy, in its (stable) order."""
-    from sonofm.datasets.taxonomy import Taxonomy
-
-    return list(Taxonomy.load(path).organ_region)
 
 
 @dataclass(frozen=True)
@@ -112,11 +100,13 @@ class PromptBias(nn.Module):
 
 
 class PromptModel(nn.Module):
-    """Encoder + prompt biases + shared UPerNet decoder + per-dataset seg / cls heads.
+    """Encoder + prompt biases + shared UPerNet decoder + one head per dataset.
 
-    ``seg_heads`` / ``cls_heads`` map dataset name -> number of classes (background included for
-    segmentation). ``forward(x, dataset, task, prompts)`` returns segmentation logits at the input
-    size (``task="seg"``) or class logits (``task="cls"``).
+    ``heads`` maps dataset name -> head module (:mod:`sonofm.models.heads`). ``seg_heads`` /
+    ``cls_heads`` (dataset name -> number of classes, background included for segmentation) are the
+    short form for the two plain heads. ``forward(x, dataset, task, prompts)`` returns that dataset's
+    head output: segmentation logits at the input size, class logits, or the dict a detection or
+    keypoint head returns. ``task`` (optional) is checked against the head's token.
     """
 
     def __init__(
@@ -130,22 +120,26 @@ class PromptModel(nn.Module):
         gate: str = "scalar",
         norm: str = "gn",
         dropout: float = 0.1,
+        heads: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
-        seg_heads, cls_heads = dict(seg_heads or {}), dict(cls_heads or {})
-        if not seg_heads and not cls_heads:
-            raise ValueError("PromptModel needs at least one segmentation or classification head")
+        all_heads: dict[str, nn.Module] = dict(heads or {})
+        chans = pyramid_channels(encoder)
+        self.num_features = int(getattr(encoder, "num_features", chans[-1]))
+        for k, n in (seg_heads or {}).items():
+            all_heads[k] = SegmentationHead(decoder_channels, n, dropout)
+        for k, n in (cls_heads or {}).items():
+            all_heads[k] = ClassificationHead(self.num_features, n, dropout)
+        if not all_heads:
+            raise ValueError("PromptModel needs at least one head")
         self.input_norm = InputNorm(encoder)  # the encoder's own mean / std: images come in [0, 1]
         self.encoder = encoder
         self.vocab = PromptVocab(organs)
-        chans = pyramid_channels(encoder)
-        self.num_features = int(getattr(encoder, "num_features", chans[-1]))
         self.use_prompts = use_prompts
         self.prompt = PromptBias(self.vocab.dim, [*chans, self.num_features], gate) if use_prompts else None
-        self.decoder = UPerNetHead(chans, 0, decoder_channels, norm=norm, dropout=dropout) if seg_heads else None
-        self.seg_heads = nn.ModuleDict({k: nn.Conv2d(decoder_channels, n, 1) for k, n in seg_heads.items()})
-        self.cls_heads = nn.ModuleDict({k: nn.Linear(self.num_features, n) for k, n in cls_heads.items()})
-        self.cls_dropout = nn.Dropout(dropout)
+        dense = any(getattr(h, "uses_decoder", False) for h in all_heads.values())
+        self.decoder = UPerNetHead(chans, 0, decoder_channels, norm=norm, dropout=0.0) if dense else None
+        self.heads = nn.ModuleDict(all_heads)
 
     def _biases(self, prompts: Sequence[Prompt] | Tensor | None, batch: int, device: torch.device) -> list[Tensor] | None:
         if self.prompt is None:
@@ -157,75 +151,25 @@ class PromptModel(nn.Module):
             raise ValueError(f"prompts give shape {tuple(onehot.shape)}, expected ({batch}, {self.vocab.dim})")
         return self.prompt(onehot.to(device))
 
+    def head(self, dataset: str, task: str | None = None) -> nn.Module:
+        """The head of ``dataset``; with ``task``, one of that kind, else a KeyError naming the heads there are."""
+        head = self.heads[dataset] if dataset in self.heads else None
+        if head is None or (task is not None and head.task != task):
+            title = f"{HEADS[task].title} " if task in HEADS else ""
+            there = sorted(k for k, h in self.heads.items() if task is None or h.task == task)
+            raise KeyError(f"no {title}head for dataset {dataset!r}; heads: {there}")
+        return head
+
     def forward(
-        self, x: Tensor, dataset: str, task: str, prompts: Sequence[Prompt] | Tensor | None = None
-    ) -> Tensor:
+        self, x: Tensor, dataset: str, task: str | None = None, prompts: Sequence[Prompt] | Tensor | None = None
+    ) -> Any:
+        head = self.head(dataset, task)
         biases = self._biases(prompts, x.shape[0], x.device)
         feats = encoder_pyramid(self.encoder, self.input_norm(x))
         if biases is not None:
             feats = [f + b[:, :, None, None].to(f.dtype) for f, b in zip(feats, biases[:4])]
-        if task == "seg":
-            if dataset not in self.seg_heads:
-                raise KeyError(f"no segmentation head for dataset {dataset!r}; heads: {sorted(self.seg_heads)}")
-            logits = self.seg_heads[dataset](self.decoder.dropout(self.decoder.fused(feats)))
-            return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        if task == "cls":
-            if dataset not in self.cls_heads:
-                raise KeyError(f"no classification head for dataset {dataset!r}; heads: {sorted(self.cls_heads)}")
-            pooled = self.encoder.forward_head(self.encoder.norm_pre(feats[-1]), pre_logits=True)
-            if biases is not None:
-                pooled = pooled + biases[4].to(pooled.dtype)
-            return self.cls_heads[dataset](self.cls_dropout(pooled))
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-
-
-# --------------------------------------------------------------------------- type augmentation
-
-
-def sample_type(task: str, has_mask: bool, rng: np.random.Generator, p_whole: float = 0.5) -> str:
-    """Training-time prompt type: ``whole`` with probability ``p_whole``, else local (or location for cls)."""
-    if not has_mask or rng.random() < p_whole:
-        return "whole"
-    choices = ("local", "location") if task == "cls" else ("local",)
-    return str(rng.choice(choices))
-
-
-def _bbox(mask: Tensor) -> tuple[int, int, int, int] | None:
-    ys, xs = torch.nonzero(mask > 0, as_tuple=True)
-    if ys.numel() == 0:
-        return None
-    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-
-
-def apply_type(
-    image: Tensor, mask: Tensor | None, kind: str, margin: float = 0.25, alpha: float = 0.4
-) -> tuple[Tensor, Tensor | None, str]:
-    """Make the ``kind`` view of one sample: ``image`` [C,S,S] float, ``mask`` [S,S] long or None.
-
-    ``local``: square crop around the mask's bounding box (``margin`` of its size added on each
-    side), resized back to ``S`` (image bilinear, mask nearest). ``location``: the mask blended into
-    the image with weight ``alpha``. Returns ``(image, mask, kind actually applied)``; without a
-    foreground the sample stays ``whole``.
-    """
-    if kind == "whole":
-        return image, mask, "whole"
-    if kind not in TYPES:
-        raise ValueError(f"type must be one of {TYPES}, got {kind!r}")
-    box = _bbox(mask) if mask is not None else None
-    if box is None:
-        return image, mask, "whole"
-    if kind == "location":
-        fg = (mask > 0).to(image.dtype)[None]
-        return (1 - alpha) * image + alpha * fg, mask, "location"
-    size_h, size_w = image.shape[-2:]
-    y0, y1, x0, x1 = box
-    side = max(y1 - y0, x1 - x0)
-    side = min(max(int(round(side * (1 + 2 * margin))), 8), min(size_h, size_w))
-    cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-    top = int(np.clip(cy - side // 2, 0, size_h - side))
-    left = int(np.clip(cx - side // 2, 0, size_w - side))
-    crop = image[:, top : top + side, left : left + side]
-    img = F.interpolate(crop[None], size=(size_h, size_w), mode="bilinear", align_corners=False)[0]
-    m = mask[top : top + side, left : left + side]
-    m = F.interpolate(m[None, None].float(), size=(size_h, size_w), mode="nearest")[0, 0].long()
-    return img, m, "local"
+        pooled = self.encoder.forward_head(self.encoder.norm_pre(feats[-1]), pre_logits=True)
+        if biases is not None:
+            pooled = pooled + biases[4].to(pooled.dtype)
+        decoder = self.decoder
+        return head(HeadInputs(tuple(x.shape[-2:]), pooled, lambda: decoder.fused(feats)))

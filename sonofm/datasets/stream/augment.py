@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from sonofm.config.schema import AugmentConfig  # the one definition; re-exported for the stream
+from sonofm.datasets.preprocess.geometry import Affine
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels of the source image
 
@@ -119,8 +120,10 @@ def augment_sample(image: np.ndarray, field: np.ndarray | None, mask: np.ndarray
     """Training transform: field-aware random resized crop, flip, gamma and gain.
 
     ``image`` (H, W) uint8; ``field`` (H, W) bool or None; ``mask`` (H, W) uint8 or None. Returns
-    ``image`` float [1,S,S] in [0,1], ``field`` float [1,S,S] of 0/1, ``mask`` long [S,S] if given, and
-    ``box``/``flip`` (the geometry used, for checks and debugging).
+    ``image`` float [1,S,S] in [0,1], ``field`` float [1,S,S] of 0/1, ``mask`` long [S,S] if given,
+    ``box``/``flip`` (the geometry used, for checks and debugging) and ``view``: the
+    :class:`~sonofm.datasets.preprocess.geometry.Affine` from the stored sample's pixels to the
+    output's, as ``[sx, sy, tx, ty]``, so boxes and points can follow the crop and the flip.
     """
     h, w = image.shape
     box = random_field_crop(field, (h, w), rng, cfg)
@@ -136,7 +139,9 @@ def augment_sample(image: np.ndarray, field: np.ndarray | None, mask: np.ndarray
         msk = msk[:, ::-1] if msk is not None else None
     out = _pack(np.ascontiguousarray(img), np.ascontiguousarray(fld),
                 None if msk is None else np.ascontiguousarray(msk), _intensity_lut(gamma, gain))
+    view = Affine.crop_resize((box[1], box[0], box[3], box[2]), (size, size))
     out["box"], out["flip"] = box, flip
+    out["view"] = (view.then(Affine.hflip(size)) if flip else view).to_list()
     return out
 
 
@@ -154,6 +159,7 @@ def eval_sample(image: np.ndarray, field: np.ndarray | None, mask: np.ndarray | 
 
     ``letterbox`` scales the longest side to ``size`` and pads with zeros (nothing is lost: the padding
     has field 0 and mask 0); ``center_crop`` scales the shortest side to ``size`` and crops the centre.
+    ``view``: the map from the stored sample's pixels to the output's, as in :func:`augment_sample`.
     """
     h, w = image.shape
     if mode == "letterbox":
@@ -168,6 +174,7 @@ def eval_sample(image: np.ndarray, field: np.ndarray | None, mask: np.ndarray | 
         fld = place(field.astype(np.uint8) if field is not None else np.ones((h, w), np.uint8),
                     Image.Resampling.NEAREST)
         msk = place(mask, Image.Resampling.NEAREST) if mask is not None else None
+        view = Affine(nw / w, nh / h, float(ox), float(oy))
     elif mode == "center_crop":
         side = min(h, w)
         x0, y0 = (w - side) / 2, (h - side) / 2
@@ -176,6 +183,9 @@ def eval_sample(image: np.ndarray, field: np.ndarray | None, mask: np.ndarray | 
         fld = (_resize(field.astype(np.uint8), box, size, Image.Resampling.NEAREST) if field is not None
                else np.ones((size, size), dtype=np.uint8))
         msk = _resize(mask, box, size, Image.Resampling.NEAREST) if mask is not None else None
+        view = Affine.crop_resize((y0, x0, y0 + side, x0 + side), (size, size))
     else:
         raise ValueError(f"eval transform must be 'letterbox' or 'center_crop', got {mode!r}")
-    return _pack(img, fld, msk, _IDENTITY_LUT)
+    out = _pack(img, fld, msk, _IDENTITY_LUT)
+    out["view"] = view.to_list()
+    return out

@@ -134,7 +134,9 @@ def mixing_probabilities(sizes: Sequence[int], weights: Sequence[float] | None =
 
 
 def _collate(samples: list[dict[str, Any]], return_meta: bool) -> dict[str, Any]:
-    """Stack one batch inside the worker: fixed-size tensors, targets with -1 for unknown."""
+    """Stack one batch inside the worker: fixed-size tensors, targets with -1 for unknown; targets that
+    are lists (a sample's boxes or points) stay one entry per sample, and ``view`` [B,4] maps each
+    sample's stored pixels to its tensor's (see :func:`~sonofm.datasets.stream.augment.augment_sample`)."""
     batch: dict[str, Any] = {
         "image": torch.stack([s["image"] for s in samples]),
         "field": torch.stack([s["field"] for s in samples]),
@@ -146,12 +148,15 @@ def _collate(samples: list[dict[str, Any]], return_meta: bool) -> dict[str, Any]
         size = samples[0]["image"].shape[-2:]
         zeros = torch.zeros(size, dtype=torch.long)
         batch["mask"] = torch.stack([s["mask"] if s.get("mask") is not None else zeros for s in samples])
+    batch["view"] = torch.tensor([s["view"] for s in samples], dtype=torch.float64)
     names = sorted({k for s in samples for k in s["targets"]})
-    batch["targets"] = {
-        n: torch.tensor([-1 if s["targets"].get(n) is None else int(s["targets"][n]) for s in samples],
-                        dtype=torch.long)
-        for n in names
-    }
+    batch["targets"] = {}
+    for n in names:
+        values = [s["targets"].get(n) for s in samples]
+        if any(isinstance(v, (list, tuple, np.ndarray)) for v in values):  # geometry (boxes, points): per sample
+            batch["targets"][n] = values
+        else:
+            batch["targets"][n] = torch.tensor([-1 if v is None else int(v) for v in values], dtype=torch.long)
     if return_meta:
         batch["meta"] = [s["meta"] for s in samples]
     return batch
