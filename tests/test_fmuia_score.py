@@ -328,7 +328,7 @@ def test_missing_predictions_are_errors_that_name_them(root: Path, tmp_path: Pat
     (out / CLASSIFICATION_FILE).write_text(json.dumps([e for e in entries if e["image_path"] != "../Classification/DSC/img 3.png"]))
     with pytest.raises(MissingPredictionsError) as err:
         score_folder(out, root, progress=False)
-    assert "2 of the" in str(err.value)
+    assert "2 of the" in str(err.value) and "cls_bin 1/14, seg_three 1/6)" in str(err.value)
     assert "../Segmentation/Three/DSB/masks/004.png" in str(err.value)
     assert "../Classification/DSC/img 3.png" in str(err.value)
     assert len(err.value.missing) == 2

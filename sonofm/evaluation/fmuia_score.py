@@ -257,16 +257,21 @@ def _label(row: TruthRow) -> str:
     return f"{row.kind} task {row.task_id}: {row.mask_path if row.kind == 'segmentation' else row.image_path}"
 
 
-def _find_missing(rows: Sequence[TruthRow], preds: PredictionFolder) -> list[str]:
+def _find_missing(rows: Sequence[TruthRow], preds: PredictionFolder) -> tuple[list[str], str]:
+    """Every labelled row without a prediction, and a per-task count (``"T 3/20, U 20/20"``)."""
     missing = []
+    per_task: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for row in rows:
         if row.kind == "segmentation":
             found = preds.mask_path(row.mask_path or "").is_file()
         else:
             found = (row.task_id, row.image_path) in preds.entries[row.kind]
+        per_task[row.task_id][1] += 1
         if not found:
             missing.append(_label(row))
-    return missing
+            per_task[row.task_id][0] += 1
+    counts = ", ".join(f"{t} {m}/{n}" for t, (m, n) in sorted(per_task.items()) if m)
+    return missing, counts
 
 
 def _find_extra(truth: Truth, preds: PredictionFolder) -> list[str]:
@@ -293,11 +298,11 @@ def score_folder(pred_dir: str | os.PathLike, root: str | os.PathLike, *, truth:
     truth = truth if truth is not None else read_truth(root)
     rows = truth.rows
     preds = read_predictions(pred_dir)
-    missing = _find_missing(rows, preds)
+    missing, per_task = _find_missing(rows, preds)
     if missing:
         raise MissingPredictionsError(
-            f"{pred_dir}: {len(missing)} of the {len(rows)} labelled images of {root} have no prediction: "
-            f"{_listing(missing)}", missing=missing)
+            f"{pred_dir}: {len(missing)} of the {len(rows)} labelled images of {root} have no prediction "
+            f"(missing/labelled per task: {per_task}): {_listing(missing)}", missing=missing)
     by_task: dict[str, list[TruthRow]] = defaultdict(list)
     for row in rows:
         by_task[row.task_id].append(row)
