@@ -34,6 +34,7 @@ from sonofm.evaluation.fmuia_score import (
     AVERAGES,
     GroundTruthError,
     MissingPredictionsError,
+    classification_scores,
     hausdorff,
     read_truth,
     score_folder,
@@ -297,6 +298,18 @@ def test_full_hausdorff_matches_brute_force_on_all_pixels() -> None:
     assert hausdorff(ring, hole) == pytest.approx(ref_hd(ring, hole)) == 3.0
     assert hausdorff(np.zeros((3, 4)), np.zeros((3, 4))) == 0.0
     assert hausdorff(np.zeros((3, 4)), np.ones((3, 4))) == 5.0  # the diagonal when one side is empty
+
+
+def test_auc_when_the_truth_lacks_classes() -> None:
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(4), 30)
+    t = [int(v) for v in rng.choice([0, 2, 3], 30)]  # class 1 never true: macro over the classes present
+    p = [int(v) for v in probs.argmax(1)]
+    got = classification_scores(t, p, probs, 4)
+    want = ref_classification(t, p, probs.tolist(), 4)
+    assert got == pytest.approx(want)
+    one_class = classification_scores([1] * 5, [1, 0, 1, 1, 1], rng.dirichlet(np.ones(2), 5), 2)
+    assert math.isnan(one_class["auc"]) and one_class["accuracy"] == 0.8
 
 
 def test_perfect_predictions_score_perfectly(root: Path, tmp_path: Path) -> None:
