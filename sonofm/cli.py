@@ -112,6 +112,7 @@ def _cmd_shards_build(args: argparse.Namespace) -> int:
         dedup=cfg.dedup,
         taxonomy=args.taxonomy or cfg.taxonomy,
         colour_limit=cfg.colour_limit,
+        text=cfg.text,
     )
     print(f"shards written to {out}")
     return 0 if report is not None else 1

@@ -56,6 +56,7 @@ from sonofm.datasets.shards import (
 from sonofm.datasets.sources.fmuia import PROBLEMS as ROW_PROBLEMS
 from sonofm.datasets.sources.imageio import MAX_ASPECT, MIN_SIDE
 from sonofm.datasets.sources.specs import (
+    TEXT_MODES,
     BadSpecError,
     SourceSpec,
     load_sources_file,
@@ -133,6 +134,7 @@ class _Tally:
     blanked: int = 0
     text_outside: int = 0
     text_inside: int = 0
+    text_blanked: int = 0
     written: int = 0
     items_ok: int = 0
 
@@ -159,6 +161,7 @@ class _Tally:
         self.blanked += out.colour_blanked
         self.text_outside += out.text_outside
         self.text_inside += out.text_inside
+        self.text_blanked += out.text_blanked
         if out.key in self.keys_seen:
             self.adapter_stats["duplicate_keys"] += 1
             if len(self.notes) < MAX_ERRORS_LISTED:
@@ -213,7 +216,7 @@ class _SourceRun:
         return Job(self.plan.spec, self.plan.source, self.plan.info, self.taxonomy_files, s["max_side"],
                    s["split_fractions"], s["salt"], s["dedup"], colour_limit=s["colour_limit"],
                    pseudonym_key=self.pseudonym_key, skip_keys=recorded_keys(done),
-                   min_side=s["min_side"], max_aspect=s["max_aspect"])
+                   min_side=s["min_side"], max_aspect=s["max_aspect"], text=_text_mode(self.plan.spec, s))
 
     def write(self, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """One pass writing the shards, reusing the recorded ones ``done``; returns the report."""
@@ -298,6 +301,8 @@ class _SourceRun:
             "colour_limit_dropped": int(stats.get("dropped_colour_limit", 0)),
             "text_outside_field": tally.text_outside,
             "text_inside_field": tally.text_inside,
+            "text_blanked_images": tally.text_blanked,
+            "text_mode": _text_mode(spec, self.settings),
             "formats": {k: dict(v) for k, v in sorted(tally.formats.items())},
             "adapter_stats": dict(stats),
             # everything left out, per reason (listing and decoding, main process and workers), and named
@@ -361,7 +366,8 @@ def _build_source(
         raise ValueError(f"source {source}: adapter {spec.adapter!r} found no files under {spec.root}")
     pseudonymised = spec.pseudonymise if spec.pseudonymise is not None else spec.adapter in DEFAULT_ON
     key = pseudonym_key(settings["salt"]) if pseudonymised else None
-    fp = fingerprint(spec, source, items, {**settings, "taxonomy": plan.info.to_dict(),
+    fp = fingerprint(spec, source, items, {**settings, "text": _text_mode(spec, settings),
+                                           "taxonomy": plan.info.to_dict(),
                                            "pseudonyms": key_fingerprint(key) if key else None})
 
     current = index_up_to_date(out_dir, source, fp)
@@ -470,12 +476,16 @@ def build_shards(
     colour_limit: float | None = None,
     min_side: int = MIN_SIDE,
     max_aspect: float = MAX_ASPECT,
+    text: str = "blank",
 ) -> dict[str, Any]:
     """Build ``{source}-{split}-{000000}.tar`` shards and ``{source}.index.json`` for every source.
 
     ``taxonomy``: user taxonomy file(s) extending the built-in tree (new regions, organs, sources).
     ``colour_limit``: drop (and count) images whose coloured share of the field is above this share
     (colour flow is blanked either way; ``None`` keeps every image).
+    ``text``: ``"blank"`` (default) sets text that touches the kept image (found inside the field, or
+    burnt-in beside it and covered by the field's edge) to 0; ``"keep"`` keeps it. A source's own
+    ``?text=`` option wins. The report counts images with such text and those blanked.
     ``min_side``, ``max_aspect``: decoded images with a side under ``min_side`` px or more elongated
     than ``max_aspect``:1, and all-black or constant ones, are skipped and counted (never written).
     A source needs no entry: undeclared sources are self-describing, and every index stores the
@@ -500,12 +510,14 @@ def build_shards(
     out = Path(out_dir).expanduser()
     if colour_limit is not None and not 0.0 <= float(colour_limit) <= 1.0:
         raise ValueError(f"colour_limit must be a share in [0, 1] (e.g. 0.2), got {colour_limit}")
+    if text not in TEXT_MODES:
+        raise ValueError(f"text must be one of {', '.join(TEXT_MODES)}, got {text!r}")
     if int(min_side) < 1 or float(max_aspect) < 1.0:
         raise ValueError(f"min_side must be >= 1 and max_aspect >= 1, got {min_side} and {max_aspect}")
     settings = {"max_side": int(max_side), "samples_per_shard": int(samples_per_shard),
                 "split_fractions": fractions, "salt": str(salt), "dedup": bool(dedup),
                 "colour_limit": None if colour_limit is None else float(colour_limit),
-                "min_side": int(min_side), "max_aspect": float(max_aspect)}
+                "min_side": int(min_side), "max_aspect": float(max_aspect), "text": str(text)}
     taxonomy_files = _taxonomy_files(taxonomy)
     plans = _plans(specs, Taxonomy.with_user_files(taxonomy_files))
     check_output_dir(out)  # before anything is decoded
@@ -547,6 +559,11 @@ def _plans(specs: list[SourceSpec], tax: Taxonomy) -> list[_Plan]:
     return plans
 
 
+def _text_mode(spec: SourceSpec, settings: dict[str, Any]) -> str:
+    """What becomes of text touching a source's kept image: its own ``?text=``, else the build's."""
+    return spec.text or settings.get("text", "blank")
+
+
 def _totals(reports: dict[str, dict[str, Any]], elapsed: float) -> dict[str, Any]:
     """The build's totals; sources found up to date decoded nothing and do not count in images/s."""
     total_img = sum(r.get("records_read", 0) for r in reports.values() if not r.get("up_to_date"))
@@ -581,7 +598,8 @@ def _summary_line(rep: dict[str, Any]) -> str:
         f"{rep['duplicates_exact']} exact + {rep['duplicates_near']} near duplicates dropped, "
         f"{rep['colour_images']} colour images, {rep['colour_blanked_images']} with coloured pixels blanked, "
         f"{rep['colour_limit_dropped']} dropped over colour_limit, {rep['text_outside_field']} with text "
-        f"outside the field (cropped away), {rep['text_inside_field']} with text or marks inside it (kept)"
+        f"outside the field (cropped away), {rep['text_inside_field']} with text or marks touching it "
+        f"({rep['text_blanked_images']} blanked" + (", text=keep)" if rep.get("text_mode") == "keep" else ")")
     )
     skipped = rep.get("skipped") or {}
     if skipped:

@@ -48,6 +48,7 @@ class Job:
     skip_keys: frozenset[str] = frozenset()  # shards already written: no PNG encoding for these keys
     min_side: int = MIN_SIDE
     max_aspect: float = MAX_ASPECT
+    text: str = "blank"  # text touching the kept image: "blank" (default) or "keep"
 
 
 @dataclass
@@ -65,6 +66,7 @@ class SampleOut:
     colour_blanked: bool
     text_outside: bool
     text_inside: bool
+    text_blanked: bool = False
 
 
 @dataclass
@@ -134,7 +136,7 @@ class Worker:
             fld = known.get(_clip_key(record)) if record.meta.get("frame") is not None else None
             try:
                 processed = self.preprocess(record, max_side=job.max_side, colour_limit=job.colour_limit,
-                                            field=fld)
+                                            field=fld, text=job.text)
             except self.colour_limit_exceeded:
                 self.adapter.count("dropped_colour_limit")  # counted in the report, the item goes on
                 continue
@@ -168,6 +170,7 @@ class Worker:
             colour_blanked=bool(pmeta["colour"].get("blanked_pixels")),
             text_outside=bool(pmeta.get("text_outside_field")),
             text_inside=bool(pmeta.get("text_inside_field")),
+            text_blanked=bool(pmeta.get("text_blanked_pixels")),
         )
 
 

@@ -1,7 +1,7 @@
 """The ``--source`` / sources-file specs of a shard build, read into :class:`SourceSpec`.
 
 A spec is ``ADAPTER:PATH?option=value&...``, a mapping (``adapter``, ``root``, ``source``,
-``organ``, ``region``, ``description``, ``pseudonymise``, other keys are adapter options), or a YAML
+``organ``, ``region``, ``description``, ``pseudonymise``, ``text``, other keys are adapter options), or a YAML
 file listing them. Kept apart from the build so the CLI and recipes read specs without the
 worker and writer machinery.
 """
@@ -26,6 +26,8 @@ class BadSpecError(UserError, ValueError):
 
 #: Spec keys that describe the source itself (its place in the taxonomy), not options of its adapter.
 DESCRIPTION_KEYS = ("organ", "region", "description")
+#: What the build does with text touching a source's kept image (``?text=keep`` keeps the annotations).
+TEXT_MODES = ("blank", "keep")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class SourceSpec:
     region: str | None = None
     description: str | None = None
     pseudonymise: bool | None = None  # paths and groups as keyed hashes; None: on for dicom/folder/csv
+    text: str | None = None  # "blank" | "keep" text touching the kept image; None: the build's setting
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).expanduser()
@@ -65,6 +68,13 @@ def _flag(value: Any, name: str, where: str) -> bool:
     return value
 
 
+def _text_mode(value: Any, where: str) -> str:
+    """``text=blank|keep``: a typo is an error, never a silent default (it decides what leaves the hospital)."""
+    if value not in TEXT_MODES:
+        raise BadSpecError(f"{where}: text must be one of {', '.join(TEXT_MODES)}, got {value!r}")
+    return str(value)
+
+
 def _spec_from_mapping(entry: dict[str, Any], base: Path | None, where: str) -> SourceSpec:
     """A mapping entry; its unknown keys are adapter options, a relative root is relative to ``base``."""
     e = dict(entry)
@@ -76,6 +86,8 @@ def _spec_from_mapping(entry: dict[str, Any], base: Path | None, where: str) -> 
     described = {k: e.pop(k) for k in DESCRIPTION_KEYS if k in e}
     if "pseudonymise" in e:
         described["pseudonymise"] = _flag(e.pop("pseudonymise"), "pseudonymise", where)
+    if "text" in e:
+        described["text"] = _text_mode(e.pop("text"), where)
     options = dict(e.pop("options", None) or {})
     options.update(e)  # any other key is an adapter option
     root = Path(str(root)).expanduser()
@@ -116,6 +128,8 @@ def parse_source_arg(s: str | dict[str, Any]) -> SourceSpec | list[SourceSpec]:
             described[k] = v
         elif k == "pseudonymise":
             described[k] = _flag(_scalar(v), k, text)
+        elif k == "text":
+            described[k] = _text_mode(v, text)
         else:
             options[k] = _scalar(v)
     return SourceSpec(adapter.strip(), Path(path), source, options, **described)
@@ -173,6 +187,7 @@ def make_adapter(spec: SourceSpec) -> Any:
 
 __all__ = [
     "DESCRIPTION_KEYS",
+    "TEXT_MODES",
     "BadSpecError",
     "SourceSpec",
     "load_sources_file",
