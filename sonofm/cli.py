@@ -125,6 +125,21 @@ def _cmd_shards_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_shards_audit(args: argparse.Namespace) -> int:
+    from sonofm.atomic_io import write_json
+    from sonofm.datasets.shards.audit import audit_shards
+
+    from pathlib import Path
+
+    sheet = args.sheet or f"{Path(args.dir).expanduser().resolve().name}.audit.png"
+    report = audit_shards(args.dir, sample=args.sample, recall_images=args.recall_images, sheet=sheet)
+    print(report.summary())
+    if args.json:
+        write_json(args.json, report.to_dict())
+        print(f"  report: {args.json}")
+    return 0 if report.passed else 1
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from sonofm.config import PretrainConfig, load_config
 
@@ -184,6 +199,23 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from sonofm.evaluation.fmuia_score import score_to_files
 
     score_to_files(args.pred_dir, args.root, out=args.out)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from sonofm.finetune.predict import predict_source
+
+    rep = predict_source(args.run, args.source, args.out, batch_size=args.batch_size, device=args.device)
+    per = ", ".join(f"{k} {v}" for k, v in sorted(rep["per_task"].items()))
+    print(f"predicted {rep['images']} images ({per}) in {rep['seconds']:.1f} s "
+          f"({rep['images_per_second']:.1f} images/s on {rep['device']})")
+    if rep["skipped"]:
+        print(f"left out: {', '.join(f'{n} {k}' for k, n in sorted(rep['skipped'].items()))}")
+        for line in rep["skipped_rows"][:10]:
+            print(f"  {line}")
+    print("wrote:")
+    for f in rep["files"]:
+        print(f"  {f}")
     return 0
 
 
@@ -250,6 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for one contact sheet PNG per source (default: the working directory; "
                    "never the shard folder)")
     i.set_defaults(func=_cmd_shards_inspect)
+    a = shards.add_parser("audit", parents=[common], help="read the stored images with OCR: identifier-like text?",
+                          description="Read every stored image (or --sample of them) with OCR and report those "
+                          "holding dates, times or runs of 5+ digits (and, apart, other text), with the OCR's "
+                          "recall measured on the same images and a contact sheet of the flagged ones. Exit "
+                          "status 1 when identifier-like text is found, so a pipeline can gate on it. Needs "
+                          "the 'ocr' extra and the tesseract binary.")
+    a.add_argument("dir", help="shard folder")
+    a.add_argument("--sample", type=_positive_int, default=None, metavar="N",
+                   help="read N images spread evenly over the folder (default: every image)")
+    a.add_argument("--recall-images", type=_positive_int, default=16, metavar="N",
+                   help="images with a planted identifier for the recall measurement (default 16)")
+    a.add_argument("--sheet", default=None, metavar="PNG",
+                   help="contact sheet of the flagged images (default: ./<folder>.audit.png, never in the shards)")
+    a.add_argument("--json", default=None, metavar="FILE", help="write the full report as JSON")
+    a.set_defaults(func=_cmd_shards_audit)
 
     p = sub.add_parser("pretrain", parents=[common], help="masked-image-modelling pretraining of a ConvNeXt encoder",
                        description="Pretrain a ConvNeXt encoder with masked image modelling plus a hierarchical "
@@ -283,6 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     p.add_argument("--dry-run", action="store_true", help="with --push-to-hub: print what would be uploaded")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", parents=[common], help="run a finetuned universal model over new images",
+                       description="Predict with the best model of a 'sonofm finetune universal' run over a source "
+                       "(e.g. fmuia:ROOT, a challenge train/ or val/ folder, labelled or not): the build's "
+                       "preprocessing, every output mapped back to the original image, and the FM_UIA 2026 "
+                       "prediction files written into --out.")
+    p.add_argument("run", metavar="RUN", help="finetuning run folder (holds best/)")
+    p.add_argument("--source", required=True, help="what to predict, as for 'shards build' (e.g. fmuia:ROOT/val)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the prediction files")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("score", parents=[common], help="score FM_UIA 2026 prediction files against a labelled root",
                        description="Score a prediction folder (the challenge's JSON files and mask PNGs) against a "

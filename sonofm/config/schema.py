@@ -396,6 +396,8 @@ class FinetuneConfig:
     # resumable checkpoints out_dir/checkpoints/step-N/ every N steps and at the end (--resume auto)
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=100, keep_last=2))
     log_keys: bool = False  # audit the data order: sample keys per step in out_dir/keys/rank<r>.txt
+    # head of the keypoint datasets (universal): soft-argmax heatmaps or direct regression from the pooled feature
+    keypoint_head: str = "heatmap"
 
     def cross_checks(self, at: str) -> Iterator[Problem]:
         if self.dataset_weights is not None:
@@ -446,6 +448,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.split": ("train", "val", "test"),
     "task": ("seg", "universal"),
     "prompt.gate": ("scalar", "channel"),
+    "keypoint_head": ("heatmap", "regression"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
     "text": ("blank", "keep"),
 }

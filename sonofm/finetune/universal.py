@@ -302,6 +302,8 @@ def finetune_universal(
             raise ValueError("finetune universal: 'datasets' is empty; list one shard folder per dataset")
         tasks = task_specs_from_shards(list(cfg.datasets), weights=cfg.dataset_weights,
                                        num_classes=cfg.seg.num_classes)
+    for t in tasks:  # a kind with head variants (keypoints) takes the configured one
+        t.head_mode = t.head_mode or cfg.keypoint_head
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be unique, got {names}")
@@ -366,7 +368,8 @@ def finetune_universal(
         "encoder": info, "organs": organs, "use_prompts": pc.enabled, "img_size": size,
         "decoder_channels": cfg.seg.decoder_channels,
         "tasks": [{"name": t.name, "task": t.task, "organ": t.organ, "nature": t.nature,
-                   "num_classes": t.num_classes, "classes": t.classes, "head_mode": t.head_mode} for t in tasks],
+                   "num_classes": t.num_classes, "classes": t.classes, "head_mode": t.head_mode,
+                   "build": _build_settings(t)} for t in tasks],
     }
     identity = {"task": "universal", "encoder": cfg.encoder, "in_chans": cfg.in_chans, "datasets": names}
     res = run_loop(model, batches, _loss_fn(tasks, cfg), settings, accelerator=accelerator, out_dir=out,
@@ -400,6 +403,28 @@ def finetune_universal(
     if accelerator.is_main_process:
         write_json(out / "report.json", report)
     return report
+
+
+def _split_size_or_0(path: str, split: str) -> int:
+    """Samples of ``split`` in a shard set, 0 when it has none (a small set's validation split may be empty)."""
+    from sonofm.datasets.shards.discovery import StreamError
+    from sonofm.finetune.data import split_size
+
+    try:
+        return split_size([path], split)
+    except StreamError:
+        return 0
+
+
+def _build_settings(spec: TaskSpec) -> dict[str, Any]:
+    """How a shard set's images were preprocessed (its index's ``build``), so prediction can do the same."""
+    if spec.shards is None:
+        return {}
+    from sonofm.datasets.shards.discovery import shard_indexes
+
+    indexes = shard_indexes(spec.shards)
+    build = (indexes[0].get("build") or {}) if indexes else {}
+    return {k: build[k] for k in ("max_side", "text") if k in build}
 
 
 def run_universal(
@@ -556,7 +581,7 @@ def task_specs_from_shards(
         task = (tasks[i] if tasks is not None else None) or (index_task or {}).get("kind")
         kind = get_task_kind(task) if task else guess_task_kind(bool(labels))
         weight = weights[i] if weights is not None else None
-        n_train, n_val = split_size([p], train_split), split_size([p], val_split)
+        n_train, n_val = split_size([p], train_split), _split_size_or_0(p, val_split)
         nature = "tumour" if labels else "organ"
         if kind.uses_labels:
             classes = vocab or (_taxonomy_labels(next(iter(sources))) if len(sources) == 1 else None) \
