@@ -76,6 +76,7 @@ __all__ = [
     "export_backbone",
     "features_state",
     "input_normalisation",
+    "run_normalisation",
     "timm_config",
     "upload_plan",
 ]
@@ -85,6 +86,16 @@ def input_normalisation() -> tuple[float, float]:
     """The ``(mean, std)`` the pretraining model applies to [0, 1] images before its encoder: the
     constants of :mod:`sonofm.models.input_norm`, which PretrainModel and load_encoder use too."""
     return INPUT_MEAN, INPUT_STD
+
+
+def run_normalisation(state: dict[str, Any], in_chans: int) -> tuple[list[float], list[float]]:
+    """Per-channel ``(mean, std)`` a run trained with: its checkpoint's record (a run continued from
+    published weights keeps theirs, e.g. ImageNet's reduced to grey), else sonofm's constants."""
+    mean, std = input_normalisation()
+    m, s = state.get("input_mean", mean), state.get("input_std", std)
+    m = [float(v) for v in (m if isinstance(m, (list, tuple)) else [m])]
+    s = [float(v) for v in (s if isinstance(s, (list, tuple)) else [s])]
+    return (m * in_chans if len(m) == 1 else m), (s * in_chans if len(s) == 1 else s)
 
 
 def _global_pool(model: nn.Module) -> str | None:
@@ -101,8 +112,8 @@ def timm_config(
     architecture: str,
     in_chans: int,
     img_size: int,
-    mean: float,
-    std: float,
+    mean: float | list[float],
+    std: float | list[float],
     licence: str,
     sonofm_info: dict[str, Any],
 ) -> dict[str, Any]:
@@ -127,8 +138,8 @@ def timm_config(
         "interpolation": "bilinear",
         "crop_pct": 1.0,
         "crop_mode": "center",
-        "mean": [mean] * in_chans,
-        "std": [std] * in_chans,
+        "mean": list(mean) if isinstance(mean, (list, tuple)) else [mean] * in_chans,
+        "std": list(std) if isinstance(std, (list, tuple)) else [std] * in_chans,
         "num_classes": 0,
         "pool_size": [img_size // 32, img_size // 32],
         "first_conv": default_cfg.get("first_conv", "stem.0"),
@@ -169,6 +180,17 @@ def _recipe(cfg: PretrainConfig, state: dict[str, Any]) -> dict[str, Any]:
         r[f"optim.{key}"] = optim[key]
     r.update({"steps": cfg.steps, "precision": cfg.precision, "ema": cfg.ema, "seed": cfg.seed})
     return r
+
+
+def _public_init(init: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the run started from, fit to publish: published specs as they are, local paths by name only."""
+    if not init:
+        return None
+    out = {k: init.get(k) for k in ("spec", "kind", "source", "adapted_from_chans")}
+    if init.get("kind") not in ("timm", "hf-hub"):
+        out["spec"] = Path(str(init.get("spec")).rpartition("@")[2].removeprefix("local-dir:").rstrip("/")).name
+        out["source"] = Path(str(init.get("source") or "")).name or None
+    return out
 
 
 def _recipe_name(cfg: PretrainConfig) -> str:
@@ -218,7 +240,8 @@ def _verify_features(folder: Path, arch: str, in_chans: int, model: nn.Module) -
                           "computes other features than the exported model")
 
 
-def _verify_folder(folder: Path, model: nn.Module, in_chans: int, img_size: int, mean: float, std: float) -> None:
+def _verify_folder(folder: Path, model: nn.Module, in_chans: int, img_size: int, mean: list[float],
+                   std: list[float]) -> None:
     """Load ``folder`` the way users will (``local-dir:``) and compare with what was meant to be saved."""
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
     want, got = model.state_dict(), loaded.state_dict()
@@ -228,7 +251,7 @@ def _verify_folder(folder: Path, model: nn.Module, in_chans: int, img_size: int,
     if bad:
         raise ExportError(f"export check (timm {timm.__version__}): timm's local-dir load changes {len(bad)} tensors, e.g. {bad[:5]}")
     data_cfg = timm.data.resolve_data_config({}, model=loaded)
-    expect = {"input_size": (in_chans, img_size, img_size), "mean": (mean,) * in_chans, "std": (std,) * in_chans}
+    expect = {"input_size": (in_chans, img_size, img_size), "mean": tuple(mean), "std": tuple(std)}
     for key, value in expect.items():
         if tuple(data_cfg[key]) != value:
             raise ExportError(f"export check (timm {timm.__version__}): timm resolves {key}={data_cfg[key]}, expected {value}")
@@ -348,7 +371,8 @@ def export_backbone(
                 f"but {cfg_file} says model.name={arch}, model.in_chans={in_chans}")
     model = _load_strict(arch, in_chans, weights_file, hint)
 
-    mean, std = input_normalisation()
+    mean, std = run_normalisation(state, in_chans)
+    init = _public_init(state.get("init"))
     data = read_data_summary(list(cfg.data.shards), run_dir)
     licence = model_licence(data.names)
     step = int(state.get("step", 0))
@@ -363,6 +387,7 @@ def export_backbone(
         "weights": "ema" if use_ema else "model",
         "ema_decay": cfg.ema if use_ema else None,
         "sources": data.names,
+        "init": init,
     }
     config = timm_config(model, arch, in_chans, img_size, mean, std, licence, sonofm_info)
     card = render_card(
@@ -373,8 +398,8 @@ def export_backbone(
             num_features=int(model.num_features),
             feature_channels=[int(f["num_chs"]) for f in model.feature_info],
             num_params=sum(p.numel() for p in model.parameters()),
-            mean=[mean] * in_chans,
-            std=[std] * in_chans,
+            mean=mean,
+            std=std,
             step=step,
             images_seen=int(images_seen) if images_seen is not None else None,
             weights="ema" if use_ema else "model",
@@ -387,6 +412,7 @@ def export_backbone(
             repo_id=push_to_hub,
             results=results_data,
             results_source=Path(results).name if results is not None else None,
+            init=init,
         ),
         local_name=out_dir.name,
     )

@@ -250,6 +250,7 @@ class CardInfo:
     repo_id: str | None = None
     results: dict[str, Any] | None = None
     results_source: str | None = None
+    init: dict[str, Any] | None = None  # continued pretraining: the spec and source of the initial weights
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -412,6 +413,10 @@ def render_card(info: CardInfo, local_name: str = "OUT_DIR") -> str:
         "",
         f"- Training: **{info.step:,} steps**, **{seen} images seen**, {info.img_size}×{info.img_size} crops; "
         f"exported from the {weights} of run `{info.run_name}`.",
+        (f"- Initial weights: `{info.init.get('spec')}` (from {info.init.get('source') or info.init.get('kind')}"
+         + (f", stem adapted from {info.init['adapted_from_chans']} channels by timm's adapt_input_conv"
+            if info.init.get("adapted_from_chans") else "") + "); the decoder and heads started new."
+         if info.init else "- Initial weights: random (pretrained from scratch)."),
         "- Research use only: not a medical device, not validated for diagnosis.",
         "",
     ]

@@ -85,6 +85,23 @@ class PretrainModel(nn.Module):
         else:
             self.encoder.head.norm.requires_grad_(False)
 
+    def set_input_norm(self, mean: float | Sequence[float], std: float | Sequence[float]) -> None:
+        """Normalise with other statistics (continued pretraining keeps the ones its initial weights were
+        trained with); one value per channel, or one for all. Recorded on the encoder too."""
+        set_input_stats(self.encoder, mean, std)
+        m, s = (tuple(float(v) for v in self.encoder.pretrained_cfg[k]) for k in ("mean", "std"))
+        if len(set(m)) == 1 and len(set(s)) == 1:
+            self.input_mean, self.input_std = m[0], s[0]
+        else:  # per channel: buffers that follow the device, kept out of the state dict
+            self.input_mean, self.input_std = m, s
+            self.register_buffer("norm_mean", torch.tensor(m).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("norm_std", torch.tensor(s).view(1, -1, 1, 1), persistent=False)
+
+    def _normalise(self, images: Tensor) -> Tensor:
+        if isinstance(self.input_mean, float):
+            return (images - self.input_mean) / self.input_std
+        return (images - self.norm_mean.to(images.dtype)) / self.norm_std.to(images.dtype)
+
     def _pool_norm(self, last: Tensor, weight: Tensor) -> Tensor:
         pooled = masked_mean_pool(last, weight)
         return self.encoder.head.norm(pooled[:, :, None, None]).flatten(1)
@@ -126,7 +143,7 @@ class PretrainModel(nn.Module):
             in_field = patches_in_field(field, PATCH, self.field_min_fraction)
         else:
             in_field = torch.ones_like(mask)
-        x = (images - self.input_mean) / self.input_std
+        x = self._normalise(images)
         feats = masked_forward_features(self.encoder, x, mask)
         pred = self.decoder(feats.stages, mask)
         # field_pixels: pixels outside the field (background, blanked colour flow) are neither

@@ -206,8 +206,38 @@ def make_optimizer(model: PretrainModel, optim: OptimConfig, peak_lr: float, fas
     return adamw(param_groups(model, optim.weight_decay), peak_lr, optim.betas, fused=fast.fused_adamw)
 
 
+def _start_weights(model: PretrainModel, cfg: PretrainConfig, loaded: dict[str, Any] | None,
+                   ckpt: Path | None) -> dict[str, Any] | None:
+    """The initial encoder weights and input statistics: a resumed run's come from its checkpoint (which
+    records the init it started from), a new run with ``model.init`` loads them; returns the init record."""
+    if loaded is not None:
+        state = loaded["state"]
+        init = state.get("init")
+        started = (init or {}).get("spec")
+        if started != cfg.model.init and (started is not None or cfg.model.init is not None):
+            raise IncompatibleCheckpointError(
+                f"--resume: {ckpt} belongs to a run started from model.init={started}, this config has "
+                f"model.init={cfg.model.init}; resume with model.init={started} or start a new run_dir")
+        if "input_mean" in state:
+            model.set_input_norm(state["input_mean"], state["input_std"])
+        return init
+    if not cfg.model.init:
+        return None
+    from sonofm.models.init_weights import init_encoder
+
+    init = init_encoder(model.encoder, cfg.model.init, cfg.model.in_chans)
+    model.set_input_norm(init["input_mean"], init["input_std"])
+    return init
+
+
 def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
-    """Train (or continue training) the run described by ``cfg``; returns the run directory."""
+    """Train (or continue training) the run described by ``cfg``; returns the run directory.
+
+    With ``model.init`` a new run's encoder starts from those weights (checked before any work)."""
+    if cfg.model.init:
+        from sonofm.models.init_weights import check_init
+
+        check_init(cfg.model.init, cfg.model.name)
     accelerator = make_accelerator(cfg.precision)
     fsdp = uses_fsdp(accelerator)
     if fsdp and cfg.ema > 0:
@@ -241,6 +271,8 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
         if int(loaded["state"].get("world_size", world)) != world:
             accelerator.print(f"warning: resuming a {loaded['state']['world_size']}-process run on {world} "
                               "processes: the data order will differ from an uninterrupted run")
+    init = _start_weights(model, cfg, loaded, ckpt)
+    norm = {"input_mean": list(model.encoder.pretrained_cfg["mean"]), "input_std": list(model.encoder.pretrained_cfg["std"])}
     # the weights' strides must be the ones their gradients arrive with (DDP's bucket views); see train.fast
     conv_weights_channels_last(model, same_bytes_only=not fast.channels_last)
     optimizer = make_optimizer(model, cfg.optim, peak_lr, fast)
@@ -264,6 +296,8 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
                           f"{world} process(es) ({accelerator.distributed_type.value}), global batch {global_batch}, peak lr {peak_lr:.2e}, "
                           f"steps {start_step} -> {cfg.steps}" + (f", resumed from {ckpt}" if ckpt else "")
                           + (f", {threads} CPU thread(s) per process" if threads else "")
+                          + (f"; encoder initialised from {init['spec']} (input mean {norm['input_mean']}, "
+                             f"std {norm['input_std']})" if init else "")
                           + f"; fast path: {fast.describe()}")
     logger = MetricsLogger(run_dir, enabled=main, wandb=cfg.logging.wandb, wandb_project=cfg.logging.wandb_project,
                            wandb_mode=cfg.logging.wandb_mode, tensorboard=cfg.logging.tensorboard,
@@ -351,7 +385,8 @@ def run_pretraining(cfg: PretrainConfig, resume: str | None = None) -> Path:
                 model.train()
             if done % cfg.checkpoint.every == 0 or done == cfg.steps:
                 state = {"samples_per_rank": samples_per_rank, "world_size": world, "images_seen": samples_per_rank * world,
-                         "model": cfg.model.name, "in_chans": cfg.model.in_chans, "img_size": cfg.data.img_size}
+                         "model": cfg.model.name, "in_chans": cfg.model.in_chans, "img_size": cfg.data.img_size,
+                         **norm, "init": init}
                 save_training_checkpoint(accelerator, run_dir, done, model, optimizer, state, ema=ema,
                                          keep_last=cfg.checkpoint.keep_last)
             maybe_kill("after_step", done)  # fault injection for crash-safety tests
