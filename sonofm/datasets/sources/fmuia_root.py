@@ -11,7 +11,7 @@ BUSI_seg   segmentation   2        BUSI lesion masks (benign and malignant image
 BUSI_det   detection      1        the box of BUSI's largest lesion
 BUSI_kp    keypoints      2        the two ends of that lesion's long axis
 CCA_seg    segmentation   2        CCA lumen masks
-POCUS_cls  classification 3        POCUS still images: COVID-19, pneumonia, healthy (0, 1, 2)
+POCUS_cls  classification 4        POCUS stills and a frame per clip: COVID-19, pneumonia, healthy, viral
 SYN_seg    segmentation   3        synthetic lesions: 1 cyst or benign, 2 malignant
 SYN_det    detection      1        the synthetic lesion's box
 SYN_kp     keypoints      2        the ends of the synthetic lesion's long axis
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,11 @@ def screen_of(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, 
 # ----------------------------------------------------------------------------------------- tasks
 
 
+def _safe(name: str) -> str:
+    """A file stem with only ``[A-Za-z0-9_-]`` (``benign (12)`` -> ``benign_12``)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "image"
+
+
 def _busi_tasks(data: Path) -> list[TaskPlan]:
     from sonofm.datasets.sources.adapters.busi import CLASSES, BusiAdapter
 
@@ -142,7 +148,7 @@ def _busi_tasks(data: Path) -> list[TaskPlan]:
         return next(iter(adapter.load(it)))
 
     def name(it: Any) -> str:
-        return Path(it.path).stem.replace(" ", "_").replace("(", "").replace(")", "")
+        return _safe(Path(it.path).stem)
 
     def cls(i: int) -> Example:
         it = items[i]
@@ -184,15 +190,17 @@ def _cca_tasks(data: Path) -> list[TaskPlan]:
 def _pocus_tasks(data: Path) -> list[TaskPlan]:
     from sonofm.datasets.sources.adapters.pocus import PocusAdapter
 
-    adapter = PocusAdapter(data / "pocus", videos=False)
-    order = ("covid", "pneumonia", "healthy")
+    adapter = PocusAdapter(data / "pocus", frames_per_video=1)  # stills, and one frame of each clip
+    order = ("covid", "pneumonia", "healthy", "viral")
     items = [it for it in adapter.list_items() if it.meta.get("label") in order]
 
-    def cls(i: int) -> Example:
-        r = next(iter(adapter.load(items[i])))
-        return Example(Path(items[i].path).stem.replace(" ", "_"), r.image, label=order.index(items[i].meta["label"]))
+    def cls(i: int) -> Example | None:
+        r = next(iter(adapter.load(items[i])), None)
+        if r is None:
+            return None
+        return Example(_safe(Path(items[i].path).name), r.image, label=order.index(items[i].meta["label"]))
 
-    return [TaskPlan("POCUS_cls", "classification", 3, "POCUS", len(items), cls)]
+    return [TaskPlan("POCUS_cls", "classification", len(order), "POCUS", len(items), cls)]
 
 
 def _synthetic_tasks(seed: int, size: int, n: int) -> list[TaskPlan]:
@@ -298,9 +306,11 @@ def make_fmuia_root(
         rng = np.random.default_rng([seed, k])
         order = rng.permutation(plan.n_candidates) if plan.shuffle else np.arange(plan.n_candidates)
         counts = {"kind": plan.kind, "num_classes": plan.num_classes, "train": 0, "val": 0, "screens": 0}
-        examples = _examples(plan, order, n + n_val)
-        for j, ex in enumerate(examples):
-            split = "train" if j < n else "val"
+        n_train = n
+        if plan.n_candidates < n + n_val:  # a small dataset: shared between train and val in proportion
+            n_train = min(plan.n_candidates - (n_val > 0), max(1, round(plan.n_candidates * n / (n + n_val))))
+        for j, ex in enumerate(_examples(plan, order, n_train + n_val)):
+            split = "train" if j < n_train else "val"
             writers[split].add(plan.task_id, plan.kind, plan.num_classes, plan.dataset, ex.name, ex.image,
                                mask=ex.mask, label=ex.label, box=ex.box, points=ex.points)
             counts[split] += 1
