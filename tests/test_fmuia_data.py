@@ -319,6 +319,28 @@ def test_group_column_and_options(tmp_path: Path) -> None:
         get_adapter("fmuia", tmp_path)
 
 
+def test_labels_false_gives_every_image_row_for_prediction(tmp_path: Path) -> None:
+    """A row whose labels are bad is still an image to predict: ``labels=false`` reads no label."""
+    w = RootWriter(tmp_path / "r")
+    w.add("d", "detection", 1, "D", "a", _image(48, 56, 0), box=(5, 6, 30, 40))
+    w.add("d", "detection", 1, "D", "b", _image(48, 56, 1), box=(5, 6, 300, 40))  # leaves the image
+    w.add("k", "keypoints", 1, "D", "c", _image(48, 56, 2), points=[(7.5, 8.5)])
+    paths = w.close()
+    rows = list(__import__("csv").DictReader(open(paths[1])))
+    rows[0]["point_1_xy"] = "[7.5, "  # not JSON
+    write_csv(paths[1], rows)
+    labelled = get_adapter("fmuia", tmp_path / "r")
+    assert len([r for it in labelled.list_items() for r in labelled.load(it)]) == 1
+    plain = get_adapter("fmuia", tmp_path / "r", labels=False)
+    records = [r for it in plain.list_items() for r in plain.load(it)]
+    assert sorted(r.meta["image_path"] for r in records) == sorted(
+        ["../Detection/D/a.png", "../Detection/D/b.png", "../Regression/D/c.png"])
+    assert all("boxes" not in r.meta and "points" not in r.meta for r in records)
+    assert plain.task("fmuia-k").kind == "keypoints" and plain.report()["rows_unlabelled"] == 3
+    with pytest.raises(BadOptionError, match="labels must be true or false"):
+        get_adapter("fmuia", tmp_path / "r", labels="no")
+
+
 def test_targets_survive_pseudonymised_builds(tmp_path: Path) -> None:
     w = RootWriter(tmp_path / "r")
     w.add("d", "detection", 1, "D", "a", _image(48, 56, 0), box=(5, 6, 30, 40))
@@ -350,6 +372,7 @@ def test_root_from_shared_data_builds_and_masks_come_back(tmp_path: Path) -> Non
     rep = _build(made["train"], tmp_path / "S", max_side=1024)
     assert all(r["samples_written"] == 2 for r in rep["sources"].values())
     assert rep["sources"]["fmuia-BUSI_cls"]["task"]["classes"] == ["0", "1", "2"]
+    assert rep["sources"]["fmuia-POCUS_cls"]["task"]["num_classes"] == 4
     rows = {r.image_path: r for r in read_root(made["train"]).rows}
     for tid in ("BUSI_seg", "CCA_seg"):
         for s in _samples(tmp_path / "S", f"fmuia-{tid}"):
@@ -359,4 +382,4 @@ def test_root_from_shared_data_builds_and_masks_come_back(tmp_path: Path) -> Non
         (box,) = original_from_stored(s.meta).boxes(s.meta["boxes"]).tolist()
         assert _iou(box, rows[s.meta["image_path"]].box) == pytest.approx(1.0, abs=1e-9)
     for s in _samples(tmp_path / "S", "fmuia-POCUS_cls"):
-        assert s.meta["label"] in ("0", "1", "2")
+        assert s.meta["label"] in ("0", "1", "2", "3")

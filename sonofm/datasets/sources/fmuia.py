@@ -270,11 +270,13 @@ def _points(cells: Mapping[str, str], k: int) -> tuple[tuple[float, float], ...]
     return tuple(pts)
 
 
-def parse_row(root: Path, where: str, cells: Mapping[str, str], check_files: bool = True) -> Row:
+def parse_row(root: Path, where: str, cells: Mapping[str, str], check_files: bool = True,
+              labels: bool = True) -> Row:
     """One CSV row as a :class:`Row`; :class:`_Bad` (counter and reason) for anything unusable.
 
-    ``check_files``: a missing image (or a named mask that is missing) is a problem here; the
-    caller decides later whether a missing mask means an unlabelled task (see :func:`read_root`).
+    ``check_files``: a missing image is a problem here (whether a missing mask is one, or means an
+    unlabelled task, :func:`read_root` decides). ``labels=False`` reads no label column (the row is
+    unlabelled; ``mask_path`` is kept): predicting needs every image, whatever its labels hold.
     """
     missing = [c for c in REQUIRED_COLUMNS if not cells.get(c)]
     if missing:
@@ -292,9 +294,11 @@ def parse_row(root: Path, where: str, cells: Mapping[str, str], check_files: boo
     if check_files and not (root / image).is_file():
         raise _Bad("row_missing_file", f"image {cells['image_path']} not found ({root / image})")
     mask_path = cells.get(MASK_COLUMN) or None if kind == "segmentation" else None
-    mask = resolve(root, mask_path) if mask_path else None
+    mask = resolve(root, mask_path) if mask_path and labels else None
     label = box = points = None
-    if kind == "classification" and cells.get(LABEL_COLUMN):
+    if not labels:
+        pass
+    elif kind == "classification" and cells.get(LABEL_COLUMN):
         label = _int(cells[LABEL_COLUMN], "class (column mask)", "row_bad_label")
         if not 0 <= label < n:
             raise _Bad("row_bad_label", f"class {label} outside 0..{n - 1} (num_classes {n})")
@@ -308,13 +312,13 @@ def parse_row(root: Path, where: str, cells: Mapping[str, str], check_files: boo
                image=image, mask_path=mask_path, mask=mask, label=label, box=box, points=points, extras=extras)
 
 
-def read_root(root: str | os.PathLike) -> RootTable:
+def read_root(root: str | os.PathLike, labels: bool = True) -> RootTable:
     """Read and check every row of ``root/csv_files/*.csv`` (no image is decoded).
 
     A task's kind and class count are those of most of its rows; rows that disagree are
     ``row_task_inconsistent``. A task whose named masks are all absent is unlabelled (a validation
     root names the masks to predict); a task with some masks present reports the missing ones as
-    ``row_missing_file``.
+    ``row_missing_file``. ``labels=False``: every row unlabelled, no label column read (for prediction).
     """
     root = Path(root)
     rows: list[Row] = []
@@ -322,7 +326,7 @@ def read_root(root: str | os.PathLike) -> RootTable:
     raw = read_csv_rows(root)
     for where, cells in raw:
         try:
-            rows.append(parse_row(root, where, cells))
+            rows.append(parse_row(root, where, cells, labels=labels))
         except _Bad as e:
             problems.append(Problem(e.counter, where, cells.get("task_id") or None, e.reason))
     votes: dict[str, Counter] = {}

@@ -47,10 +47,11 @@ class FmuiaItem(Item):
 class FmuiaAdapter(Adapter):
     """``root``: a challenge data root (holding ``csv_files/``). Options: ``group`` (a CSV column
     whose value groups rows for the split; default: each image its own group), ``prefix`` (of the
-    source names)."""
+    source names), ``labels`` (``false``: read no label column, every row an unlabelled image: what
+    prediction needs, so that a row whose labels are bad still gets its prediction)."""
 
     name = "fmuia"
-    options = {"group": None, "prefix": "fmuia"}
+    options = {"group": None, "prefix": "fmuia", "labels": True}
     deduplicate = False
 
     def __init__(self, root, source: str | None = None, **options) -> None:
@@ -60,6 +61,8 @@ class FmuiaAdapter(Adapter):
                 "({prefix}-{task_id}); give prefix=NAME to change the names"
             )
         super().__init__(root, None, **options)
+        if not isinstance(self.opts["labels"], bool):
+            raise BadOptionError(f"fmuia: labels must be true or false, got {self.opts['labels']!r}")
         if not (self.root / CSV_DIR).is_dir():
             raise AdapterError(f"fmuia: {self.root} is not an FM_UIA data root: expected the folder "
                                f"{self.root / CSV_DIR} with the challenge's CSV files")
@@ -70,7 +73,7 @@ class FmuiaAdapter(Adapter):
         """Every row of the root's CSVs, checked (cached: the build lists each task's source in turn)."""
         if self._table is None:
             try:
-                self._table = read_root(self.root)
+                self._table = read_root(self.root, labels=bool(self.opts["labels"]))
             except (OSError, ValueError) as e:
                 raise AdapterError(f"fmuia: {e}") from e
         return self._table
