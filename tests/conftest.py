@@ -54,3 +54,42 @@ def two_cpu_processes(port: int) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(port), "-m"]
+
+
+#: The published name the fake Hugging Face cache holds (``fake_hub``): timm's ImageNet-finetuned FCMAE atto.
+HUB_NAME = "convnextv2_atto.fcmae_ft_in1k"
+
+
+def write_fake_hub_cache(cache: Path, name: str = HUB_NAME, seed: int = 0) -> torch.nn.Module:
+    """A Hugging Face cache under ``cache`` holding ``timm/<name>`` the way a download leaves it
+    (``models--timm--<name>/snapshots/<rev>/{config.json,model.safetensors}`` + ``refs/main``), written by
+    timm's own ``save_for_hf`` from a randomly initialised 3-channel model with ImageNet's classifier;
+    returns that model (eval mode). Nothing is downloaded."""
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False).eval()
+    repo = cache / f"models--timm--{name}"
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    snap = repo / "snapshots" / rev
+    snap.mkdir(parents=True, exist_ok=True)
+    save_for_hf(model, str(snap), safe_serialization=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(rev)
+    return model
+
+
+@pytest.fixture
+def fake_hub(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, torch.nn.Module]:
+    """An offline Hugging Face cache holding :data:`HUB_NAME` (see :func:`write_fake_hub_cache`), active for
+    this test and its subprocesses (``HF_HUB_CACHE``, ``HF_HUB_OFFLINE=1``); returns (cache, 3-channel model)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path_factory.mktemp("hf") / "hub"
+    model = write_fake_hub_cache(cache)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache, model
