@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import HUB_NAME
 from safetensors.torch import save_file
 
 from sonofm.models.encoder_spec import (
@@ -25,6 +24,7 @@ from sonofm.models.encoder_spec import (
 )
 from sonofm.models.input_norm import InputNorm, input_stats
 from sonofm.models.loading import IncompatibleCheckpointError, load_encoder
+from tests.conftest import HUB_NAME
 
 ARCH = "convnextv2_atto"
 GREY_MEAN = (0.485 + 0.456 + 0.406) / 3

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HUB_NAME
 
 from sonofm.checkpoints import latest_checkpoint, load_checkpoint, read_state
 from sonofm.config import PretrainConfig, load_config
 from sonofm.models.init_weights import InitArchitectureError
-from tests.conftest import synthetic_shards
+from tests.conftest import HUB_NAME, synthetic_shards
 from tests.test_pretrain import _losses, _overrides, _run
 
 SPEC = f"timm:{HUB_NAME}"
