@@ -60,8 +60,9 @@ FINETUNE_TASKS: tuple[tuple[str, str, str], ...] = (
      "Finetune an encoder with a UPerNet decoder on the masks of data.shards (train split), keeping the best "
      "checkpoint by validation Dice."),
     ("universal", "one prompt-conditioned model over several datasets",
-     "Finetune one prompt-conditioned model over several shard sets (segmentation and classification), drawing "
-     "each batch's dataset by weight or size."),
+     "Finetune one prompt-conditioned model over several shard sets, one head per dataset, every task kind "
+     "(segmentation, classification, detection, keypoints; the kind read from each set's index or its data), "
+     "drawing each step's dataset by weight or size."),
 )
 
 
@@ -126,10 +127,10 @@ def _cmd_shards_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_shards_audit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from sonofm.atomic_io import write_json
     from sonofm.datasets.shards.audit import audit_shards
-
-    from pathlib import Path
 
     sheet = args.sheet or f"{Path(args.dir).expanduser().resolve().name}.audit.png"
     report = audit_shards(args.dir, sample=args.sample, recall_images=args.recall_images, sheet=sheet)
@@ -232,7 +233,7 @@ def _positive_int(text: str) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from sonofm.quickstart import run_quickstart
 
-    run_quickstart(data=args.data, out=args.out, small=args.small, seeds=args.seeds)
+    run_quickstart(data=args.data, out=args.out, small=args.small, seeds=args.seeds, baselines=args.baselines)
     return 0
 
 
@@ -358,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="folder of real datasets in known layouts (e.g. ../shared/data)")
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--small", action="store_true", help="a reduced run (a minute or two) for tests")
+    p.add_argument("--baselines", nargs="+", default=None, metavar="SPEC",
+                   help="encoder specs compared with the pretrained one, a row each (random is always a row); "
+                   "default: the ImageNet row timm:convnextv2_atto.fcmae_ft_in1k when its weights are in the "
+                   "local Hugging Face cache")
     p.add_argument("--seeds", type=_positive_int, default=1, metavar="N",
                    help="pretrain and evaluate with seeds 0..N-1, report mean ± sd over seeds and which "
                    "pretrained-vs-random gaps exceed that spread (each seed takes about as long as one run; "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -68,21 +69,30 @@ def finetune_from_config(cfg: Any, resume: str | None = None) -> dict[str, Any]:
     return {**report, "comparison": _compare(cfg, reports)}
 
 
+def _segmentation(cfg: Any, resume: str | None) -> dict[str, Any]:
+    from sonofm.finetune.seg_train import finetune_segmentation
+
+    if not cfg.data.shards:
+        raise ValueError("finetune seg: data.shards is empty")
+    return finetune_segmentation(cfg, resume=resume, progress=f"finetune seg ({cfg.encoder})")
+
+
+def _universal(cfg: Any, resume: str | None) -> dict[str, Any]:
+    from sonofm.finetune.universal import finetune_universal
+
+    if not cfg.datasets:
+        raise ValueError("finetune universal: 'datasets' is empty; list one shard folder per dataset")
+    return finetune_universal(cfg, resume=resume, progress=f"finetune universal ({cfg.encoder})")
+
+
+#: ``sonofm finetune <command>`` -> (the function it runs, the config key naming its shard sets)
+COMMANDS: dict[str, tuple[Any, str]] = {"seg": (_segmentation, "data.shards"), "universal": (_universal, "datasets")}
+
+
 def _finetune_one(cfg: Any, resume: str | None) -> dict[str, Any]:
-    if cfg.task == "seg":
-        from sonofm.finetune.seg_train import finetune_segmentation
-
-        if not cfg.data.shards:
-            raise ValueError("finetune seg: data.shards is empty")
-        report = finetune_segmentation(cfg, resume=resume, progress=f"finetune seg ({cfg.encoder})")
-    elif cfg.task == "universal":
-        from sonofm.finetune.universal import finetune_universal
-
-        if not cfg.datasets:
-            raise ValueError("finetune universal: 'datasets' is empty; list one shard folder per dataset")
-        report = finetune_universal(cfg, resume=resume, progress=f"finetune universal ({cfg.encoder})")
-    else:
-        raise ValueError(f"unknown finetune task {cfg.task!r}; choose seg or universal")
+    if cfg.task not in COMMANDS:
+        raise ValueError(f"unknown finetune task {cfg.task!r}; choose one of {', '.join(COMMANDS)}")
+    report = COMMANDS[cfg.task][0](cfg, resume)
     if int(os.environ.get("RANK", "0")) == 0:
         print(summary(cfg, report))
     return report
@@ -92,7 +102,7 @@ def _compare(cfg: Any, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One row per encoder (the final validation figures): table, chart and results records in ``out_dir``."""
     from sonofm.evaluation.compare import finetune_rows, write_comparison
 
-    sets = list(cfg.data.shards) if cfg.task == "seg" else list(cfg.datasets)
+    sets = list(attrgetter(COMMANDS[cfg.task][1])(cfg) or [])
     dataset = ", ".join(Path(s).name for s in sets)
     rows, records = finetune_rows(reports, cfg.task, dataset)
     if int(os.environ.get("RANK", "0")) != 0:
