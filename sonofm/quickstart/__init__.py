@@ -38,9 +38,10 @@ from typing import Any
 from sonofm.atomic_io import write_json
 from sonofm.quickstart import report
 from sonofm.quickstart.discovery import Task, find_datasets, known_layouts
-from sonofm.quickstart.plan import FULL, RANDOM_SPEC, SMALL, SPLITS, Plan
+from sonofm.quickstart.plan import FULL, SMALL, SPLITS, Plan
 from sonofm.quickstart.stages import (
     Stages,
+    baseline_encoders,
     check_same_recipe,
     data_stage,
     pretrain_config,
@@ -60,13 +61,15 @@ def _latest(folder: Path, pattern: str) -> Path | None:
 
 
 def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike = "runs/quickstart",
-                   small: bool = False, seeds: int = 1) -> dict[str, Any]:
+                   small: bool = False, seeds: int = 1, baselines: list[str] | None = None) -> dict[str, Any]:
     """Run the whole pipeline (see the module docstring); returns the summary written to ``out/summary.json``.
 
     ``data``: a folder holding real datasets in known layouts (None: the built-in synthetic corpus).
     ``small``: the reduced plan (a minute or two on 2 CPU cores) used by the test suite.
     ``seeds``: pretrain and evaluate with seeds 0 .. seeds-1 and report mean ± sd over them, and which
     pretrained-vs-random gaps exceed that spread (each seed costs about one more run).
+    ``baselines``: encoder specs evaluated beside the pretrained and the random one, a row each (None: the
+    ImageNet row when its weights are in the local Hugging Face cache, else a line saying it is left out).
     """
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a whole number >= 1, got {seeds!r}")
@@ -79,6 +82,9 @@ def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike
     print(f"sonofm quickstart ({plan.name} run{'' if seeds == 1 else f', {seeds} seeds'}) -> {out}")
     for k in range(seeds):  # fail before any work
         check_same_recipe(pretrain_config(out, [], plan, seed=k), ignore=("data.shards",))
+    rows = baseline_encoders(baselines)
+    if len(rows) > 1:
+        print(f"  baseline rows: {', '.join(rows)}")
 
     shard_sets, tasks, data_desc = data_stage(out, None if data is None else str(data), plan, workers, stage)
     per_seed: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -87,8 +93,8 @@ def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike
         tag = "" if seeds == 1 else f", seed {k} ({k + 1} of {seeds})"
         cfg_k = pretrain_config(out, shard_sets, plan, seed=k)
         run_dirs.append(pretrain_stage(cfg_k, stage, suffix=tag))
-        encoders = {"pretrained": str(run_dirs[-1]), "random": RANDOM_SPEC}
-        stage(f"probes: linear + kNN on frozen features, pretrained vs random encoder, held-out test split{tag}",
+        encoders = {"pretrained": str(run_dirs[-1]), **rows}
+        stage(f"probes: linear + kNN on frozen features, pretrained vs {', '.join(rows)}, held-out test split{tag}",
               number=4)
         probes = {t.name: r for t in tasks if t.kind == "probe" for r in [probe(t, encoders, out, plan, k)] if r}
         stage(f"segmentation: UPerNet, {plan.seg_steps} steps per encoder, Dice / HD95 on the held-out test "
@@ -99,7 +105,7 @@ def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike
         per_seed.append((probes, segs))
     cfg = pretrain_config(out, shard_sets, plan)  # seed 0's, for the footnote (every seed has its sizes)
     run_dir = run_dirs[0]
-    encoders = {"pretrained": str(run_dir), "random": RANDOM_SPEC}
+    encoders = {"pretrained": str(run_dir), **rows}
     probes, segs = per_seed[0]
 
     if seeds == 1:
@@ -126,7 +132,7 @@ def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike
     }
     if seeds > 1:
         paths["other seeds (pretraining, probes, segmentation)"] = [seed_root(out, k) for k in range(1, seeds)]
-    footnote = report.footnote(cfg, shard_sets, data_desc, plan, seeds)
+    footnote = report.footnote(cfg, shard_sets, data_desc, plan, seeds, list(rows)[1:])
     per_seed_scores = [report.scores(p, s) for p, s in per_seed]
     conclusion, wins = report.conclusion(per_seed_scores)
     print()
@@ -157,8 +163,9 @@ def run_quickstart(data: str | os.PathLike | None = None, out: str | os.PathLike
         "pretrained_beats_random": wins,
         "per_seed": [{"seed": k, "run_dir": str(d), "scores": {s.key: v for s, v in sc.items()}}
                      for k, (d, sc) in enumerate(zip(run_dirs, per_seed_scores))],
-        "probe": {t: {e: str(out / "probe" / safe_name(t) / e / "probe.json") for e in encoders} for t in probes},
-        "seg": {t: {e: str(out / "seg" / safe_name(t) / e / "report.json") for e in encoders} for t in segs},
+        "probe": {t: {e: str(out / "probe" / safe_name(t) / safe_name(e) / "probe.json") for e in encoders}
+                  for t in probes},
+        "seg": {t: {e: str(out / "seg" / safe_name(t) / safe_name(e) / "report.json") for e in encoders} for t in segs},
         "paths": {k: [str(q) for q in v] if isinstance(v, list) else str(v) for k, v in paths.items()},
         "seconds": seconds,
     }

@@ -9,6 +9,8 @@ RECIPE = "configs/pretrain/quickstart.yaml"
 #: Split fractions of every quickstart shard set (val is kept for ``sonofm finetune`` users).
 SPLITS: dict[str, float] = {"train": 0.6, "val": 0.1, "test": 0.3}
 RANDOM_SPEC = "random:convnextv2_atto"
+#: The ImageNet baseline row (timm's FCMAE pretrained, ImageNet-1k finetuned atto), added when it is in the local cache.
+IMAGENET_SPEC = "timm:convnextv2_atto.fcmae_ft_in1k"
 SEED = 0
 
 

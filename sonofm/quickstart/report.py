@@ -140,10 +140,28 @@ def seeds_table(per_seed: list[tuple[dict[str, dict], dict[str, dict]]], encoder
     return _render([s.column for s in by_seed[0]], cells), {"format": RESULTS_FORMAT, "results": records}
 
 
-def gaps(per_seed: list[dict[Score, dict[str, float]]]) -> dict[Score, list[float]]:
-    """Per score, pretrained minus random in each seed, signed so that a positive gap favours pretrained."""
-    return {score: [(s[score]["pretrained"] - s[score]["random"]) * (1 if score.higher_is_better else -1)
+def gaps(per_seed: list[dict[Score, dict[str, float]]], baseline: str = "random") -> dict[Score, list[float]]:
+    """Per score, pretrained minus ``baseline`` in each seed, signed so that a positive gap favours pretrained."""
+    return {score: [(s[score]["pretrained"] - s[score][baseline]) * (1 if score.higher_is_better else -1)
                     for s in per_seed] for score in per_seed[0]}
+
+
+def other_baselines(per_seed: list[dict[Score, dict[str, float]]]) -> list[str]:
+    """The baseline rows besides random (e.g. the ImageNet one), in table order."""
+    first = next(iter(per_seed[0].values()), {})
+    return [e for e in first if e not in ("pretrained", "random")]
+
+
+def baseline_lines(per_seed: list[dict[Score, dict[str, float]]]) -> str:
+    """One line per further baseline: on how many scores pretrained is ahead of it, with the gaps."""
+    lines = []
+    for base in other_baselines(per_seed):
+        g = gaps(per_seed, base)
+        ahead = sum(_mean_std(v)[0] > 0 for v in g.values())
+        listed = ", ".join(f"{s.column} {_mean_std(v)[0]:+.{s.digits}f}" for s, v in g.items())
+        lines.append(f"vs {base}: pretrained ahead on {ahead} of {len(g)} scores"
+                     + (" (mean over seeds)" if len(per_seed) > 1 else "") + f" (gaps, + favours pretrained: {listed})")
+    return "\n".join(lines)
 
 
 def clear_gap(values: list[float]) -> bool:
@@ -164,13 +182,15 @@ def conclusion(per_seed: list[dict[Score, dict[str, float]]]) -> tuple[str, dict
         mean, std = _mean_std(values)
         return f"{score.column} {mean:+.{score.digits}f}" + (f" ± {std:.{score.digits}f}" if n > 1 else "")
 
+    extra = baseline_lines(per_seed)
+    extra = f"\n{extra}" if extra else ""
     if n == 1:
         ahead = {s.key: v[0] > 0 for s, v in g.items()}
         listed = ", ".join(fmt(s, v) for s, v in g.items())
         return (f"one seed: pretrained ahead of random on {sum(ahead.values())} of {len(ahead)} scores (gaps, + favours "
                 f"pretrained: {listed});\na single seed cannot tell a gap from seed-to-seed variation (another machine "
                 "or seed moves these numbers): `sonofm quickstart --seeds 3` reports mean ± std over seeds and which "
-                "gaps exceed that spread", ahead)
+                "gaps exceed that spread" + extra, ahead)
     clear = {s.key: clear_gap(v) for s, v in g.items()}
     beyond = [fmt(s, v) for s, v in g.items() if clear[s.key]]
     within = [fmt(s, v) for s, v in g.items() if not clear[s.key]]
@@ -178,7 +198,7 @@ def conclusion(per_seed: list[dict[Score, dict[str, float]]]) -> tuple[str, dict
             f"{len(beyond)} of {len(clear)} scores" + (f": {', '.join(beyond)}" if beyond else ""))
     if within:
         text += f";\nnot beyond the spread (gap, + favours pretrained, ± sd over seeds): {', '.join(within)}"
-    return text, clear
+    return text + extra, clear
 
 
 def comparison_figure(per_seed: list[tuple[dict[str, dict], dict[str, dict]]], path: Path) -> Path:
@@ -205,12 +225,17 @@ def comparison_figure(per_seed: list[tuple[dict[str, dict], dict[str, dict]]], p
         fig, (ax, gx) = plt.subplots(1, 2, figsize=(2 * width, 3.9), gridspec_kw={"width_ratios": [1, 1]})
     else:
         fig, ax = plt.subplots(figsize=(width, 3.8))
-    for i, (enc, colour) in enumerate((("pretrained", "tab:blue"), ("random", "tab:gray"))):
+    encoders = list(by_seed[0][shown[0]]) if shown else ["pretrained", "random"]
+    colours = {"pretrained": "tab:blue", "random": "tab:gray"}
+    others = iter(("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:olive"))
+    bar = 0.76 / len(encoders)
+    for i, enc in enumerate(encoders):
         values = [[s[score][enc] for s in by_seed] for score in shown]
         stats = [_mean_std(v) for v in values]
         err = [st[1] for st in stats] if n > 1 else [fold_std.get((score.key, enc), 0.0) for score in shown]
-        pos = x + (i - 0.5) * 0.38
-        ax.bar(pos, [st[0] for st in stats], 0.38, yerr=err, capsize=3, color=colour, label=f"{enc} encoder")
+        pos = x + (i - (len(encoders) - 1) / 2) * bar
+        ax.bar(pos, [st[0] for st in stats], bar, yerr=err, capsize=3,
+               color=colours.get(enc) or next(others, None), label=enc if ":" in enc else f"{enc} encoder")
         if n > 1:
             for xi, v in zip(pos, values):
                 ax.scatter(np.full(len(v), xi), v, s=9, color="black", zorder=3)
@@ -221,7 +246,8 @@ def comparison_figure(per_seed: list[tuple[dict[str, dict], dict[str, dict]]], p
     ax.legend(fontsize=8, loc="upper right", ncol=2)
     spread = (f"bars: mean over {n} seeds, error bars: sd over seeds, dots: each seed" if n > 1
               else "one seed; probe error bars: sd over folds")
-    ax.set_title(f"quickstart: pretrained vs random convnextv2_atto on held-out test groups\n{spread}", fontsize=9)
+    vs = " vs ".join(encoders[1:]) if len(encoders) > 2 else "random"
+    ax.set_title(f"quickstart: pretrained vs {vs} convnextv2_atto on held-out test groups\n{spread}", fontsize=9)
     if n > 1:
         g = gaps(by_seed)
         for xi, score in zip(x, shown):
@@ -240,7 +266,8 @@ def comparison_figure(per_seed: list[tuple[dict[str, dict], dict[str, dict]]], p
     return save_figure(fig, path, dpi=110)
 
 
-def footnote(cfg: Any, shard_sets: list[Path], data_desc: str, plan: Plan, seeds: int = 1) -> str:
+def footnote(cfg: Any, shard_sets: list[Path], data_desc: str, plan: Plan, seeds: int = 1,
+             baselines: list[str] | tuple[str, ...] = ()) -> str:
     """What pretraining saw (train split counts from the shard indexes), how evaluation used the test split,
     and what the ± means."""
     from sonofm.datasets.shards import load_indexes
@@ -258,7 +285,9 @@ def footnote(cfg: Any, shard_sets: list[Path], data_desc: str, plan: Plan, seeds
         f"group-aware {plan.probe_folds}-fold CV (fewer if fewer groups) over the TEST split"
         + (", mean ± std over folds;" if seeds == 1 else ", each seed's mean over folds;"),
         f"segmentation = UPerNet finetuned {plan.seg_steps} steps on the TRAIN split's masks, Dice / HD95 on the TEST "
-        "split's images with a foreground, at their stored size. random = the same architecture, random init.",
+        "split's images with a foreground, at their stored size. random = the same architecture, random init."
+        + "".join(f" {b} = those published weights, stem adapted to grey by timm, same protocol." for b in baselines
+                  if b.startswith("timm:") or b.startswith("hf-hub:")),
     ]
     if seeds > 1:
         lines.append(f"Every cell: mean ± sample sd over {seeds} seeds (0..{seeds - 1}); a seed sets the pretraining "

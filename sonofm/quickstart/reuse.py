@@ -40,6 +40,12 @@ def weights_id(spec: str) -> dict[str, Any]:
 
     if spec.startswith("random:"):
         return {"spec": spec, "input_norm": [INPUT_MEAN, INPUT_STD]}
+    from sonofm.models.encoder_spec import is_published, weights_cached
+
+    if is_published(spec):  # the weights file in the Hugging Face cache (its snapshot names the revision)
+        file = weights_cached(spec)
+        return {"spec": spec, "file": str(file.resolve()) if file else None,
+                "mtime": file.stat().st_mtime_ns if file else None}
     from sonofm.checkpoints import MODEL_FILE, latest_checkpoint
 
     ckpt = latest_checkpoint(spec)

@@ -12,7 +12,7 @@ from typing import Any
 
 from sonofm.atomic_io import write_json
 from sonofm.quickstart.discovery import Task, find_datasets, known_layouts, tasks_of
-from sonofm.quickstart.plan import RECIPE, SEED, SPLITS, Plan
+from sonofm.quickstart.plan import IMAGENET_SPEC, RANDOM_SPEC, RECIPE, SEED, SPLITS, Plan
 from sonofm.quickstart.report import hd95
 from sonofm.quickstart.reuse import read_json, reuse, weights_id
 
@@ -194,6 +194,29 @@ def _split(shards: Path, split: str, binary_mask: bool = False) -> list[Any]:
     return samples_from_shards(shards, split, binary_mask)
 
 
+def baseline_encoders(baselines: list[str] | None) -> dict[str, str]:
+    """The comparison rows besides the pretrained encoder, by row name: ``random`` always (the conclusion
+    is about it), then ``baselines`` (specs; ``random`` means the random one) or, when None, the ImageNet
+    row if its weights are in the local Hugging Face cache; otherwise one line says it was left out."""
+    from sonofm.models.encoder_spec import cache_folder, check_spec, hub_repo, weights_cached
+
+    rows = {"random": RANDOM_SPEC}
+    if baselines is None:
+        if weights_cached(IMAGENET_SPEC) is not None:
+            rows[IMAGENET_SPEC] = IMAGENET_SPEC
+        else:
+            repo = hub_repo(IMAGENET_SPEC)
+            print(f"  ImageNet row left out: {IMAGENET_SPEC} is not in the Hugging Face cache ({cache_folder(repo)}); "
+                  f"`hf download {repo}` adds it to the next run")
+        return rows
+    for spec in baselines:
+        if spec.strip() in ("random", RANDOM_SPEC):
+            continue
+        check_spec(spec)
+        rows[spec.strip()] = spec.strip()
+    return rows
+
+
 def probe(task: Task, encoders: dict[str, str], out: Path, plan: Plan, seed: int = SEED) -> dict[str, Any]:
     """Linear + kNN probes of every encoder on the task's test split; returns reports by encoder.
 
@@ -215,7 +238,7 @@ def probe(task: Task, encoders: dict[str, str], out: Path, plan: Plan, seed: int
     reports = {}
     n_batches = math.ceil(len(samples) / 32)
     for enc, spec in encoders.items():
-        folder = seed_root(out, seed) / "probe" / safe_name(task.name) / enc
+        folder = seed_root(out, seed) / "probe" / safe_name(task.name) / safe_name(enc)
         key = {"weights": weights_id(spec), "size": plan.eval_size, "folds": folds, "n": len(samples),
                "shards": str(task.shards), "seed": seed}
 
@@ -247,7 +270,7 @@ def seg(task: Task, encoders: dict[str, str], out: Path, plan: Plan, seed: int =
           f"{plan.seg_steps} steps of {plan.seg_batch} at {plan.eval_size} px; HD95 in {'mm' if mm else 'px'}")
     reports = {}
     for enc, spec in encoders.items():
-        folder = seed_root(out, seed) / "seg" / safe_name(task.name) / enc
+        folder = seed_root(out, seed) / "seg" / safe_name(task.name) / safe_name(enc)
         key = {"weights": weights_id(spec), "size": plan.eval_size, "steps": plan.seg_steps,
                "batch": plan.seg_batch, "lr": plan.seg_lr, "channels": plan.seg_channels,
                "n_train": len(train), "n_test": len(test), "shards": str(task.shards), "seed": seed,
