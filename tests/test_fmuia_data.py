@@ -175,6 +175,7 @@ def test_cli_build_as_written_records_task_and_geometry(tmp_path: Path) -> None:
         assert index["task"]["kind"] == kind and index["task"]["num_classes"] == k
         assert index["task"]["task_id"] == tid and index["task"]["labelled_rows"] == 3
         assert "image" in index["split_by"] and "image" in index["report"]["split_by"]
+        assert index["dedup"].startswith("off")
     rows = {r.image_path: r for r in read_root(tmp_path / "ROOT" / "train").rows}
     for s in _samples(tmp_path / "S", "fmuia-SYN_kp") + _samples(tmp_path / "S", "fmuia-SYN_det"):
         row = rows[s.meta["image_path"]]

@@ -116,6 +116,7 @@ class FmuiaAdapter(Adapter):
             "split_by": (f"column {column!r} of the CSVs (rows sharing a value stay in one split)" if column else
                          "image: the challenge gives no patient ids, so each image is its own group "
                          "(give ?group=COLUMN to group rows by a CSV column)"),
+            "dedup": "off: every row of a benchmark is a labelled example, near-duplicates are kept",
         }
 
     # -- listing -----------------------------------------------------------------------------
