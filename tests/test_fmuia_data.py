@@ -320,6 +320,17 @@ def test_group_column_and_options(tmp_path: Path) -> None:
         get_adapter("fmuia", tmp_path)
 
 
+def test_duplicate_images_are_both_kept(tmp_path: Path) -> None:
+    """Two rows with the same pixels are two labelled examples: the build's dedup leaves both."""
+    w = RootWriter(tmp_path / "r")
+    w.add("c", "classification", 2, "D", "a", _image(48, 56, 0), label=0)
+    w.add("c", "classification", 2, "D", "b", _image(48, 56, 0), label=1)
+    w.close()
+    rep = _build(tmp_path / "r", tmp_path / "S", dedup=True)
+    assert rep["sources"]["fmuia-c"]["samples_written"] == 2
+    assert rep["sources"]["fmuia-c"]["duplicates_exact"] == 0
+
+
 def test_labels_false_gives_every_image_row_for_prediction(tmp_path: Path) -> None:
     """A row whose labels are bad is still an image to predict: ``labels=false`` reads no label."""
     w = RootWriter(tmp_path / "r")
