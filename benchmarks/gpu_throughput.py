@@ -21,6 +21,9 @@ CUDA, the process's peak RSS on CPU, reset before each measurement through
     python benchmarks/gpu_throughput.py --tiny --out /tmp/tiny.json          # CPU smoke: atto, 64 px
 
 The aims (issue 15): ``full`` >= 0.8 x ``plain`` images/s, data wait <= 5 % of the wall time.
+
+``--study`` runs the baseline study instead (``benchmarks/baseline_study.py``: random, ImageNet and
+sonofm-pretrained encoders on ``../shared/data``, probes and segmentation, a few minutes of GPU).
 """
 
 from __future__ import annotations
@@ -244,7 +247,13 @@ def _data_wait(shards: Path, name: str, img_size: int, batch: int, workers: int,
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--study" in argv:  # the baseline study (random / ImageNet / sonofm-pretrained encoders): its own script
+        from baseline_study import main as study
+
+        return study([a for a in argv if a != "--study"])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", action="store_true", help="run benchmarks/baseline_study.py instead (its options follow)")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke mode: atto, 64 px, batch 8, 5 steps, no compile")
     ap.add_argument("--models", nargs="+", default=None, help="default: convnextv2_atto convnextv2_tiny")
     ap.add_argument("--img-size", type=int, default=None, help="default 224 (tiny: 64)")

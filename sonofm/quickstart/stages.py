@@ -217,11 +217,12 @@ def baseline_encoders(baselines: list[str] | None) -> dict[str, str]:
     return rows
 
 
-def probe(task: Task, encoders: dict[str, str], out: Path, plan: Plan, seed: int = SEED) -> dict[str, Any]:
+def probe(task: Task, encoders: dict[str, str], out: Path, plan: Plan, seed: int = SEED,
+          device: str = "cpu") -> dict[str, Any]:
     """Linear + kNN probes of every encoder on the task's test split; returns reports by encoder.
 
     ``seed`` seeds the random encoder's initialisation, the cross-validation folds and the probes; the
-    reports go under ``seed_root(out, seed)/probe``."""
+    reports go under ``seed_root(out, seed)/probe``. ``device`` extracts the features (the GPU study)."""
     from sonofm.evaluation.probe import run_probe
     from sonofm.finetune.data import iterate_batches
 
@@ -244,7 +245,7 @@ def probe(task: Task, encoders: dict[str, str], out: Path, plan: Plan, seed: int
 
         def compute(spec: str = spec, folder: Path = folder, enc: str = enc) -> dict[str, Any]:
             batches = _bar(iterate_batches(samples, plan.eval_size, 32), n_batches, f"features {enc}")
-            return run_probe(spec, batches, folder, classes=classes, folds=folds, seed=seed,
+            return run_probe(spec, batches, folder, classes=classes, folds=folds, seed=seed, device=device,
                              data_id=f"{task.shards}:test:{plan.eval_size}", print_table=False)
 
         reports[enc] = reuse(folder, "probe.json", key, compute)
