@@ -44,18 +44,16 @@ from torch import Tensor, nn
 from sonofm.atomic_io import save_safetensors, temp_dir, write_json, write_text
 from sonofm.checkpoints import (
     fallback_hint,
-    latest_checkpoint,
     load_checkpoint,
     read_state,
     resolve_checkpoint,
-    save_checkpoint,
-    save_rank_rng,
     set_rng_state,
 )
 from sonofm.errors import UnreadableFileError, UserError
 from sonofm.faults import maybe_kill
 from sonofm.finetune.lr_decay import layer_decay_groups
 from sonofm.train.accel import make_accelerator
+from sonofm.train.checkpointing import gather_model_state, restore_training_state, save_training_checkpoint
 from sonofm.train.ema import ModelEMA
 from sonofm.train.guard import NonFiniteGuard, NonFiniteLossError
 from sonofm.train.optim import adamw
@@ -173,7 +171,10 @@ def save_weights(state: dict[str, Tensor], directory: str | os.PathLike, meta: d
 
 
 class BestCheckpoint:
-    """``out_dir/best/`` for the highest score seen (strictly higher replaces it); resumable state."""
+    """``out_dir/best/`` for the highest score seen (strictly higher replaces it); resumable state.
+
+    :meth:`offer` runs on every rank (the weights are gathered through the training core, FSDP
+    included); only the rank with ``write`` writes them."""
 
     def __init__(self, directory: Path | None, meta: dict[str, Any], write: bool = True) -> None:
         self.directory, self.meta, self.write = directory, meta, write
@@ -183,8 +184,10 @@ class BestCheckpoint:
         if not score > self.score:  # NaN never wins
             return False
         self.score, self.step, self.metrics = float(score), step, metrics
-        if self.directory is not None and self.write:
-            save_weights(module.state_dict(), self.directory, {"step": step, "val": metrics, **self.meta})
+        if self.directory is not None:
+            weights = gather_model_state(module)  # every rank takes part (FSDP); the main rank gets the full weights
+            if self.write:
+                save_weights(weights, self.directory, {"step": step, "val": metrics, **self.meta})
         return True
 
     def state(self) -> dict[str, Any]:
@@ -321,9 +324,7 @@ def run_loop(
     start_step = 0
     if ckpt is not None:
         loaded = _load_for_resume(ckpt, rank, identity)
-        model.load_state_dict(loaded["model"], strict=True)
-        if "optimizer" in loaded:
-            optimizer.load_state_dict(loaded["optimizer"])
+        model.load_state_dict(loaded["model"], strict=True)  # weights before prepare; the rest after it
         start_step = int(loaded["state"]["step"])
         saved_world = int(loaded["state"].get("world_size", world))
         if saved_world != world:
@@ -335,11 +336,9 @@ def run_loop(
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     ema = ModelEMA(unwrapped, settings.ema) if settings.ema > 0 else None  # after prepare: on the model's device
-    if ema is not None and loaded is not None and "ema" in loaded:
-        ema.load_state_dict(loaded["ema"])
+    if loaded is not None:  # optimiser, scaler, EMA: the training core's restore (the RNG after the loaders start)
+        restore_training_state(accelerator, model, optimizer, {k: v for k, v in loaded.items() if k != "rng"}, ema)
     scaler = accelerator.scaler
-    if scaler is not None and loaded is not None and loaded["state"].get("scaler"):
-        scaler.load_state_dict(loaded["state"]["scaler"])
 
     best = BestCheckpoint(out / "best" if out is not None else None, dict(best_meta or {}), write=main)
     metrics = _Metrics(out / "metrics.jsonl" if out is not None else None, main, log)
@@ -429,7 +428,7 @@ def run_loop(
                                          or done == settings.steps):
                 run_eval(done)
             if checkpointing and (done % settings.checkpoint_every == 0 or done == settings.steps):
-                _checkpoint(accelerator, unwrapped, optimizer, ema, out, done, batches, best, evals, identity,
+                _checkpoint(accelerator, model, optimizer, ema, out, done, batches, best, evals, identity,
                             settings, extra_state() if extra_state is not None else {})
             maybe_kill("after_step", done)  # fault injection for the crash tests
         if start_step >= settings.steps and evaluate is not None and not last_eval:
@@ -450,20 +449,12 @@ def run_loop(
 def _checkpoint(accelerator: Any, model: nn.Module, optimizer: Any, ema: ModelEMA | None, out: Path, step: int,
                 batches: BatchSource, best: BestCheckpoint, evals: list[dict[str, Any]], identity: dict[str, Any],
                 settings: LoopSettings, extra: dict[str, Any]) -> None:
+    """``out/checkpoints/step-N/`` through the training core (every rank's part gathered, FSDP-aware,
+    atomic): weights, optimiser, EMA, scaler, every rank's data position and RNG; call on every rank."""
     from accelerate.utils import gather_object
 
     position = batches.position()
     positions = list(gather_object([position])) if accelerator.num_processes > 1 else [position]
-    accelerator.wait_for_everyone()
-    scaler = accelerator.scaler
     state = {"world_size": accelerator.num_processes, "positions": positions, "best": best.state(),
-             "evals": evals, "scaler": scaler.state_dict() if scaler is not None else None, **identity, **extra}
-    if accelerator.is_main_process:
-        save_checkpoint(out, step, model.state_dict(), optimizer.state_dict(), state,
-                        ema_state=ema.state_dict() if ema is not None else None, keep_last=settings.keep_last)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        latest = latest_checkpoint(out)
-        if latest is not None:
-            save_rank_rng(latest, accelerator.process_index)
-    accelerator.wait_for_everyone()
+             "evals": evals, **identity, **extra}
+    save_training_checkpoint(accelerator, out, step, model, optimizer, state, ema=ema, keep_last=settings.keep_last)

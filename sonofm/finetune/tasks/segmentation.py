@@ -6,25 +6,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torch import Tensor, nn
 
+from sonofm.datasets.preprocess.geometry import mask_to_original
 from sonofm.finetune.data import logits_to_original
 from sonofm.finetune.losses import seg_loss
 from sonofm.finetune.tasks.base import TaskKind, register_task
 from sonofm.models.heads import SegmentationHead
-
-
-def mask_to_original(mask: np.ndarray, meta: Mapping[str, Any]) -> np.ndarray:
-    """A class map at the stored size back on the original image: resized (nearest) into the build's
-    crop of an original-size canvas; outside the crop is background."""
-    if meta.get("crop") is None or meta.get("orig_size") is None:
-        return mask
-    t, left, b, r = (int(v) for v in meta["crop"])
-    h, w = (int(v) for v in meta["orig_size"])
-    out = np.zeros((h, w), dtype=np.uint8)
-    out[t:b, left:r] = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((r - left, b - t), Image.Resampling.NEAREST))
-    return out
 
 
 @register_task
