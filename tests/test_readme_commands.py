@@ -26,6 +26,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import write_fake_hub_cache
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
@@ -140,6 +142,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"real data not found at {shared} (set SONOFM_SHARED_DATA)")
     _tiny_data(shared, root / "shared" / "data")
     _user_archive(root / "data")
+    # the published weights the README names, as random weights in timm's format under the Hugging Face
+    # cache's layout (nothing is downloaded; _run points HF_HUB_CACHE here, offline)
+    for name in ("convnextv2_atto.fcmae_ft_in1k", "convnextv2_atto.fcmae"):
+        write_fake_hub_cache(root / "hf", name)
     work = root / "work"
     work.mkdir()
     # the README's taxonomy example, as its comment shows it
@@ -161,7 +167,8 @@ def _run(launcher: list[str], argv: list[str], root: Path) -> subprocess.Complet
         cmd = [*head, *launcher[2:], "-m", "sonofm", *argv]
     else:
         cmd = [sys.executable, "-m", "sonofm", *argv]
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "HF_HUB_CACHE": str(root / "hf"), "HF_HUB_OFFLINE": "1"}
     return subprocess.run(cmd, cwd=root / "work", env=env, capture_output=True, text=True, timeout=900)
 
 
