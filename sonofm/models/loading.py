@@ -228,7 +228,7 @@ def _load_file(arch: str, file: Path, in_chans: int, drop_path_rate: float, info
 def _load_published(spec: EncoderSpec, in_chans: int, drop_path_rate: float, info: dict[str, Any]) -> nn.Module:
     """``timm:`` and ``hf-hub:``: ``timm.create_model(..., pretrained=True)``, i.e. timm's own download,
     Hugging Face cache, ``HF_HUB_OFFLINE`` handling and stem adaptation; missing weights: one line."""
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import LocalEntryNotFoundError
 
     if hub_offline() and weights_cached(spec.text) is None:
         raise not_cached_error(spec.text)
