@@ -41,6 +41,8 @@ TINY: dict[str, list[str]] = {
     "finetune universal": ["steps=2", "eval_every=0", "data.img_size=64", "data.batch_size=2",
                            "data.num_workers=0"],
     "export": [],
+    "predict": ["--batch-size", "4"],
+    "score": [],
     "quickstart": ["--small"],  # into runs/quickstart, whose shards a later README line pretrains on
 }
 
@@ -142,6 +144,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"real data not found at {shared} (set SONOFM_SHARED_DATA)")
     _tiny_data(shared, root / "shared" / "data")
     _user_archive(root / "data")
+    # the README's FM_UIA root (/data/fmuia), made in the challenge's layout from the tiny real data
+    from sonofm.datasets.sources.fmuia_root import make_fmuia_root
+
+    make_fmuia_root(root / "data" / "fmuia", n=3, n_val=2, shared=root / "shared" / "data")
     # the published weights the README names, as random weights in timm's format under the Hugging Face
     # cache's layout (nothing is downloaded; _run points HF_HUB_CACHE here, offline)
     for name in ("convnextv2_atto.fcmae_ft_in1k", "convnextv2_atto.fcmae"):
@@ -174,7 +180,7 @@ def _run(launcher: list[str], argv: list[str], root: Path) -> subprocess.Complet
 
 #: Stages that end by naming what they wrote (checked: every such path exists).
 SAYS_WHAT_IT_WROTE = ("shards build", "shards inspect", "pretrain", "probe", "finetune seg", "finetune universal",
-                      "export", "quickstart")
+                      "export", "quickstart", "predict", "score")
 
 
 def named_paths(printed: str, work: Path) -> list[Path]:
@@ -218,7 +224,8 @@ def test_every_readme_command_runs_as_written(workspace: Path) -> None:
         ran.append(line)
     work = workspace / "work"
     for made in ("shards/shared", "shards/mine", "runs/cpu_atto/checkpoints/last", "runs/probe/probe.json",
-                 "exports/sonofm-atto/model.safetensors", "exports/sonofm-atto/features.safetensors"):
+                 "exports/sonofm-atto/model.safetensors", "exports/sonofm-atto/features.safetensors",
+                 "runs/fmuia_val/detection_predictions.json", "runs/fmuia_val/scores.json", "runs/fmuia_pretrained/best"):
         assert (work / made).exists(), made
     assert len(ran) >= 12 and len(parsed_only) <= 2, (ran, parsed_only)
 

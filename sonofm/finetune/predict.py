@@ -6,7 +6,10 @@ evaluation letterbox, the model head of its task, and back: masks to the origina
 points to original pixels (:mod:`sonofm.datasets.preprocess.geometry`). Each task kind turns its
 output into the challenge's prediction files (:mod:`sonofm.evaluation.fmuia_predictions`).
 
-Prediction streams: images are read one at a time, a batch per task is held at most, and the
+Labels never shape a prediction: an adapter that can read a root without its labels is asked to
+(``labels=false``: a row whose labels are bad still gets its prediction), and masks, boxes and
+points are dropped from each record before preprocessing (the build grows the crop to keep a
+target; prediction crops to the detected field alone). Prediction streams: images are read one at a time, a batch per task is held at most, and the
 writer appends every entry to disk as it comes, so memory does not grow with the number of images.
 A row that cannot be read is counted and named in the summary, never fatal; a task the run has no
 head for is an error before any work.
@@ -27,11 +30,14 @@ import torch
 from safetensors.torch import load_file
 
 from sonofm.datasets.preprocess.pipeline import preprocess
+from sonofm.datasets.sources.adapters import ADAPTERS
 from sonofm.datasets.sources.imageio import AdapterError
+from sonofm.datasets.sources.records import Record
 from sonofm.datasets.sources.specs import make_adapter, parse_source_arg
 from sonofm.datasets.stream.augment import eval_sample
 from sonofm.errors import UserError
 from sonofm.evaluation.fmuia_predictions import PredictionWriter
+from sonofm.finetune.data import GEOMETRY_KEYS
 from sonofm.finetune.tasks import TaskKind, get_task_kind
 from sonofm.models.loading import load_encoder
 from sonofm.models.prompt_model import Prompt, PromptModel
@@ -120,6 +126,8 @@ def predict_source(run: str | os.PathLike, source: str, out_dir: str | os.PathLi
     spec_arg = parse_source_arg(source)
     if isinstance(spec_arg, list):
         raise UserError(f"predict: give one source, got {len(spec_arg)} from {source!r}")
+    if "labels" in getattr(ADAPTERS.get(spec_arg.adapter), "options", {}):
+        spec_arg.options.setdefault("labels", False)  # read every image row, whatever its labels hold
     adapter = make_adapter(spec_arg)
     missing = sorted(set(adapter.sources()) - set(specs))
     if missing:
@@ -148,7 +156,8 @@ def predict_source(run: str | os.PathLike, source: str, out_dir: str | os.PathLi
         for name, record in _records(adapter, problems, named):
             spec = specs[name]
             build = {**DEFAULT_BUILD, **spec.build}
-            processed = preprocess(record, max_side=int(build["max_side"]), text=str(build.get("text") or "blank"))
+            unlabelled = Record(record.image, None, {k: v for k, v in record.meta.items() if k not in GEOMETRY_KEYS})
+            processed = preprocess(unlabelled, max_side=int(build["max_side"]), text=str(build.get("text") or "blank"))
             t = eval_sample(processed.image, processed.field_mask, None, size, "letterbox")
             pending.setdefault(name, _Pending()).rows.append(
                 {"image": t["image"], "view": t["view"], "input_size": size, "stored_image": processed.image,
