@@ -87,8 +87,9 @@ def fingerprint(encoder_info: dict[str, Any], **settings: Any) -> str:
     """A JSON string identifying what the features depend on (weights file size/mtime included)."""
     fp: dict[str, Any] = {k: encoder_info.get(k) for k in ("spec", "kind", "name", "source", "in_chans", "input_mean", "input_std")}
     src = encoder_info.get("weights_file") or encoder_info.get("source")  # published weights: the cached file
+    if encoder_info.get("weights_file"):
+        fp["weights_file"] = str(src)
     if src and Path(src).is_file():
-        fp["weights_file"] = str(src) if encoder_info.get("weights_file") else None
         st = Path(src).stat()
         fp["source_stat"] = [st.st_size, int(st.st_mtime)]
     fp.update(settings)
