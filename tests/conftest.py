@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite never reads the user's Hugging Face cache: a test that needs published weights writes its own
+# cache (fake_hub), so results do not depend on what happens to be downloaded (e.g. the quickstart's ImageNet row).
+_EMPTY_HF_CACHE = tempfile.mkdtemp(prefix="sonofm-tests-hf-")
+atexit.register(shutil.rmtree, _EMPTY_HF_CACHE, True)
+os.environ["HF_HUB_CACHE"] = _EMPTY_HF_CACHE
 
 import torch  # noqa: E402
 
