@@ -83,9 +83,15 @@ def _place_text(
 
 
 def draw_marks(
-    spec: SyntheticSource, g: Geometry, rng: np.random.Generator, patient: int, lesion_cm: float | None
+    spec: SyntheticSource, g: Geometry, rng: np.random.Generator, patient: int, lesion_cm: float | None,
+    drawn: list[str] | None = None,
 ) -> np.ndarray:
-    """(size, size) uint8 layer of annotations, zero on and around the acoustic field."""
+    """(size, size) uint8 layer of annotations, zero on and around the acoustic field.
+
+    The patient ID, date and time lines sit where scanners print them, in the corner beside the
+    image, down to ``keepout`` (2-3 px) from it: what a field crop must not take in and what the
+    shard audit must find in raw screens. Every text line placed is appended to ``drawn``.
+    """
     size = g.size
     layer = np.zeros((size, size), dtype=np.uint8)
     occupied = g.keepout.copy()
@@ -123,11 +129,15 @@ def draw_marks(
     left.append(f"{['RT', 'LT'][int(rng.integers(2))]} {organ}")
     n_left, n_right = int(rng.integers(2, len(left) + 1)), int(rng.integers(1, len(right) + 1))
     for t in left[:n_left]:
-        _place_text(layer, occupied, t, px, [(1, 0)], shade)
+        if _place_text(layer, occupied, t, px, [(1, 0)], shade) and drawn is not None:
+            drawn.append(t)
     for t in right[:n_right]:
-        _place_text(layer, occupied, t, px, [(-2, 0)], shade)
+        if _place_text(layer, occupied, t, px, [(-2, 0)], shade) and drawn is not None:
+            drawn.append(t)
     if lesion_cm is not None:  # caliper readout: '+' glyphs and a distance, as after a measurement
-        _place_text(layer, occupied, f"+ D1 {lesion_cm:.2f}cm", px, [(1, size // 3), (1, 0)], shade)
+        readout = f"+ D1 {lesion_cm:.2f}cm"
+        if _place_text(layer, occupied, readout, px, [(1, size // 3), (1, 0)], shade) and drawn is not None:
+            drawn.append(readout)
         for _ in range(2):
             anchor = (int(rng.integers(1, max(2, size // 10))), int(rng.integers(size // 2, size - px - 2)))
             _place_text(layer, occupied, "+", px, [anchor], shade)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import field as _field  # the sample has a "field" of its own
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ class SyntheticSample:
     source: str
     pixel_spacing_mm: float
     envelope: np.ndarray | None = None  # (na, nl) |IQ| before log compression, when asked for
+    texts: list[str] = _field(default_factory=list)  # the text lines burnt in (patient ID, date, time, ...)
 
 
 def image_rng(seed: int, index: int) -> np.random.Generator:
@@ -56,7 +58,8 @@ def render_sample(
     lesion_cm = None
     if ph.lesion_shape is not None:
         lesion_cm = 2.0 * max(ph.lesion_shape.a, ph.lesion_shape.b) / 10.0
-    marks = draw_marks(spec, g, rng, patient, lesion_cm)
+    texts: list[str] = []
+    marks = draw_marks(spec, g, rng, patient, lesion_cm, texts)
     image = np.rint(img).astype(np.uint8)
     np.maximum(image, marks, out=image)
     return SyntheticSample(
@@ -68,4 +71,5 @@ def render_sample(
         source=source,
         pixel_spacing_mm=g.spacing_mm,
         envelope=np.sqrt(env2) if keep_envelope else None,
+        texts=texts,
     )

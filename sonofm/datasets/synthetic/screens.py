@@ -15,8 +15,11 @@ shift together, speckle partly decorrelates) while the UI stays fixed, as on a c
 
 Truth returned with every screen: one field mask per view, a UI mask (every burnt-in text,
 ruler, bar and marker pixel; always outside the fields), the in-field overlay mask (Doppler box
-outline), the Doppler colour pixels and the region boxes a scanner would write into the DICOM
-Sequence of Ultrasound Regions.
+outline), the Doppler colour pixels, the region boxes a scanner would write into the DICOM
+Sequence of Ultrasound Regions, and the identifiers printed (patient ID, date, time). Besides the
+band at the top, many scanners print the patient ID and date right under or beside the image: one
+such line is drawn 1-3 px from the field (:func:`_identifier_line`), what a field crop must not
+take in and what the shard audit must find.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class Screen:
     colour: np.ndarray  # (H, W) bool: Doppler colour pixels of frame 0 (inside the fields)
     views: list[View]
     frames: list[np.ndarray] = field(default_factory=list)  # RGB frames of a clip (frames[0] is image)
+    identifiers: list[str] = field(default_factory=list)  # patient ID, date, time lines as printed
     colour_frames: list[np.ndarray] = field(default_factory=list)  # colour mask per frame
 
     @property
@@ -144,12 +148,19 @@ class _Painter:
         self.rgb[a] = colour
         self.mask |= a
 
-    def text(self, x: int, y: int, s: str, px: int, colour: tuple[int, int, int], anchor: str = "la") -> tuple[int, int, int, int]:
-        """Draw ``s``; returns its box (x0, y0, x1, y1). ``anchor`` as PIL's ("ra": right-aligned)."""
+    def text(self, x: int, y: int, s: str, px: int, colour: tuple[int, int, int], anchor: str = "la",
+             keepout: np.ndarray | None = None) -> tuple[int, int, int, int]:
+        """Draw ``s``; returns its box (x0, y0, x1, y1). ``anchor`` as PIL's ("ra": right-aligned).
+        ``keepout``: a narrower keep-out than the painter's (a line printed closer to the image)."""
         layer = Image.new("L", (self.w, self.h), 0)
         d = ImageDraw.Draw(layer)
         d.text((x, y), s, fill=255, font=_font(px), anchor=anchor)
-        self._commit(layer, colour)
+        if keepout is None:
+            self._commit(layer, colour)
+        else:
+            a = (np.asarray(layer) > 40) & ~keepout
+            self.rgb[a] = colour
+            self.mask |= a
         return d.textbbox((x, y), s, font=_font(px), anchor=anchor)
 
     def shape(self, draw_fn, colour: tuple[int, int, int]) -> None:
@@ -371,8 +382,44 @@ def _plan(layout: str, rng: np.random.Generator) -> dict[str, Any]:
     return plan
 
 
-def _draw_ui(plan: dict[str, Any], rng: np.random.Generator, fields: np.ndarray, layout: str) -> _Painter:
-    """Text bands, left panel, rulers, bars, focus markers and labels around the fields."""
+def _identifier_line(p: _Painter, plan: dict[str, Any], rng: np.random.Generator, fields: np.ndarray,
+                     text: str, colour: tuple[int, int, int]) -> int:
+    """Print ``text`` (patient ID and date) 1-3 px from the (first) field: under it when the screen
+    has room there, else above its top edge (a field down to the screen's bottom). Returns the rows
+    it takes under the field (0 when it went above), so the view labels move below it."""
+    gap = int(rng.integers(1, 4))
+    keepout = ndi.binary_dilation(fields, structure=np.ones((3, 3), bool), iterations=gap)
+    v: View = plan["views"][0]
+    px = plan["px"]
+    x0, y0, x1, y1 = v.box
+    font = _font(px)
+    box = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font, anchor="la")
+    top, height = box[1], box[3] - box[1]  # the ink starts ``top`` below the anchor
+    dist = ndi.distance_transform_edt(~fields)
+
+    def nearest(x: int, y: int, anchor: str) -> int:
+        """Rows between the line drawn at (x, y) and the field, less the ``gap`` wanted."""
+        layer = Image.new("L", (p.w, p.h), 0)
+        ImageDraw.Draw(layer).text((x, y), text, fill=255, font=font, anchor=anchor)
+        ink = np.asarray(layer) > 40
+        return int(round(float(dist[ink].min()))) - (gap + 1) if ink.any() else 0
+
+    if y1 + gap + height + 2 < p.h - 2 * px:  # under the image: left-aligned, or centred under a fan's arc
+        x, anchor = (x0, "la") if v.probe == "linear" else (int(v.apex[0]), "ma")
+        y = y1 + gap - top
+        y -= nearest(x, y, anchor)  # a fan's arc is lowest at its centre only: close the gap there
+        bb = p.text(x, y, text, px, colour, anchor=anchor, keepout=keepout)
+        return max(0, int(bb[3] - y1 + 1))
+    y = y0 - gap - height - top
+    y += nearest(x0, y, "la")
+    p.text(x0, y, text, px, colour, keepout=keepout)  # above the image (a field down to the screen's bottom)
+    return 0
+
+
+def _draw_ui(plan: dict[str, Any], rng: np.random.Generator, fields: np.ndarray, layout: str,
+             near: np.random.Generator | None = None) -> tuple[_Painter, list[str]]:
+    """Text bands, left panel, rulers, bars, focus markers and labels around the fields; also the
+    identifiers printed (with ``near``, the generator of the ID line printed 1-3 px from the field)."""
     w, h, s, px = plan["w"], plan["h"], plan["s"], plan["px"]
     views: list[View] = plan["views"]
     min_gap = max(4, int(round(4 * s)))
@@ -388,8 +435,13 @@ def _draw_ui(plan: dict[str, Any], rng: np.random.Generator, fields: np.ndarray,
     y = int(4 * s)
     date = f"{int(rng.integers(2015, 2025))}/{int(rng.integers(1, 13)):02d}/{int(rng.integers(1, 29)):02d}"
     clock = f"{int(rng.integers(7, 19)):02d}:{int(rng.integers(60)):02d}:{int(rng.integers(60)):02d}"
+    patient_id = f"ID {int(rng.integers(1e6, 1e7))}"
     left_lines = [_INSTITUTIONS[int(rng.integers(len(_INSTITUTIONS)))],
-                  f"{_NAMES[int(rng.integers(len(_NAMES)))]}  ID {int(rng.integers(1e6, 1e7))}"]
+                  f"{_NAMES[int(rng.integers(len(_NAMES)))]}  {patient_id}"]
+    identifiers = [patient_id, date, clock]
+    below = 0
+    if near is not None:  # drawn first: the labels under the view make room for it
+        below = _identifier_line(p, plan, near, fields, f"{patient_id}  {date}", white)
     right_lines = [f"{date}  {clock}", f"{_PROBES[probe][int(rng.integers(4))]}  "
                    f"{_PRESETS[probe][int(rng.integers(len(_PRESETS[probe])))]}"]
     mi = f"MI {rng.uniform(0.2, 1.4):.1f}  TIS {rng.uniform(0.1, 1.2):.1f}"
@@ -478,8 +530,8 @@ def _draw_ui(plan: dict[str, Any], rng: np.random.Generator, fields: np.ndarray,
                 p.text(bx + bar_w // 2, bar_y - 2, f"+{rng.uniform(5, 40):.1f}", px - 3, grey, anchor="md")
                 p.text(bx + bar_w // 2, bar_y + bar_h + 2, f"-{rng.uniform(5, 40):.1f}", px - 3, grey, anchor="ma")
     # labels under each view, and a body marker pictogram
-    for v in views:
-        ly = v.box[3] + min_gap + 2
+    for i_view, v in enumerate(views):
+        ly = v.box[3] + min_gap + 2 + (below if i_view == 0 else 0)
         label = _LABELS[v.probe if v.probe in _LABELS else "linear"]
         t = label[int(rng.integers(len(label)))]
         if ly + px < h:
@@ -507,7 +559,7 @@ def _draw_ui(plan: dict[str, Any], rng: np.random.Generator, fields: np.ndarray,
         p.text(int(8 * s), bottom_y, txt[0], px, white)
         if rng.random() < 0.7:
             p.text(w // 2, bottom_y, txt[1], px, white)
-    return p
+    return p, identifiers
 
 
 def _contact_loss(nl: int, na: int, rng: np.random.Generator) -> np.ndarray:
@@ -518,11 +570,14 @@ def _contact_loss(nl: int, na: int, rng: np.random.Generator) -> np.ndarray:
     return np.broadcast_to(f[None, :], (na, nl))
 
 
-def render_screen(layout: str, seed: int, n_frames: int = 1, hard_first: bool = False) -> Screen:
+def render_screen(layout: str, seed: int, n_frames: int = 1, hard_first: bool = False,
+                  near_identifiers: bool = True) -> Screen:
     """Draw one vendor screen (``n_frames`` > 1: a clip whose tissue moves under a fixed UI).
 
     ``hard_first`` makes frame 0 of a clip hard for a still detector: the probe is half off the
-    skin, so a large part of the field is black in that frame only.
+    skin, so a large part of the field is black in that frame only. ``near_identifiers`` prints the
+    patient ID and date a second time 1-3 px from the field (own random stream: the rest of the
+    screen is the same either way).
     """
     if n_frames < 1:
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
@@ -533,7 +588,8 @@ def render_screen(layout: str, seed: int, n_frames: int = 1, hard_first: bool = 
     geo = [v.coords(h, w) for v in views]
     fields = [g[2] for g in geo]
     union = np.logical_or.reduce(fields)
-    painter = _draw_ui(plan, rng, union, layout)
+    near = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(LAYOUTS.index(layout), 78)))
+    painter, identifiers = _draw_ui(plan, rng, union, layout, near if near_identifiers else None)
     ui = painter.mask & ~union
 
     # one tissue model per view; a Doppler box inside the (first) field
@@ -580,7 +636,8 @@ def render_screen(layout: str, seed: int, n_frames: int = 1, hard_first: bool = 
         frames.append(img)
         colours.append(col & ~overlay)
     return Screen(layout=layout, image=frames[0], fields=fields, ui=ui, overlay=overlay, colour=colours[0],
-                  views=views, frames=frames if n_frames > 1 else [], colour_frames=colours if n_frames > 1 else [])
+                  views=views, frames=frames if n_frames > 1 else [], colour_frames=colours if n_frames > 1 else [],
+                  identifiers=identifiers)
 
 
 def screen_gray(rgb: np.ndarray) -> np.ndarray:
