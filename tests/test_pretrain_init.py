@@ -6,6 +6,7 @@ changed init is refused before any work."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from sonofm.checkpoints import latest_checkpoint, load_checkpoint, read_state
 from sonofm.config import PretrainConfig, load_config
+from sonofm.models.encoder_spec import spec_architecture
 from sonofm.models.init_weights import InitArchitectureError
 from tests.conftest import HUB_NAME, synthetic_shards
 from tests.test_pretrain import _losses, _overrides, _run
@@ -92,6 +94,20 @@ def test_init_run_resumes_exactly_after_kill_and_exports_its_source(fake_hub, sh
     enc, info = load_encoder(str(full))  # the run and its export carry the statistics it trained with
     assert input_stats(enc)[0] == pytest.approx((GREY[0],)) and info["init"] == SPEC
     assert input_stats(load_encoder(str(out))[0]) == input_stats(enc)
+
+    # the export as a Hub repository (hf-hub:<org>/<repo>, here in the test's cache): timm loads it as is
+    cache, _ = fake_hub
+    rev = "1" * 40
+    snap = cache / "models--me--sonofm-atto" / "snapshots" / rev
+    snap.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(out / name, snap / name)
+    (cache / "models--me--sonofm-atto" / "refs").mkdir()
+    (cache / "models--me--sonofm-atto" / "refs" / "main").write_text(rev)
+    hub, hub_info = load_encoder("hf-hub:me/sonofm-atto")
+    assert hub_info["adapted_from_chans"] is None and input_stats(hub) == input_stats(enc)
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in hub.state_dict().items())
+    assert spec_architecture("hf-hub:me/sonofm-atto") == "convnextv2_atto"
 
 
 def test_wrong_architecture_is_refused_before_any_work(fake_hub, tmp_path: Path) -> None:
