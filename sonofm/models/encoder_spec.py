@@ -33,6 +33,7 @@ __all__ = [
     "WeightsNotCachedError",
     "baseline_specs",
     "cache_folder",
+    "check_spec",
     "hub_repo",
     "is_published",
     "parse_spec",
@@ -125,7 +126,10 @@ def _timm_pretrained_cfg(name: str, spec_text: str) -> dict[str, Any]:
         near = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
         raise EncoderSpecError(f"encoder spec {spec_text!r}: timm {timm.__version__} has no model {arch!r}"
                                + (f" (e.g. {', '.join(near)})" if near else ""))
-    cfg = timm.models.get_pretrained_cfg(name)
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # timm: "Invalid pretrained tag"
+        cfg = None
     if cfg is None or (tag and cfg.tag != tag):
         tags = [n for n in timm.list_pretrained(f"{arch}.*")]
         raise EncoderSpecError(f"encoder spec {spec_text!r}: timm has no published weights {name!r}; "
@@ -241,6 +245,25 @@ def spec_architecture(text: str) -> str:
     if not arch:
         raise EncoderSpecError(f"encoder spec {text!r}: its config.json has no 'architecture'")
     return str(arch).partition(".")[0]
+
+
+def check_spec(text: str) -> EncoderSpec:
+    """Fail fast, before any data is read: the spec parses, a timm name exists, published weights are
+    in the cache when the Hub is offline, a path exists. Returns the parsed spec."""
+    spec = parse_spec(text)
+    if spec.kind in PUBLISHED_KINDS:
+        if spec.kind == "timm":
+            hub_repo(text)  # unknown names and tags
+        if hub_offline() and weights_cached(text) is None:
+            raise not_cached_error(text)
+    elif spec.kind == "random":
+        import timm
+
+        if spec.name not in timm.list_models():
+            raise EncoderSpecError(f"encoder spec {text!r}: timm {timm.__version__} has no model {spec.name!r}")
+    elif not Path(spec.location or "").exists():
+        raise FileNotFoundError(f"encoder spec {text!r}: no such path")
+    return spec
 
 
 def baseline_specs(baselines: list[str], architecture: str) -> list[str]:
