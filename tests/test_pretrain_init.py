@@ -123,3 +123,21 @@ def test_wrong_architecture_is_refused_before_any_work(fake_hub, tmp_path: Path)
     proc = _run(_args(missing, tmp_path / "run", **{"model.init": "timm:convnextv2_atto.fcmae"}), check=False)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode != 0 and len(lines) == 1 and "hf download timm/convnextv2_atto.fcmae" in lines[0]
+
+
+def test_per_channel_statistics_normalise_and_stay_out_of_the_state_dict() -> None:
+    """A 3-channel run continued from RGB weights keeps their per-channel mean and std (buffers that
+    follow the device, not saved: checkpoints stay the encoder's, decoder's and heads' weights)."""
+    from sonofm.models import PretrainModel
+
+    model = PretrainModel("convnextv2_atto", in_chans=3, img_size=64, dec_dim=16)
+    keys = set(model.state_dict())
+    model.set_input_norm([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    x = torch.rand(2, 3, 64, 64)
+    want = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.allclose(model._normalise(x), want) and set(model.state_dict()) == keys
+    assert model.encoder.pretrained_cfg["mean"] == (0.485, 0.456, 0.406)
+    out = model(x, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["loss"])
+    model.set_input_norm(0.5, 0.25)  # one value for all channels: plain numbers again
+    assert (model.input_mean, model.input_std) == (0.5, 0.25)
