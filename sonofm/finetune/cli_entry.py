@@ -65,7 +65,7 @@ def finetune_from_config(cfg: Any, resume: str | None = None) -> dict[str, Any]:
     for spec in baselines:  # the same recipe, seed and data; each its own out_dir (resumable on its own)
         sub = copy.deepcopy(cfg)
         sub.encoder, sub.out_dir, sub.baselines = spec, str(baseline_dir(cfg.out_dir, spec)), []
-        reports[spec] = _finetune_one(sub, resume)
+        reports[spec] = _finetune_one(sub, resume if resume == "auto" else None)  # a checkpoint dir is the encoder's
     return {**report, "comparison": _compare(cfg, reports)}
 
 
