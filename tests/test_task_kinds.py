@@ -180,3 +180,31 @@ def test_soft_argmax_reads_cell_centres_and_the_keypoint_loss_masks_points_outsi
              "targets": {"points": [[[22.0, 14.0], [200.0, 42.0]]]}}  # the second point is outside the crop
     out = {"points": torch.tensor([[[22.0, 14.0], [2.0, 42.0]]])}
     assert kind.loss(out, batch, None, None) == 0.0
+
+
+def test_detection_and_keypoint_evaluation_in_original_pixels_with_overlays(tmp_path: Path) -> None:
+    """Evaluation maps predictions through the letterbox and the build's crop back to the original image:
+    a model that outputs the truth (in tensor pixels) scores IoU 1 and MRE 0, and overlays are drawn."""
+    from sonofm.finetune.data import _eval_collate, _eval_item
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((40, 60)) * 255).astype(np.uint8)
+    meta = {"crop": [10, 20, 90, 140], "size": [40, 60], "orig_size": [100, 160],  # a 2x downsized crop
+            "boxes": [[5.0, 8.0, 25.0, 30.0]], "points": [[5.0, 8.0], [25.0, 30.0]], "pixel_spacing_mm": [0.2, 0.2]}
+    batch = _eval_collate([_eval_item(image, None, None, meta, 64, 0, "k", -1)])
+    view = Affine.from_list(batch["stored"][0]["view"])
+    det_out = _centernet_output(view.boxes(meta["boxes"]))
+    res = get_task_kind("det").evaluate(lambda x: det_out, [batch], None, device="cpu", overlay_dir=tmp_path / "det",
+                                        n_overlays=1)
+    assert res["mean_iou"] > 0.9999 and res["map50"] == pytest.approx(1.0) and res["n"] == 1
+    kp_out = {"points": torch.from_numpy(view.points(meta["points"])).float()[None]}
+    res = get_task_kind("kp").evaluate(lambda x: kp_out, [batch], None, device="cpu", overlay_dir=tmp_path / "kp",
+                                       n_overlays=1)
+    assert res["mre_px"] < 1e-3 and res["pck05"] == 1.0 and res["mre_mm"] < 1e-3
+    kp_out["points"] += 2.0  # 2 tensor px: 2 / view scale stored px (60 -> 64 wide, 40 -> 43 high), twice that
+    res = get_task_kind("kp").evaluate(lambda x: kp_out, [batch], None, device="cpu")  # in original px (2x resize)
+    dx, dy = 2 / view.sx, 2 / view.sy
+    assert (view.sx, view.sy) == (64 / 60, 43 / 40)
+    assert res["mre_px"] == pytest.approx(2 * np.hypot(dx, dy), rel=1e-6)
+    assert res["mre_mm"] == pytest.approx(0.2 * np.hypot(dx, dy), rel=1e-6)
+    assert (tmp_path / "det" / "001.png").stat().st_size > 1000 and (tmp_path / "kp" / "001.png").is_file()

@@ -110,3 +110,28 @@ def save_overlay(
     if title:
         fig.suptitle(title, fontsize=9)
     _save(fig, path)
+
+
+def save_geometry_overlay(
+    image: np.ndarray, path: str | os.PathLike, *, true_boxes: np.ndarray | None = None,
+    pred_boxes: np.ndarray | None = None, true_points: np.ndarray | None = None,
+    pred_points: np.ndarray | None = None, title: str = "",
+) -> None:
+    """One image with boxes and points drawn over it: truth in green, prediction in red (boxes
+    ``[x0, y0, x1, y1]`` and points ``[x, y]`` in the image's pixels; points numbered in order)."""
+    from matplotlib.patches import Rectangle
+
+    fig, ax = plt.subplots(figsize=(4, 4 * image.shape[0] / max(image.shape[1], 1) + 0.3))
+    ax.imshow(np.asarray(image), cmap="gray", vmin=0, vmax=255)
+    for boxes, colour, style in ((true_boxes, "lime", "-"), (pred_boxes, "red", "--")):
+        for x0, y0, x1, y1 in np.asarray(boxes if boxes is not None else np.zeros((0, 4))).reshape(-1, 4):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linestyle=style, lw=1.5))
+    for points, colour, marker in ((true_points, "lime", "o"), (pred_points, "red", "x")):
+        for k, (x, y) in enumerate(np.asarray(points if points is not None else np.zeros((0, 2))).reshape(-1, 2)):
+            ax.plot([x], [y], marker=marker, color=colour, markersize=6, mew=1.5)
+            ax.annotate(str(k + 1), (x, y), color=colour, fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlim(0, image.shape[1])
+    ax.set_ylim(image.shape[0], 0)
+    ax.axis("off")
+    ax.set_title(title or "truth (green) / prediction (red)", fontsize=8)
+    _save(fig, path)

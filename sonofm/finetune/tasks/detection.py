@@ -9,6 +9,7 @@ sub-cell offset at that cell (L1). Decoding keeps the 3x3 local maxima of the he
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sonofm.datasets.preprocess.geometry import clip_boxes, original_from_stored
+from sonofm.evaluation.plots import save_geometry_overlay
 from sonofm.finetune.engine import gather_results
 from sonofm.finetune.tasks.base import TaskKind, register_task, to_original, views
 from sonofm.models.heads import CenterNetHead
@@ -146,6 +148,11 @@ class Detection(TaskKind):
                 boxes = to_original(st).boxes(dets[j]["boxes"])
                 iou = box_iou(boxes, gt)
                 top = float(iou[0].max()) if len(boxes) else 0.0
+                if overlay_dir is not None and len(local) < n_overlays:  # in the stored image's pixels
+                    to_stored = to_original(st).then(original_from_stored(st["meta"]).inverse())
+                    save_geometry_overlay(st["stored_image"], Path(overlay_dir) / f"{len(local) + 1:03d}.png",
+                                          true_boxes=np.asarray(truth), pred_boxes=to_stored.boxes(dets[j]["boxes"][:1]),
+                                          title=f"{st['key']}  top-box IoU {top:.3f}")
                 local.append({"order": st["order"], "iou": top, "scores": dets[j]["scores"], "ious": iou,
                               "n_true": len(gt)})
         rows = gather_results(local, accelerator)

@@ -10,6 +10,7 @@ images (a flip would swap left and right ends). A point outside the crop is left
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from sonofm.datasets.preprocess.geometry import original_from_stored
+from sonofm.evaluation.plots import save_geometry_overlay
 from sonofm.finetune.engine import gather_results
 from sonofm.finetune.tasks.base import TaskKind, register_task, to_original, views
 from sonofm.models.heads import KeypointHead
@@ -82,6 +84,11 @@ class Keypoints(TaskKind):
                 err = np.linalg.norm(got - gt, axis=1)
                 h, w = st["meta"].get("orig_size") or st["stored_image"].shape[:2]
                 row = {"order": st["order"], "err": err.tolist(), "pck": (err <= PCK_RADIUS * np.hypot(h, w)).tolist()}
+                if overlay_dir is not None and len(local) < n_overlays:  # in the stored image's pixels
+                    to_stored = to_original(st).then(original_from_stored(st["meta"]).inverse())
+                    save_geometry_overlay(st["stored_image"], Path(overlay_dir) / f"{len(local) + 1:03d}.png",
+                                          true_points=np.asarray(truth)[:k], pred_points=to_stored.points(pts[j])[:k],
+                                          title=f"{st['key']}  MRE {err.mean():.1f} px")
                 spacing = st["meta"].get("pixel_spacing_mm")  # of the stored image: measure there
                 if spacing:
                     stored_err = (to_original(st).then(original_from_stored(st["meta"]).inverse()).points(pts[j])[:k]
