@@ -13,6 +13,7 @@ that recall can be measured on the very images audited.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -116,6 +117,8 @@ def read_text(image: np.ndarray) -> Reading:
     import pytesseract
 
     check_ocr()
+    # one image at a time is small work: tesseract's OpenMP threads only fight over shared cores
+    os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"read_text needs a uint8 (H, W) image, got {image.dtype} {image.shape}")
     f = upscale_factor(image.shape)
