@@ -29,6 +29,7 @@ DISTRIBUTION = {
     "numpy": "numpy",
     "omegaconf": "omegaconf",
     "pydicom": "pydicom",
+    "pytesseract": "pytesseract",
     "safetensors": "safetensors",
     "scipy": "scipy",
     "sklearn": "scikit-learn",
