@@ -13,12 +13,16 @@ field per clip from :func:`~sonofm.datasets.preprocess.field.detect_clip_field` 
     OMP_NUM_THREADS=1 python benchmarks/vendor_screens.py --n 20 --sheet docs/vendor_screens_crop.png
 
 ``--baseline FILE`` runs the same with another ``field.py`` (e.g. ``git show REV:sonofm/datasets/preprocess/field.py``)
-patched into preprocessing, for before/after tables.
+patched into preprocessing, for before/after tables; ``--text keep`` keeps text that touches the kept
+image (what preprocessing did before text blanking). Every screen also carries the patient ID and
+date printed 1-3 px from the field (``render_screen``), so "UI px kept" counts those lines too.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import importlib.util
 import sys
 import tempfile
@@ -30,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from sonofm.datasets.build.workers import clip_fields
+from sonofm.datasets.preprocess import field as current_field
 from sonofm.datasets.preprocess import pipeline as pp
 from sonofm.datasets.preprocess.pipeline import preprocess
 from sonofm.datasets.sources.adapters import get_adapter
@@ -194,14 +199,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sheet", type=Path, default=None, help="write the before/after contact sheet here")
     ap.add_argument("--baseline", type=Path, default=None, help="another field.py to patch into preprocessing")
     ap.add_argument("--work", type=Path, default=None, help="folder for the written files (default: temporary)")
+    ap.add_argument("--text", choices=("blank", "keep"), default="blank",
+                    help="text touching the kept image: blank (default) or keep (before text blanking)")
     args = ap.parse_args(argv)
     if args.baseline is not None:
         spec = importlib.util.spec_from_file_location("baseline_field", args.baseline)
         mod = importlib.util.module_from_spec(spec)
         sys.modules["baseline_field"] = mod
         spec.loader.exec_module(mod)
-        pp.detect_field = mod.detect_field  # what preprocess calls when no field is given
+        names = {f.name for f in dataclasses.fields(current_field.Field)}
+
+        def baseline_detect(gray: np.ndarray) -> current_field.Field:  # an older Field lacks newer attributes
+            old = mod.detect_field(gray)
+            return current_field.Field(**{k: v for k, v in vars(old).items() if k in names})
+
+        pp.detect_field = baseline_detect  # what preprocess calls when no field is given
         print(f"baseline detector: {args.baseline}")
+    global preprocess
+    preprocess = functools.partial(pp.preprocess, text=args.text)  # every call below
+    print(f"text touching the kept image: {args.text}")
     formats = args.formats.split(",")
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
