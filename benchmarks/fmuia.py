@@ -10,19 +10,26 @@ rerun resumes where the last one stopped:
    majority training class (probabilities: the training class frequencies) and a centred ellipse
    (half the image's width and height, the task's most common foreground class), written through
    :class:`~sonofm.evaluation.fmuia_predictions.PredictionWriter`;
-3. ``random``: ``sonofm finetune universal --config configs/finetune/fmuia.yaml encoder=random:convnextv2_atto``,
-   ``sonofm predict``, ``sonofm score`` (the README's commands);
-4. ``smp_fpn``: a plain version of the challenge's baseline design written here: an EfficientNet-B4
-   encoder with an FPN (segmentation_models_pytorch, no pretrained weights), one head per subtask
-   (segmentation: the FPN's segmentation head; classification: a linear layer on the pooled deepest
-   feature; detection: the normalised box regressed from it; keypoints: the K normalised points),
-   trained on the same training images for the same wall time as ``random``'s finetuning command;
-5. ``pretrain`` + ``pretrained``: ``sonofm pretrain`` (the quickstart recipe) on the shards' images, labels
-   unused, then the same finetuning with ``encoder=<pretraining run dir>``;
-6. ``kp_regression``: ``random`` again with ``keypoint_head=regression`` (``random`` uses the default heatmap);
-7. ``memory``: ``sonofm predict`` of ``random``'s run over ``val/`` and over a copy of its CSVs with every
-   row repeated ``--repeat`` times (same image files), each in its own child process whose peak RSS is
-   read from ``os.wait4``; images/s from the predictor's summary.
+3. ``random_and_smp``: ``sonofm finetune universal --config configs/finetune/fmuia.yaml
+   encoder=random:convnextv2_atto`` (then ``sonofm predict``, ``sonofm score``: the README's commands)
+   and, in this process, started at the same moment, a plain version of the challenge's baseline
+   design written here: an EfficientNet-B4 encoder with an FPN (segmentation_models_pytorch, no
+   pretrained weights), one head per subtask (segmentation: the FPN's segmentation head;
+   classification: a linear layer on the pooled deepest feature; detection: the normalised box
+   regressed from it; keypoints: the K normalised points), trained on the same training images
+   until the finetuning command ends: the same wall time under the same load (on a shared machine a
+   budget measured in one window and spent in another would not be the same compute). Its CPU
+   seconds are recorded beside sonofm's. (``random`` and ``smp_fpn`` alone: one after the other,
+   the baseline given ``--smp-budget`` seconds or the finetuning's wall time);
+4. ``memory``: ``sonofm predict`` of ``random``'s run over ``val/`` and over a copy of its CSVs with every
+   row repeated ``--repeat`` times (same image files, hard-linked), each in its own child process whose
+   peak RSS is read from ``os.wait4``; images/s from the predictor's summary line;
+5. ``kp_regression``: ``random``'s finetuning again with ``keypoint_head=regression`` (``random`` uses
+   the default heatmap head): MRE per keypoint subtask after the same steps;
+6. ``pretrain`` + ``pretrained``: ``sonofm pretrain`` (the quickstart recipe) on the shards' images, labels
+   unused, then the same finetuning with ``encoder=<pretraining run dir>``.
+
+Stages can run in separate instances sharing ``--work`` (``--only``); results.json is merged.
 
     python benchmarks/fmuia.py --work /tmp/fmuia_bench --n 60 --n-val 20     # the run in RESULTS_fmuia.md
     python benchmarks/fmuia.py --tiny --work /tmp/fmuia_tiny                 # smoke test: tiny sizes
@@ -44,6 +51,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +68,8 @@ from sonofm.evaluation.fmuia_score import AVERAGES
 REPO = Path(__file__).resolve().parents[1]
 FINETUNE_RECIPE = "configs/finetune/fmuia.yaml"
 PRETRAIN_RECIPE = "sonofm/configs/pretrain/quickstart.yaml"
-STAGES = ("root", "shards", "trivial", "random", "memory", "smp_fpn", "kp_regression", "pretrain", "pretrained")
+STAGES = ("root", "shards", "trivial", "random_and_smp", "random", "smp_fpn", "memory", "kp_regression", "pretrain",
+          "pretrained")
 PREDICTORS = ("trivial", "smp_fpn", "random", "pretrained")
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -75,22 +84,61 @@ def _env() -> dict[str, str]:
     return {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
 
 
+def _argv(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "sonofm", *args[1:]] if args[0] == "sonofm" else list(args)
+
+
+class Child:
+    """One command (``sonofm ...`` runs as ``python -m sonofm``) running in the repository root, its output
+    into ``log``; :meth:`done` polls it and :meth:`result` gives its wall time, CPU time and peak RSS,
+    read from ``os.wait4`` (the child's own figures, whatever else runs)."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.args, self.log = args, log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.start = time.perf_counter()
+        with open(log, "w") as fh:
+            self.proc = subprocess.Popen(_argv(args), cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT)
+        self.status: tuple[int, Any, float] | None = None
+
+    def done(self) -> bool:
+        if self.status is None:
+            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            if pid:
+                self.status = (status, usage, time.perf_counter() - self.start)
+        return self.status is not None
+
+    def result(self) -> dict[str, Any]:
+        if self.status is None:
+            _, status, usage = os.wait4(self.proc.pid, 0)
+            self.status = (status, usage, time.perf_counter() - self.start)
+        status, usage, wall = self.status
+        code = os.waitstatus_to_exitcode(status)
+        self.proc.returncode = code
+        if code != 0:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{shlex.join(self.args)} failed (exit {code}); log {self.log}:\n{tail}")
+        return {"command": shlex.join(self.args), "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+                "peak_rss_mb": usage.ru_maxrss / 1024, "log": str(self.log)}
+
+
 def run_cmd(args: list[str], log: Path) -> dict[str, Any]:
-    """Run one command (``sonofm ...`` runs as ``python -m sonofm``) in the repository root, its output
-    into ``log``; returns the command as written, its wall time and the child's peak RSS (``os.wait4``)."""
-    argv = [sys.executable, "-m", "sonofm", *args[1:]] if args[0] == "sonofm" else list(args)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(argv, cwd=REPO, env=_env(), stdout=fh, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{shlex.join(args)} failed (exit {proc.returncode}); log {log}:\n{tail}")
-    return {"command": shlex.join(args), "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mb": usage.ru_maxrss / 1024, "log": str(log)}
+    """Run one command to its end (see :class:`Child`)."""
+    return Child(args, log).result()
+
+
+def run_progress(run_dir: Path, steps: int) -> float:
+    """How far a finetuning run is (its last logged step / ``steps``), from its metrics.jsonl."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0.0
+    last = 0
+    for line in path.read_text().splitlines():
+        try:
+            last = max(last, int(json.loads(line).get("step", 0)))
+        except (ValueError, AttributeError):
+            continue
+    return min(1.0, last / max(1, steps))
 
 
 def predict_rate(log: Path) -> float:
@@ -241,10 +289,12 @@ def _loss(kind: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(out, y, beta=0.05)
 
 
-def smp_train(train: Path, budget_s: float, size: int, batch_size: int, lr: float, seed: int = 0,
+def smp_train(train: Path, size: int, batch_size: int, lr: float, *, budget_s: float | None = None,
+              until: Child | None = None, progress: Callable[[], float] | None = None, seed: int = 0,
               temperature: float = 0.5) -> tuple[BaselineFPN, dict[str, Any]]:
-    """Train :class:`BaselineFPN` for ``budget_s`` seconds of wall time, counted from the first image read
-    (at least one step).
+    """Train :class:`BaselineFPN` for ``budget_s`` seconds of wall time counted from the first image read,
+    or, given ``until``, for as long as that command runs (started at the same moment: the same wall
+    time under the same load), the schedule following ``progress`` (its fraction done); at least one step.
 
     Each step draws one subtask (probability proportional to its size to the power ``temperature``, as
     the sonofm recipe's ``data.temperature``) and a random batch of it; AdamW with a cosine schedule
@@ -265,9 +315,17 @@ def smp_train(train: Path, budget_s: float, size: int, batch_size: int, lr: floa
     steps, losses = 0, []
     model.train()
     bar = tqdm(desc="smp FPN (wall-time budget)", unit="step")
-    while (elapsed := time.perf_counter() - start) < budget_s or steps == 0:  # one step at least
+    if (budget_s is None) == (until is None):
+        raise ValueError("smp_train: give budget_s or until")
+
+    def finished() -> bool:
+        return until.done() if until is not None else time.perf_counter() - start >= float(budget_s)
+
+    while steps == 0 or not finished():  # one step at least
+        elapsed = time.perf_counter() - start
+        frac = progress() if until is not None and progress is not None else elapsed / float(budget_s or 1)
         for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget_s)))
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
         t = names[int(gen.choice(len(names), p=weights))]
         d = data[t]
         idx = torch.from_numpy(gen.choice(len(d["x"]), size=min(batch_size, len(d["x"])), replace=False))
@@ -287,7 +345,8 @@ def smp_train(train: Path, budget_s: float, size: int, batch_size: int, lr: floa
         bar.update(1)
         bar.set_postfix(task=t, loss=f"{float(loss):.3f}")
     bar.close()
-    return model, {"steps": steps, "train_wall_s": time.perf_counter() - start, "budget_s": budget_s,
+    return model, {"steps": steps, "train_wall_s": time.perf_counter() - start,
+                   "budget": f"{budget_s} s" if budget_s is not None else f"while: {shlex.join(until.args)}",
                    "train_cpu_s": time.process_time() - cpu_start,
                    "final_loss_mean_last20": float(np.mean(losses[-20:])) if losses else None,
                    "tasks": len(names), "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
@@ -371,6 +430,10 @@ class Bench:
         self.size_args = ([f"data.img_size={a.img_size}", f"data.batch_size={a.batch_size}", "eval_every=0",
                            "data.num_workers=0", f"checkpoint.every={a.steps}"] if a.tiny else [])
 
+    @property
+    def warmup_args(self) -> list[str]:
+        return [] if self.a.warmup_steps is None else [f"optim.warmup_steps={self.a.warmup_steps}"]
+
     def save(self) -> None:
         """Merge into the file: two instances of the script (``--only``) may share a work folder."""
         current = json.loads(self.path.read_text()) if self.path.is_file() else {}
@@ -378,13 +441,14 @@ class Bench:
         write_json(self.path, to_jsonable(self.results))
 
     def stage(self, name: str) -> None:
-        if name in self.results:
+        key = "smp_fpn" if name == "random_and_smp" else name  # that stage also stores 'random' itself
+        if key in self.results and (name != "random_and_smp" or "random" in self.results):
             print(f"[{name}] cached in {self.path}")
             return
         print(f"[{name}] load average before: {load_average()}", flush=True)
         entry = getattr(self, f"_{name}")()
         entry["load_average_after"] = load_average()
-        self.results[name] = entry
+        self.results[key] = entry
         self.save()
 
     def _score(self, pred: Path) -> dict[str, Any]:
@@ -430,19 +494,41 @@ class Bench:
         info["predict_s"] = time.perf_counter() - start
         return {**info, **self._score(pred)}
 
+    def _finetune_args(self, name: str, encoder: str, extra: list[str]) -> list[str]:
+        return ["sonofm", "finetune", "universal", "--config", FINETUNE_RECIPE, f"encoder={encoder}",
+                f"datasets=[{self.shards}]", f"out_dir={self.work / f'R_{name}'}", f"steps={self.a.steps}", *extra,
+                *self.size_args, *self.warmup_args]
+
     def _finetune(self, name: str, encoder: str, extra: list[str]) -> dict[str, Any]:
+        shutil.rmtree(self.work / f"R_{name}", ignore_errors=True)
+        ft = run_cmd(self._finetune_args(name, encoder, extra), self.work / "logs" / f"finetune_{name}.log")
+        return self._predict_and_score(name, ft)
+
+    def _predict_and_score(self, name: str, ft: dict[str, Any]) -> dict[str, Any]:
         run_dir, pred = self.work / f"R_{name}", self.work / f"P_{name}"
-        shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(pred, ignore_errors=True)
-        ft = run_cmd(["sonofm", "finetune", "universal", "--config", FINETUNE_RECIPE, f"encoder={encoder}",
-                      f"datasets=[{self.shards}]", f"out_dir={run_dir}", f"steps={self.a.steps}", *extra,
-                      *self.size_args], self.work / "logs" / f"finetune_{name}.log")
         pr = run_cmd(["sonofm", "predict", str(run_dir), "--source", f"fmuia:{self.root}/val", "--out", str(pred)],
                      self.work / "logs" / f"predict_{name}.log")
         return {"finetune": ft, "predict": {**pr, "images_per_s": predict_rate(Path(pr["log"]))}, **self._score(pred)}
 
     def _random(self) -> dict[str, Any]:
         return self._finetune("random", "random:convnextv2_atto", [])
+
+    def _random_and_smp(self) -> dict[str, Any]:
+        """``random``'s finetuning and the smp baseline's training side by side, started together: the smp
+        model trains until the finetuning command ends (the same wall time under the same load)."""
+        name = "random"
+        run_dir = self.work / f"R_{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        child = Child(self._finetune_args(name, "random:convnextv2_atto", []), self.work / "logs" / f"finetune_{name}.log")
+        model, info = smp_train(self.root / "train", self.a.img_size, self.a.batch_size, self.a.smp_lr, until=child,
+                                progress=lambda: run_progress(run_dir, self.a.steps))
+        ft = child.result()
+        info["finetune_wall_s"] = ft["wall_s"]
+        self.results["random"] = self._predict_and_score(name, ft)
+        self.results["random"]["load_average_after"] = load_average()
+        self.save()
+        return self._smp_predict_and_score(model, info)
 
     def _kp_regression(self) -> dict[str, Any]:
         return self._finetune("kp_regression", "random:convnextv2_atto", ["keypoint_head=regression"])
@@ -462,7 +548,10 @@ class Bench:
         if not self.a.smp_budget:  # another instance of the script may have run 'random'
             self.results = {**json.loads(self.path.read_text()), **self.results}
         budget = self.a.smp_budget or float(self.results["random"]["finetune"]["wall_s"])
-        model, info = smp_train(self.root / "train", budget, self.a.img_size, self.a.batch_size, self.a.smp_lr)
+        model, info = smp_train(self.root / "train", self.a.img_size, self.a.batch_size, self.a.smp_lr, budget_s=budget)
+        return self._smp_predict_and_score(model, info)
+
+    def _smp_predict_and_score(self, model: BaselineFPN, info: dict[str, Any]) -> dict[str, Any]:
         pred = self.work / "P_smp_fpn"
         shutil.rmtree(pred, ignore_errors=True)
         info.update(smp_predict(model, self.root / "val", pred, self.a.img_size))
@@ -506,6 +595,13 @@ def table(results: dict[str, Any]) -> str:
     lines = ["| average | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for key, _, _, label in AVERAGES:
         lines.append(f"| {label} | " + " | ".join(_fmt(results[c]["averages"][key]) for c in cols) + " |")
+    main_metric = {"segmentation": "dice", "classification": "accuracy", "detection": "iou", "keypoints": "mre"}
+    if cols:
+        lines += ["", "| subtask (metric) | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+        for t, s in sorted(results[cols[0]]["subtasks"].items(), key=lambda kv: (kv[1]["kind"], kv[0])):
+            metric = main_metric[s["kind"]]
+            lines.append(f"| {t} ({metric}, n={s['n']}) | "
+                         + " | ".join(_fmt(results[c]["subtasks"].get(t, {}).get(metric)) for c in cols) + " |")
     if "kp_regression" in results and "random" in results:
         lines.append("")
         lines.append("| keypoints head (random:convnextv2_atto) | " + " | ".join(
@@ -533,6 +629,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=60, help="training images per subtask")
     ap.add_argument("--n-val", type=int, default=20, help="validation images per subtask")
     ap.add_argument("--steps", type=int, default=600, help="finetuning steps (the CPU recipe's 600)")
+    ap.add_argument("--warmup-steps", type=int, default=None,
+                    help="finetuning warm-up steps (default: the recipe's; scale it with a shortened --steps)")
     ap.add_argument("--pretrain-steps", type=int, default=300, help="pretraining steps (the quickstart recipe's 300)")
     ap.add_argument("--img-size", type=int, default=128, help="input side of the smp baseline (the recipe's data.img_size)")
     ap.add_argument("--batch-size", type=int, default=16, help="batch of the smp baseline (the recipe's data.batch_size)")
