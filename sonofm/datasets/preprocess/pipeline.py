@@ -2,8 +2,9 @@
 
 Done once when shards are built (not in the training loop) so that every epoch reads small,
 uniform images: 8-bit grayscale B-mode, cropped to the acoustic field (borders, burnt-in text and
-UI gone: also a privacy measure), at most ``max_side`` pixels on the longest side, with the field
-mask and what was found (colour, text outside the field, field geometry) in the metadata.
+UI gone: also a privacy measure; text that touches the kept image blanked unless ``text="keep"``),
+at most ``max_side`` pixels on the longest side, with the field mask and what was found (colour,
+text outside and touching the field, field geometry) in the metadata.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from sonofm.datasets.preprocess import overlays
 from sonofm.datasets.preprocess.field import Field, detect_field
 from sonofm.datasets.preprocess.geometry import stored_from_original
 from sonofm.datasets.sources.records import Record
+from sonofm.datasets.sources.specs import TEXT_MODES  # what becomes of text touching the kept image
 
 #: Share of coloured pixels above which an image has more than a tint (marks, Doppler).
 COLOUR_SHARE = 5e-4
-#: What preprocessing does with text that touches the kept image: blank it (default) or keep it.
-TEXT_MODES = ("blank", "keep")
 
 
 class ColourLimitExceeded(ValueError):
