@@ -22,7 +22,7 @@ batches, dropout masks and learning rates the uninterrupted run would have had, 
 same weights and metrics. ``metrics.jsonl`` is cut back to the checkpoint's step.
 
 Best checkpoint: :class:`BestCheckpoint` keeps ``out_dir/best/`` (``model.safetensors`` +
-``meta.json``) for the highest validation score; it is the one helper both tasks use.
+``meta.json``) for the highest validation score; it is the one helper both finetuning commands use.
 """
 
 from __future__ import annotations

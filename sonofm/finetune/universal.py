@@ -9,7 +9,7 @@ round's order is shuffled by ``(seed, round)``; long-run shares are exactly ``p_
 waits much longer than ``1 / p_i`` steps. The schedule is the same on every rank (a step's global
 batch is one task) and a function of the step number (resume replays it by arithmetic); each rank
 reads its own shards of that dataset. Samples get a training-time prompt type from their mask
-(:func:`sonofm.models.prompt_model.sample_type`, seeded by ``(seed, rank, draw)``, applied in the
+(:func:`sonofm.finetune.prompt_types.sample_type` over the kind's prompt types, seeded by ``(seed, rank, draw)``, applied in the
 training process to the stream's augmented tensors); evaluation always uses ``whole``.
 
 Each dataset has a task kind (:mod:`sonofm.finetune.tasks`: segmentation, classification, detection,
