@@ -49,9 +49,10 @@ FINE_SIDE = 1024
 UI_MAX_AREA = 0.005
 #: ... and so is one thinner than this share of the image height or width (rulers, scale bars).
 UI_MAX_THIN = 0.03
-#: A bright, flat component no taller than this share of the image height (or ``UI_LINE_PX``
-#: pixels, whichever is more) and narrower than ``UI_LINE_WIDE`` of its width is a line of text,
-#: whatever its area: on a small screen one line of patient ID or date is more than ``UI_MAX_AREA``.
+#: A bright component no taller than this share of the image height (or ``UI_LINE_PX`` pixels,
+#: whichever is more) and narrower than ``UI_LINE_WIDE`` of its width has the shape of a line of
+#: text, whatever its area (on a small screen one line of patient ID or date is more than
+#: ``UI_MAX_AREA``); like a small mark it is UI when flat, or when it lies beside the tissue.
 UI_LINE_H = 0.06
 UI_LINE_PX = 12
 UI_LINE_WIDE = 0.5
@@ -205,8 +206,8 @@ def _ui_marks(gray: np.ndarray, bg: float, thr: float) -> tuple[np.ndarray, np.n
     narrow = (ww < UI_MAX_THIN * wf) & (x0 > 0) & (x1 < wf)
     line = (hh <= max(UI_LINE_PX, UI_LINE_H * hf)) & (ww < UI_LINE_WIDE * wf)
     small = ((area < UI_MAX_AREA * fine.size) | line) & ~narrow & bright[1:]
-    small[int(np.argmax(area))] = False
-    main = int(np.argmax(area))
+    main = int(np.argmax(area))  # the tissue: one large speckle component
+    small[main] = False
     outside = _outside_hull(lab, main + 1, objs, n)
     beside = small & outside
     if small.any():
