@@ -201,3 +201,25 @@ def test_pocus_fan_corners_are_outside_field(shared_data: Path) -> None:
     assert f.mask[h // 2, w // 2] and f.mask[h // 10, w // 2]
     assert f.bbox[2] < h - 10  # black band below the arc cropped
     assert f.apex is not None and f.apex[1] < 0  # apex above the screen (convex probe)
+
+
+def test_small_linear_screen_is_a_rectangle_without_its_id_lines() -> None:
+    """Issue 23: a 128-px quickstart screen (linear probe) with its ID, date and time lines 2-3 px
+    under and beside the image was taken for a fan that held them. It is a rectangle, and what
+    preprocessing keeps of it (the mask less the burnt-in marks its edge covers) holds no mark."""
+    from sonofm.datasets.preprocess.overlays import text_area
+    from sonofm.datasets.synthetic import plan, render_sample
+
+    checked = 0
+    for i, src, patient in plan(160, 0):
+        if src != "synth_breast_linear_a" or checked >= 4:
+            continue
+        s = render_sample(src, 0, patient, i, 128)
+        assert any(t.startswith("ID ") for t in s.texts)
+        f = detect_field(s.image)
+        assert f.kind == "rect", (i, f.kind, f.bbox)
+        kept = f.mask & ~text_area(s.image.shape, [], f.ui_marks)
+        assert not (kept & s.marks).any(), i
+        assert (kept & s.field).sum() >= 0.97 * s.field.sum()
+        checked += 1
+    assert checked == 4
