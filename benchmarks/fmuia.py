@@ -69,7 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 FINETUNE_RECIPE = "configs/finetune/fmuia.yaml"
 PRETRAIN_RECIPE = "sonofm/configs/pretrain/quickstart.yaml"
 STAGES = ("root", "shards", "trivial", "random_and_smp", "random", "smp_fpn", "memory", "kp_regression", "pretrain",
-          "pretrained")
+          "pretrained", "kp_only")
 PREDICTORS = ("trivial", "smp_fpn", "random", "pretrained")
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -388,9 +388,10 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def repeated_root(val: Path, out: Path, repeat: int) -> int:
-    """A root whose CSVs repeat every row of ``val``'s ``repeat`` times, over ``val``'s files (hard links,
-    or copies across file systems: the adapter refuses symlinks that leave the root); returns the rows."""
+def repeated_root(val: Path, out: Path, repeat: int, task_names: set[str] | None = None) -> int:
+    """A root whose CSVs repeat every row of ``val``'s ``repeat`` times (only rows whose ``task_name`` is in
+    ``task_names`` when given), over ``val``'s files (hard links, or copies across file systems: the
+    adapter refuses symlinks that leave the root); returns the rows."""
     import csv
 
     if out.exists():
@@ -404,6 +405,9 @@ def repeated_root(val: Path, out: Path, repeat: int) -> int:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
             fields, rows = reader.fieldnames, list(reader)
+        rows = [r for r in rows if task_names is None or r.get("task_name") in task_names]
+        if not rows:
+            continue
         with open(out / "csv_files" / path.name, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
@@ -451,12 +455,13 @@ class Bench:
         self.results[key] = entry
         self.save()
 
-    def _score(self, pred: Path) -> dict[str, Any]:
+    def _score(self, pred: Path, root: Path | None = None) -> dict[str, Any]:
         """``sonofm score PRED --root ROOT/val`` (its function, in this process: the same scorer and files)."""
         from sonofm.evaluation.fmuia_score import score_to_files
 
-        scores, _ = score_to_files(pred, self.root / "val", progress=False)
-        return {"score_command": f"sonofm score {pred} --root {self.root / 'val'}", "averages": scores["averages"],
+        val = (root or self.root) / "val"
+        scores, _ = score_to_files(pred, val, progress=False)
+        return {"score_command": f"sonofm score {pred} --root {val}", "averages": scores["averages"],
                 "subtasks": scores["subtasks"]}
 
     def _root(self) -> dict[str, Any]:
@@ -504,12 +509,34 @@ class Bench:
         ft = run_cmd(self._finetune_args(name, encoder, extra), self.work / "logs" / f"finetune_{name}.log")
         return self._predict_and_score(name, ft)
 
-    def _predict_and_score(self, name: str, ft: dict[str, Any]) -> dict[str, Any]:
-        run_dir, pred = self.work / f"R_{name}", self.work / f"P_{name}"
+    def _predict_and_score(self, name: str, ft: dict[str, Any], root: Path | None = None) -> dict[str, Any]:
+        run_dir, pred, root = self.work / f"R_{name}", self.work / f"P_{name}", root or self.root
         shutil.rmtree(pred, ignore_errors=True)
-        pr = run_cmd(["sonofm", "predict", str(run_dir), "--source", f"fmuia:{self.root}/val", "--out", str(pred)],
+        pr = run_cmd(["sonofm", "predict", str(run_dir), "--source", f"fmuia:{root}/val", "--out", str(pred)],
                      self.work / "logs" / f"predict_{name}.log")
-        return {"finetune": ft, "predict": {**pr, "images_per_s": predict_rate(Path(pr["log"]))}, **self._score(pred)}
+        return {"finetune": ft, "predict": {**pr, "images_per_s": predict_rate(Path(pr["log"]))},
+                **self._score(pred, root)}
+
+    def _kp_only(self) -> dict[str, Any]:
+        """Heatmap and regression heads on the keypoint subtasks alone (every step a keypoint step), the two
+        finetunings side by side, the same steps; predicted and scored on the keypoint rows of val/."""
+        kp_root, shards = self.work / "root_kp", self.work / "S_kp"
+        for split in ("train", "val"):
+            repeated_root(self.root / split, kp_root / split, 1, task_names={"Regression"})
+        shutil.rmtree(shards, ignore_errors=True)
+        build = run_cmd(["sonofm", "shards", "build", "--source", f"fmuia:{kp_root}/train", "--out", str(shards)],
+                        self.work / "logs" / "shards_kp.log")
+        children = {}
+        for head in ("heatmap", "regression"):
+            name = f"kp_only_{head}"
+            shutil.rmtree(self.work / f"R_{name}", ignore_errors=True)
+            args = self._finetune_args(name, "random:convnextv2_atto", [f"keypoint_head={head}"])
+            args = [a if not a.startswith("datasets=") else f"datasets=[{shards}]" for a in args]
+            children[head] = Child(args, self.work / "logs" / f"finetune_{name}.log")
+        out: dict[str, Any] = {"shards": build}
+        for head, child in children.items():
+            out[head] = self._predict_and_score(f"kp_only_{head}", child.result(), kp_root)
+        return out
 
     def _random(self) -> dict[str, Any]:
         return self._finetune("random", "random:convnextv2_atto", [])
@@ -612,6 +639,15 @@ def table(results: dict[str, Any]) -> str:
             s = results[name]["subtasks"]
             lines.append(f"| {label} | " + " | ".join(_fmt(s[t]["mre"]) for t in kp)
                          + f" | {_fmt(results[name]['averages']['reg_mre'])} |")
+    if "kp_only" in results:
+        ko = results["kp_only"]
+        kp = sorted(ko["heatmap"]["subtasks"])
+        lines += ["", "| keypoints only, random:convnextv2_atto | " + " | ".join(kp) + " | reg MRE (px) |",
+                  "|---|" + "---:|" * (len(kp) + 1)]
+        for head in ("heatmap", "regression"):
+            s = ko[head]["subtasks"]
+            lines.append(f"| {head} | " + " | ".join(_fmt(s[t]["mre"]) for t in kp)
+                         + f" | {_fmt(ko[head]['averages']['reg_mre'])} |")
     if "memory" in results:
         m = results["memory"]
         lines.append("")
