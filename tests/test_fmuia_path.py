@@ -114,7 +114,7 @@ def _truth_as_output(kind_name: str, processed, view, num_classes: int, size: in
                "offset": torch.zeros(1, 2, h, h)}
         i, j = int(cy), int(cx)
         out["heatmap"][0, 0, i, j] = 20.0
-        out["size"][0, :, i, j] = torch.tensor([(x1 - x0) / stride, (y1 - y0) / stride])
+        out["size"][0, :, i, j] = torch.tensor([(x1 - x0) / stride, (y1 - y0) / stride]).log()
         out["offset"][0, :, i, j] = torch.tensor([cx - j, cy - i])
         return out
     return {"points": torch.from_numpy(view.points(meta["points"])).float()[None]}

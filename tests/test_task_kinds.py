@@ -135,7 +135,7 @@ def _centernet_output(boxes: np.ndarray, size: int = 64, stride: int = 4) -> dic
         cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
         i, j = int(cy), int(cx)
         out["heatmap"][0, 0, i, j] = 9.0 - k
-        out["size"][0, :, i, j] = torch.tensor([(x1 - x0) / stride, (y1 - y0) / stride])
+        out["size"][0, :, i, j] = torch.tensor([(x1 - x0) / stride, (y1 - y0) / stride]).log()
         out["offset"][0, :, i, j] = torch.tensor([cx - j, cy - i])
     return out
 
@@ -153,6 +153,13 @@ def test_detection_decodes_boxes_best_first_and_scores_map() -> None:
     assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([1.0, 0.0, 1.0]), 2) == pytest.approx(
         0.5 * 1.0 + 0.5 * (2 / 3))
     assert np.isnan(average_precision(np.array([]), np.array([]), 0))
+    # an untrained head proposes boxes of the prior's size (8 cells of 4 px), not zero-width ones
+    from sonofm.models.heads import CenterNetHead
+
+    head = CenterNetHead(8)
+    raw = head(HeadInputs((64, 64), torch.zeros(1, 16), lambda: torch.randn(1, 8, 16, 16) * 0.01))
+    sides = np.diff(decode(raw, (64, 64))[0]["boxes"].reshape(-1, 2, 2), axis=1).reshape(-1, 2)
+    np.testing.assert_allclose(sides, 32.0, rtol=0.1)
 
 
 def test_detection_loss_is_lowest_for_the_truth() -> None:
@@ -208,3 +215,37 @@ def test_detection_and_keypoint_evaluation_in_original_pixels_with_overlays(tmp_
     assert res["mre_px"] == pytest.approx(2 * np.hypot(dx, dy), rel=1e-6)
     assert res["mre_mm"] == pytest.approx(0.2 * np.hypot(dx, dy), rel=1e-6)
     assert (tmp_path / "det" / "001.png").stat().st_size > 1000 and (tmp_path / "kp" / "001.png").is_file()
+
+
+def _geometry_samples(n: int, seed: int) -> list:
+    from sonofm.finetune.data import Sample
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        image = (rng.random((48, 64)) * 80).astype(np.uint8)
+        x0, y0 = rng.uniform(4, 30), rng.uniform(4, 20)
+        image[int(y0) : int(y0) + 16, int(x0) : int(x0) + 20] = 220
+        meta = {"source": "s", "organ": "breast", "path": f"{seed}-{i}.png", "group": f"{seed}-{i}",
+                "boxes": [[x0, y0, x0 + 20, y0 + 16]], "points": [[x0, y0], [x0 + 20, y0 + 16]]}
+        out.append(Sample(image, None, meta))
+    return out
+
+
+def test_universal_trains_boxes_and_points_and_keeps_a_model_without_validation(tmp_path: Path) -> None:
+    """In-memory detection and keypoint datasets train in one model; with no validation split anywhere,
+    best/ still holds the last evaluated weights (sonofm predict needs a model)."""
+    from sonofm.finetune.predict import load_universal
+    from sonofm.finetune.universal import TaskSpec, run_universal
+
+    tasks = [TaskSpec("boxes", "detection", _geometry_samples(4, 0), [], "breast", "tumour", 1),
+             TaskSpec("ends", "keypoints", _geometry_samples(4, 1), [], "breast", "tumour", 2)]
+    rep = run_universal("random:convnextv2_atto", tasks, tmp_path / "uni", img_size=64, steps=4, batch_size=2,
+                        warmup_steps=1, eval_every=2, decoder_channels=16, seed=0)
+    assert set(rep["steps_per_dataset"]) == {"boxes", "ends"} and all(rep["steps_per_dataset"].values())
+    assert all(np.isfinite(v).all() for v in rep["losses"].values())
+    model, meta, specs = load_universal(tmp_path / "uni")
+    assert meta["step"] == 4 and {s.kind.name for s in specs.values()} == {"det", "kp"}
+    with pytest.raises(ValueError, match="cannot train keypoints"):
+        TaskSpec("bad", "kp", [s for s in _geometry_samples(1, 2) if s.meta.pop("points")], [], "breast",
+                 "tumour", 2)

@@ -357,11 +357,18 @@ def finetune_universal(
                                   [t.weight for t in tasks], cfg.data.temperature)
     batches = UniversalBatches(tasks, sources, probs, cfg.seed, rank, pc.p_whole, cfg.optim.accum_steps)
 
+    validated = any(t.n_val for t in tasks)
+    if not validated and accelerator.is_main_process:
+        accelerator.print("note: no dataset has a validation split; best/ will hold the last evaluated weights")
+
     def evaluate(module: nn.Module, step: int, final: bool) -> dict[str, Any]:
         res = evaluate_universal(module, tasks, size, bs, accelerator.device,
                                  overlay_dir=out / "overlays" if final and accelerator.is_main_process else None,
                                  n_overlays=n_overlays, accelerator=accelerator, num_workers=cfg.data.num_workers)
         res["score"] = res["mean_score"]
+        if not validated:  # no dataset has a validation split: best/ follows the latest weights, so predict has a model
+            res["score"] = step / cfg.steps
+            res["note"] = "no validation split in any dataset: best/ holds the latest evaluated weights"
         return res
 
     best_meta = {

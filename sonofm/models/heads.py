@@ -16,6 +16,7 @@ the prompt's ``task`` one-hot uses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -102,18 +103,23 @@ def _branch(channels: int, out: int, hidden: int, bias: float = 0.0) -> nn.Seque
 
 @register_head
 class CenterNetHead(_Head):
-    """``heatmap`` [B,C,h,w] logits, ``size`` [B,2,h,w] (box width, height in cells), ``offset`` [B,2,h,w]
-    (centre's position inside its cell, 0-1), all at the fused map's stride."""
+    """``heatmap`` [B,C,h,w] logits, ``size`` [B,2,h,w] (log of the box width, height in cells), ``offset``
+    [B,2,h,w] (centre's position inside its cell, 0-1), all at the fused map's stride.
+
+    Sizes are predicted in log space from a prior of ``SIZE_PRIOR`` cells, so an untrained head proposes
+    boxes of a plausible size (a linear size head starts at 0 px and needs many steps to grow them)."""
 
     task, title, uses_decoder = "det", "detection", True
     #: the heatmap's initial foreground probability (focal-loss prior, as in CenterNet / RetinaNet)
     PRIOR: ClassVar[float] = 0.01
+    #: the box side, in cells of the map (stride 4), that the size branch starts from
+    SIZE_PRIOR: ClassVar[float] = 8.0
 
     def __init__(self, channels: int, num_classes: int = 1, hidden: int = 64) -> None:
         super().__init__()
         prior = float(torch.logit(torch.tensor(self.PRIOR)))
         self.heatmap = _branch(channels, num_classes, hidden, prior)
-        self.box_size = _branch(channels, 2, hidden)
+        self.box_size = _branch(channels, 2, hidden, math.log(self.SIZE_PRIOR))
         self.offset = _branch(channels, 2, hidden)
 
     def forward(self, inputs: HeadInputs) -> dict[str, Tensor]:

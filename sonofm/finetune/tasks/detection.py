@@ -2,8 +2,8 @@
 (FM_UIA's one box per image) and mAP@0.5 (several boxes per image: nodules, lesions).
 
 Targets: each box (stored pixels, through the stream's crop and flip) puts a Gaussian peak at its
-centre cell of a per-class heatmap (penalty-reduced focal loss, CenterNet), and its width, height and
-sub-cell offset at that cell (L1). Decoding keeps the 3x3 local maxima of the heatmap, best first.
+centre cell of a per-class heatmap (penalty-reduced focal loss, CenterNet), and its log width, log
+height and sub-cell offset at that cell (L1). Decoding keeps the 3x3 local maxima of the heatmap, best first.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from sonofm.finetune.tasks.base import TaskKind, register_task, to_original, vie
 from sonofm.models.heads import CenterNetHead
 
 MAX_DETECTIONS = 20
+#: the largest log box side (in cells) decoding believes: e**7 cells is far beyond any input
+LOG_SIZE_MAX = 7.0
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -62,6 +64,7 @@ def _gaussian_peak(heat: Tensor, cx: float, cy: float, sx: float, sy: float) -> 
     torch.maximum(heat, g, out=heat)
 
 
+@torch.no_grad()
 def decode(out: Mapping[str, Tensor], size: tuple[int, int], k: int = MAX_DETECTIONS) -> list[dict[str, np.ndarray]]:
     """Per image: ``boxes`` (k,4) in input pixels, ``scores`` and ``labels``, best first."""
     heat = torch.sigmoid(out["heatmap"].float())
@@ -73,8 +76,8 @@ def decode(out: Mapping[str, Tensor], size: tuple[int, int], k: int = MAX_DETECT
     ys, xs = (cell // w).float(), (cell % w).float()
     stride_y, stride_x = size[0] / h, size[1] / w
     size_map, off = out["size"].float().flatten(2), out["offset"].float().flatten(2)
-    bw = size_map[:, 0].gather(1, cell).clamp(min=0) * stride_x
-    bh = size_map[:, 1].gather(1, cell).clamp(min=0) * stride_y
+    bw = size_map[:, 0].gather(1, cell).clamp(max=LOG_SIZE_MAX).exp() * stride_x  # log size in cells
+    bh = size_map[:, 1].gather(1, cell).clamp(max=LOG_SIZE_MAX).exp() * stride_y
     cx = (xs + off[:, 0].gather(1, cell)) * stride_x
     cy = (ys + off[:, 1].gather(1, cell)) * stride_y
     boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
@@ -129,7 +132,7 @@ class Detection(TaskKind):
             bi, yi, xi = (torch.tensor(v, device=heat_logits.device) for v in zip(*cells))
             pred_wh = out["size"].float()[bi, :, yi, xi]
             pred_off = out["offset"].float()[bi, :, yi, xi]
-            loss = loss + 0.1 * F.l1_loss(pred_wh, pred_wh.new_tensor(wh), reduction="sum") / n
+            loss = loss + F.l1_loss(pred_wh, pred_wh.new_tensor(wh).log(), reduction="sum") / n
             loss = loss + F.l1_loss(pred_off, pred_off.new_tensor(offs), reduction="sum") / n
         return loss
 
