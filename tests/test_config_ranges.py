@@ -25,6 +25,8 @@ from sonofm.paths import packaged_configs
 BAD: dict[str, list[tuple[str, str]]] = {
     # DataConfig (pretrain, probe, finetune)
     "data.weights": [("[-1]", ">= 0"), ("[]", "at least 1")],
+    # ProbeConfig / FinetuneConfig: baseline encoders, each named once
+    "baselines": [("[random,random]", "distinct")],
     "data.temperature": [("0", "> 0"), ("-1", "> 0"), ("nan", "> 0")],
     "data.img_size": [("100", "multiple of 32"), ("0", ">= 32"), ("-64", ">= 32")],
     "data.batch_size": [("0", ">= 1"), ("-1", ">= 1")],
