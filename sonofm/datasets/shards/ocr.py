@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from sonofm.datasets.synthetic.screens import text_font
 from sonofm.errors import UserError
 
 #: How to get the OCR engine (printed as one line when it is missing).
@@ -133,14 +134,6 @@ def read_text(image: np.ndarray) -> Reading:
 # --- planted identifiers: the OCR's recall on the images at hand ----------------------------------------
 
 
-@lru_cache(maxsize=16)
-def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=px)
-    except TypeError:  # Pillow < 10.1: one bitmap size only
-        return ImageFont.load_default()
-
-
 def identifier_text(kind: str, rng: np.random.Generator) -> str:
     """A random identifier as scanners print them: ``ID 4829173``, ``2019/07/23`` or ``14:52``."""
     if kind == "digits":
@@ -165,7 +158,7 @@ def plant_identifier(image: np.ndarray, text: str, rng: np.random.Generator, bac
     """
     h, w = image.shape
     px = text_px(image.shape)
-    font = _font(px)
+    font = text_font(px)
     x0, y0, x1, y1 = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
     tw, th = x1 - x0, y1 - y0
     x = int(rng.integers(2, max(3, w - tw - 2)))

@@ -126,7 +126,8 @@ class Screen:
 # --- text ---------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=16)
-def _font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def text_font(px: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's default font at ``px`` pixels (the bitmap font on Pillow < 10.1), cached."""
     try:
         return ImageFont.load_default(size=px)
     except TypeError:  # Pillow < 10.1: one bitmap size only
@@ -154,14 +155,14 @@ class _Painter:
         ``keepout``: a narrower keep-out than the painter's (a line printed closer to the image)."""
         layer = Image.new("L", (self.w, self.h), 0)
         d = ImageDraw.Draw(layer)
-        d.text((x, y), s, fill=255, font=_font(px), anchor=anchor)
+        d.text((x, y), s, fill=255, font=text_font(px), anchor=anchor)
         if keepout is None:
             self._commit(layer, colour)
         else:
             a = (np.asarray(layer) > 40) & ~keepout
             self.rgb[a] = colour
             self.mask |= a
-        return d.textbbox((x, y), s, font=_font(px), anchor=anchor)
+        return d.textbbox((x, y), s, font=text_font(px), anchor=anchor)
 
     def shape(self, draw_fn, colour: tuple[int, int, int]) -> None:
         layer = Image.new("L", (self.w, self.h), 0)
@@ -392,7 +393,7 @@ def _identifier_line(p: _Painter, plan: dict[str, Any], rng: np.random.Generator
     v: View = plan["views"][0]
     px = plan["px"]
     x0, y0, x1, y1 = v.box
-    font = _font(px)
+    font = text_font(px)
     box = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font, anchor="la")
     top, height = box[1], box[3] - box[1]  # the ink starts ``top`` below the anchor
     dist = ndi.distance_transform_edt(~fields)
