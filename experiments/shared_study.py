@@ -82,8 +82,8 @@ from sonofm.evaluation.probe import cross_validate
 from sonofm.finetune.data import Sample, iterate_batches, samples_from_shards
 from sonofm.finetune.label_efficiency import select_groups
 from sonofm.finetune.seg_train import evaluate_segmentation, sample_batches, train_segmentation
-from sonofm.models.upernet import SegModel
 from sonofm.models.loading import load_encoder
+from sonofm.models.upernet import SegModel
 from sonofm.paths import REPO_ROOT, shared_data_dir
 
 SOURCES = ("busi", "cca", "pocus")

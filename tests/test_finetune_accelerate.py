@@ -272,8 +272,8 @@ def test_universal_streams_shard_sets_from_their_indexes(shards: Path, tmp_path:
 def test_two_processes_read_different_data_and_report_one_process_metrics(shards: Path, tmp_path: Path) -> None:
     from sonofm.finetune.data import shard_eval_loader
     from sonofm.finetune.seg_train import evaluate_segmentation_batches
-    from sonofm.models.upernet import SegModel
     from sonofm.models.loading import load_encoder
+    from sonofm.models.upernet import SegModel
 
     run = tmp_path / "ddp"
     launcher = two_cpu_processes(29533)

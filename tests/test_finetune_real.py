@@ -31,8 +31,8 @@ def _cca(shared_data, per_group: dict[int, int]):
 
 def test_upernet_overfits_cca_and_evaluates_at_full_size(shared_data):
     from sonofm.finetune.seg_train import evaluate_segmentation, train_segmentation
-    from sonofm.models.upernet import SegModel
     from sonofm.models.loading import load_encoder
+    from sonofm.models.upernet import SegModel
 
     torch.manual_seed(0)
     samples = _cca(shared_data, {0: 2, 1: 2})
@@ -52,8 +52,8 @@ def test_upernet_overfits_cca_and_evaluates_at_full_size(shared_data):
 
 def test_run_seg_finetune_writes_best_checkpoint(shared_data, tmp_path):
     from sonofm.finetune.seg_train import run_seg_finetune
-    from sonofm.models.upernet import SegModel
     from sonofm.models.loading import load_encoder
+    from sonofm.models.upernet import SegModel
 
     train = _cca(shared_data, {0: 3, 1: 3})
     val = _cca(shared_data, {2: 2})

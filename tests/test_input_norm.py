@@ -16,11 +16,11 @@ import yaml
 
 from sonofm.checkpoints import save_checkpoint
 from sonofm.evaluation.features import pooled_features
-from sonofm.models.prompt_model import Prompt, PromptModel
-from sonofm.models.upernet import SegModel, encoder_pyramid
 from sonofm.models import PretrainModel, masked_forward_features
 from sonofm.models.input_norm import INPUT_MEAN, INPUT_STD, InputNorm, input_stats, set_input_stats
 from sonofm.models.loading import load_encoder
+from sonofm.models.prompt_model import Prompt, PromptModel
+from sonofm.models.upernet import SegModel, encoder_pyramid
 
 NAME = "convnextv2_atto"
 

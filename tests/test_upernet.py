@@ -7,8 +7,8 @@ import timm
 import torch
 
 from sonofm.finetune.losses import seg_loss, soft_dice_loss
-from sonofm.models.upernet import SegModel, UPerNetHead
 from sonofm.models.input_norm import set_input_stats
+from sonofm.models.upernet import SegModel, UPerNetHead
 
 
 def _encoder():
