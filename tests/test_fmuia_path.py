@@ -50,8 +50,12 @@ def _close(a: list[dict], b: list[dict]) -> bool:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sonofm.paths import shared_data_dir
+
+    if not (shared_data_dir() / "busi").is_dir():  # classification subtasks come from BUSI and POCUS
+        pytest.skip(f"real data not found at {shared_data_dir()} (set SONOFM_SHARED_DATA)")
     out = tmp_path_factory.mktemp("fmuia")
-    summary = make_fmuia_root(out, n=4, n_val=3)
+    summary = make_fmuia_root(out, n=4, n_val=3, shared=shared_data_dir())
     kinds = {t["kind"] for t in summary["tasks"].values()}
     assert kinds == {"segmentation", "classification", "detection", "keypoints"}
     assert sum(t["screens"] for t in summary["tasks"].values()) > 0  # screens the crop shrinks
