@@ -74,6 +74,21 @@ def test_one_decorator_registers_a_kind_under_its_names() -> None:
     class Count(TaskKind):
         name, title, headline = "count", "counting", "mae"
 
+        def make_head(self, spec, channels, num_features, dropout):
+            return torch.nn.Linear(num_features, 1)
+
+        def loss(self, out, batch, spec, settings):
+            return out.sum()
+
+        def evaluate(self, predict, batches, spec, **kw):
+            return {"mae": 0.0}
+
+        def predict(self, out, j, stored, spec):
+            return out[j]
+
+        def write(self, writer, row, prediction):
+            pass
+
     try:
         assert get_task_kind("count") is TASK_KINDS["count"] and get_task_kind("counting").name == "count"
         with pytest.raises(ValueError, match="registered twice"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -22,11 +23,12 @@ _ALIASES: dict[str, str] = {}
 
 def register_task(cls: type[TaskKind]) -> type[TaskKind]:
     """Class decorator: put one instance of the kind in :data:`TASK_KINDS` under its name and aliases."""
-    kind = cls()
-    for key in (cls.name, *cls.aliases):
+    keys = (cls.name, *cls.aliases)
+    for key in keys:
         if key in _ALIASES:
             raise ValueError(f"task kind name {key!r} is registered twice")
-        _ALIASES[key] = cls.name
+    kind = cls()  # an abstract method left out is a TypeError here, at import
+    _ALIASES.update(dict.fromkeys(keys, cls.name))
     TASK_KINDS[cls.name] = kind
     return cls
 
@@ -61,7 +63,7 @@ def to_original(stored: Mapping[str, Any]) -> Affine:
     return Affine.from_list(stored["view"]).inverse().then(original_from_stored(stored["meta"]))
 
 
-class TaskKind:
+class TaskKind(abc.ABC):
     """One kind of task. Subclasses set the class attributes and implement the methods.
 
     ``spec`` below is a :class:`sonofm.finetune.universal.TaskSpec` (name, num_classes, classes, ...).
@@ -108,20 +110,21 @@ class TaskKind:
 
     # --- model ------------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def make_head(self, spec: Any, channels: int, num_features: int, dropout: float) -> nn.Module:
-        raise NotImplementedError
+        """This kind's head for ``spec`` (from :mod:`sonofm.models.heads`)."""
 
+    @abc.abstractmethod
     def loss(self, out: Any, batch: Mapping[str, Any], spec: Any, settings: Any) -> Tensor:
         """Training loss of one batch (``batch``: image, mask, targets, view, on the model's device where tensors)."""
-        raise NotImplementedError
 
     # --- evaluation ---------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def evaluate(self, predict: Callable[[Tensor], Any], batches: Iterable[dict[str, Any]], spec: Any, *,
                  device: torch.device, accelerator: Any = None, overlay_dir: Any = None,
                  n_overlays: int = 0) -> dict[str, Any]:
         """Metrics over evaluation batches (``image`` + ``stored``), gathered across ranks; holds ``headline``."""
-        raise NotImplementedError
 
     def score(self, metrics: Mapping[str, Any]) -> float:
         """A higher-is-better number in [0, 1] from :meth:`evaluate`'s metrics, to pick the best checkpoint."""
@@ -129,13 +132,13 @@ class TaskKind:
 
     # --- prediction -------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def predict(self, out: Any, j: int, stored: Mapping[str, Any], spec: Any) -> Any:
         """Sample ``j`` of a batch's output, in the original image's pixels (its shape: the kind's)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def write(self, writer: Any, row: Mapping[str, Any], prediction: Any) -> None:
         """Put one prediction in the challenge's prediction files (``row``: the sample's metadata)."""
-        raise NotImplementedError
 
 
 def mean_or_nan(values: Sequence[float]) -> float:
