@@ -13,11 +13,6 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# oneDNN's AVX-512 1x1-convolution weight-gradient kernel was seen spinning for over 10 minutes in
-# training subprocesses during full-suite runs on the 2-core dev machine (4 times, never when the same
-# test ran alone); the suite runs oneDNN's AVX2 kernels instead (set before torch is imported, inherited
-# by every subprocess). Set ONEDNN_MAX_CPU_ISA yourself to override.
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 # The suite never reads the user's Hugging Face cache: a test that needs published weights writes its own
 # cache (fake_hub), so results do not depend on what happens to be downloaded (e.g. the quickstart's ImageNet row).
 _EMPTY_HF_CACHE = tempfile.mkdtemp(prefix="sonofm-tests-hf-")

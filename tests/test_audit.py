@@ -5,6 +5,7 @@ Needs the tesseract binary and pytesseract (the ``ocr`` extra; ``.ci/run`` insta
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -130,3 +131,18 @@ def test_text_keep_keeps_in_field_labels_blank_removes_them(tmp_path: Path) -> N
     assert reports["blank"]["text_blanked_images"] >= 1
     assert reports["keep"]["text_blanked_images"] == 0
     assert reports["keep"]["text_inside_field"] == reports["blank"]["text_inside_field"] >= 1
+
+
+@needs_ocr
+@pytest.mark.parametrize("before", [None, "3"])
+def test_reading_text_leaves_the_environment_as_it_was(before: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # read_text once left OMP_THREAD_LIMIT=1 in os.environ; every later child (a training run started by
+    # the next test, or by the user's pipeline) inherited it and deadlocked in oneDNN
+    if before is None:
+        monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
+    else:
+        monkeypatch.setenv("OMP_THREAD_LIMIT", before)
+    image = np.zeros((64, 160), np.uint8)
+    ocr.plant_identifier(image, "ID 123456", np.random.default_rng(0))
+    ocr.read_text(image)
+    assert os.environ.get("OMP_THREAD_LIMIT") == before

@@ -211,3 +211,31 @@ def test_engine_builds_the_mask_patch_the_recipe_asks_for() -> None:
 
     cfg = load_config(PretrainConfig, None, ["masking.patch_size=64", "data.img_size=128", "hierarchy.weight=0"])
     assert build_model(cfg, None).mask_patch == 64
+
+
+def test_threads_stay_within_the_openmp_thread_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sonofm.train.accel import within_omp_thread_limit
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_THREAD_LIMIT", "1")
+        assert within_omp_thread_limit() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_THREAD_LIMIT", "4")
+        assert within_omp_thread_limit() is None and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_training_step_under_omp_thread_limit_1_finishes() -> None:
+    # torch with two intra-op threads under OMP_THREAD_LIMIT=1 never returns from a 1x1 convolution's
+    # backward (oneDNN waits for a thread OpenMP will not start); the Accelerator factory lowers the threads
+    code = ("import torch\nfrom sonofm.train.accel import make_accelerator\n"
+            "torch.set_num_threads(2)\nacc = make_accelerator('no', cpu=True)\n"
+            "conv = torch.nn.Conv2d(32, 64, 1)\nx = torch.randn(4, 32, 16, 16)\n"
+            "conv(x).sum().backward()\nprint('threads', torch.get_num_threads())\n")
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    env.pop("OMP_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "threads 1" in out.stdout

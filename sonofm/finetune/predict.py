@@ -41,6 +41,7 @@ from sonofm.finetune.data import GEOMETRY_KEYS
 from sonofm.finetune.tasks import TaskKind, get_task_kind
 from sonofm.models.loading import load_encoder
 from sonofm.models.prompt_model import Prompt, PromptModel
+from sonofm.train.accel import within_omp_thread_limit
 
 __all__ = ["HeadSpec", "load_universal", "predict_source"]
 
@@ -121,6 +122,7 @@ def predict_source(run: str | os.PathLike, source: str, out_dir: str | os.PathLi
     from tqdm import tqdm
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    within_omp_thread_limit()
     model, meta, specs = load_universal(run, dev)
     size = int(meta.get("img_size", 224))
     spec_arg = parse_source_arg(source)

@@ -6,7 +6,8 @@
 - Without CUDA the Accelerator is built with ``cpu=True``, so processes started by
   ``accelerate launch --multi_gpu`` / ``torchrun`` form a gloo group (Accelerate's MULTI_CPU).
 - :func:`cpu_threads` sizes the intra-op thread pool of a CPU process so that the loader workers
-  keep a core each.
+  keep a core each; every Accelerator made here keeps torch's threads within ``OMP_THREAD_LIMIT``
+  (:func:`within_omp_thread_limit`), above which oneDNN deadlocks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from accelerate.utils import DistributedType
 
 from sonofm.errors import UserError
 
-__all__ = ["make_accelerator", "cpu_threads", "uses_fsdp"]
+__all__ = ["make_accelerator", "cpu_threads", "omp_thread_limit", "uses_fsdp", "within_omp_thread_limit"]
 
 
 def make_accelerator(precision: str, find_unused_parameters: bool = False, cpu: bool | None = None,
@@ -44,6 +45,7 @@ def make_accelerator(precision: str, find_unused_parameters: bool = False, cpu: 
             AcceleratorState._reset_state()
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
     accelerator = Accelerator(mixed_precision=precision, cpu=cpu, kwargs_handlers=handlers)
+    within_omp_thread_limit()
     if require_scaler and accelerator.mixed_precision == "fp16" and accelerator.scaler is None:
         raise UserError(
             f"precision=fp16 needs a CUDA device: Accelerate makes its gradient scaler only there (this run is on "
@@ -67,9 +69,29 @@ def cpu_threads(accelerator: Accelerator, num_workers: int) -> int | None:
     """On CPU, leave a core to each loader worker: oversubscribed intra-op threads spin and can make a
     step many times slower. An explicit ``OMP_NUM_THREADS`` always wins. Returns the threads set
     (``None`` when nothing was changed)."""
-    if accelerator.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+    if accelerator.device.type != "cpu":
         return None
+    if os.environ.get("OMP_NUM_THREADS"):
+        return within_omp_thread_limit()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # processes on this machine
     threads = max(1, (os.cpu_count() or 1) // local - num_workers)
-    torch.set_num_threads(threads)
-    return threads
+    torch.set_num_threads(min(threads, omp_thread_limit() or threads))
+    return torch.get_num_threads()
+
+
+def omp_thread_limit() -> int | None:
+    """``OMP_THREAD_LIMIT`` as a number (``None`` when unset or not a positive integer)."""
+    value = os.environ.get("OMP_THREAD_LIMIT", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def within_omp_thread_limit() -> int | None:
+    """Lower torch's intra-op threads to ``OMP_THREAD_LIMIT`` when that is smaller. OpenMP then gives a
+    parallel region fewer threads than torch asked for, and oneDNN's convolution kernels, which wait for
+    every thread they planned with, spin forever (seen with torch 2.14 on CPU: a 1x1 convolution's
+    backward under ``OMP_THREAD_LIMIT=1`` never returns). Returns the threads set, ``None`` if unchanged."""
+    limit = omp_thread_limit()
+    if limit is None or torch.get_num_threads() <= limit:
+        return None
+    torch.set_num_threads(limit)
+    return limit

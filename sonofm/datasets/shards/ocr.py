@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -118,8 +121,6 @@ def read_text(image: np.ndarray) -> Reading:
     import pytesseract
 
     check_ocr()
-    # one image at a time is small work: tesseract's OpenMP threads only fight over shared cores
-    os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"read_text needs a uint8 (H, W) image, got {image.dtype} {image.shape}")
     f = upscale_factor(image.shape)
@@ -128,7 +129,30 @@ def read_text(image: np.ndarray) -> Reading:
         im = im.resize((round(image.shape[1] * f), round(image.shape[0] * f)), Image.Resampling.BICUBIC)
     pad = Image.new("L", (im.width + 20, im.height + 20), 0)
     pad.paste(im, (10, 10))
-    return classify(pytesseract.image_to_string(pad, config=TESSERACT_CONFIG))
+    with _one_tesseract_thread():
+        text = pytesseract.image_to_string(pad, config=TESSERACT_CONFIG)
+    return classify(text)
+
+
+_ENV_LOCK = threading.Lock()
+
+
+@contextmanager
+def _one_tesseract_thread() -> Iterator[None]:
+    """One image at a time is small work: tesseract's OpenMP threads only fight over shared cores. The
+    limit is set only while tesseract starts (pytesseract passes no environment of its own), never left in
+    this process's environment: every later child would inherit it, and torch started under
+    ``OMP_THREAD_LIMIT=1`` with two intra-op threads deadlocks in oneDNN's convolution kernels."""
+    with _ENV_LOCK:  # two threads restoring each other's value would leave the limit behind
+        before = os.environ.get("OMP_THREAD_LIMIT")
+        os.environ["OMP_THREAD_LIMIT"] = "1"
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("OMP_THREAD_LIMIT", None)
+            else:
+                os.environ["OMP_THREAD_LIMIT"] = before
 
 
 # --- planted identifiers: the OCR's recall on the images at hand ----------------------------------------
