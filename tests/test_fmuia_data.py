@@ -395,3 +395,25 @@ def test_root_from_shared_data_builds_and_masks_come_back(tmp_path: Path) -> Non
         assert _iou(box, rows[s.meta["image_path"]].box) == pytest.approx(1.0, abs=1e-9)
     for s in _samples(tmp_path / "S", "fmuia-POCUS_cls"):
         assert s.meta["label"] in ("0", "1", "2", "3")
+
+
+@pytest.mark.skipif(not shared_data_dir().is_dir(), reason="needs ../shared/data (set SONOFM_SHARED_DATA)")
+def test_root_splits_by_group_across_subtasks(tmp_path: Path) -> None:
+    # CCA frames of one recording are near-copies, and a BUSI image's box and points come from the mask
+    # its segmentation subtask trains on: neither may be in train/ for one subtask and in val/ for another
+    made = make_fmuia_root(tmp_path / "ROOT", n=20, n_val=10, sources=("busi", "cca"))
+
+    def groups(split: str, dataset: str, key) -> set[str]:
+        rows = [r for r in read_root(made[split]).rows if r.task_id.startswith(dataset)]
+        assert rows, f"no {dataset} rows in {split}/"
+        return {key(Path(r.image_path).stem) for r in rows}
+
+    def image(stem: str) -> str:
+        return stem
+
+    def recording(stem: str) -> str:
+        return stem.split("_slice_")[0]
+
+    assert not groups("train", "BUSI", image) & groups("val", "BUSI", image)
+    assert not groups("train", "CCA", recording) & groups("val", "CCA", recording)
+    assert all(made["tasks"][t]["val"] == 10 for t in ("BUSI_cls", "BUSI_seg", "BUSI_det", "BUSI_kp", "CCA_seg"))

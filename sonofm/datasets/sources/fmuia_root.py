@@ -20,7 +20,9 @@ SYN_kp     keypoints      2        the ends of the synthetic lesion's long axis
 Every third synthetic detection and keypoint image is a *screen*: the B-mode image pasted into
 a larger frame with burnt-in text, a grey and a colour bar, as a scanner export shows it, so the
 build's field crop shrinks the image and the targets must survive the crop. Images are written
-as 3-channel files. ``ROOT/train`` and ``ROOT/val`` hold disjoint images (the validation CSVs
+as 3-channel files. ``ROOT/train`` and ``ROOT/val`` hold disjoint images, split by the adapters'
+groups over all subtasks of a dataset: a CCA recording, a POCUS file, a BUSI image (in all four of its
+subtasks) lies wholly in one of them (the validation CSVs
 without labels with ``val_labelled=False``). Real-data tasks are left out when ``../shared/data``
 is absent. ``python -m sonofm.datasets.sources.fmuia_root OUT --n 200`` makes a bigger set.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +73,9 @@ class TaskPlan:
     n_candidates: int
     make: Callable[[int], Example | None]
     shuffle: bool = True  # synthetic candidates are random already: in order, every third a screen
+    # the group of each candidate (a CCA recording, a BUSI image shared by its four subtasks): a group is
+    # in train/ or in val/ for every subtask of the dataset, never both. None: each candidate its own.
+    groups: list[str] | None = None
 
 
 # ------------------------------------------------------------------------------- target geometry
@@ -137,6 +143,11 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "image"
 
 
+def _groups(items: list[Any]) -> list[str]:
+    """Each item's split group, as its adapter gives it (``meta["group"]``, else its path)."""
+    return [str(it.meta.get("group") or it.path) for it in items]
+
+
 def _busi_tasks(data: Path) -> list[TaskPlan]:
     from sonofm.datasets.sources.adapters.busi import CLASSES, BusiAdapter
 
@@ -168,10 +179,11 @@ def _busi_tasks(data: Path) -> list[TaskPlan]:
         pts = long_axis_ends(largest_component(r.mask))
         return Example(name(lesions[i]), r.image, points=pts) if pts else None
 
-    return [TaskPlan("BUSI_cls", "classification", 3, "BUSI", len(items), cls),
-            TaskPlan("BUSI_seg", "segmentation", 2, "BUSI", len(lesions), seg),
-            TaskPlan("BUSI_det", "detection", 1, "BUSI", len(lesions), det),
-            TaskPlan("BUSI_kp", "keypoints", 2, "BUSI", len(lesions), kp)]
+    every, lesion = _groups(items), _groups(lesions)  # one image: one group across its four subtasks
+    return [TaskPlan("BUSI_cls", "classification", 3, "BUSI", len(items), cls, groups=every),
+            TaskPlan("BUSI_seg", "segmentation", 2, "BUSI", len(lesions), seg, groups=lesion),
+            TaskPlan("BUSI_det", "detection", 1, "BUSI", len(lesions), det, groups=lesion),
+            TaskPlan("BUSI_kp", "keypoints", 2, "BUSI", len(lesions), kp, groups=lesion)]
 
 
 def _cca_tasks(data: Path) -> list[TaskPlan]:
@@ -184,7 +196,7 @@ def _cca_tasks(data: Path) -> list[TaskPlan]:
         r = next(iter(adapter.load(items[i])))
         return Example(Path(items[i].path).stem, r.image, mask=(r.mask > 0).astype(np.uint8))
 
-    return [TaskPlan("CCA_seg", "segmentation", 2, "CCA", len(items), seg)]
+    return [TaskPlan("CCA_seg", "segmentation", 2, "CCA", len(items), seg, groups=_groups(items))]  # recordings
 
 
 def _pocus_tasks(data: Path) -> list[TaskPlan]:
@@ -200,7 +212,7 @@ def _pocus_tasks(data: Path) -> list[TaskPlan]:
             return None
         return Example(_safe(Path(items[i].path).name), r.image, label=order.index(items[i].meta["label"]))
 
-    return [TaskPlan("POCUS_cls", "classification", len(order), "POCUS", len(items), cls)]
+    return [TaskPlan("POCUS_cls", "classification", len(order), "POCUS", len(items), cls, groups=_groups(items))]
 
 
 def _synthetic_tasks(seed: int, size: int, n: int) -> list[TaskPlan]:
@@ -274,6 +286,42 @@ def _examples(plan: TaskPlan, order: np.ndarray, want: int) -> Iterator[Example]
             yield ex
 
 
+def _val_groups(plans: list[TaskPlan], n: int, n_val: int, seed: int) -> dict[str, set[str]]:
+    """Per dataset, the groups whose images go to ``val/`` (a random share ``n_val / (n + n_val)`` of
+    the dataset's groups over all its subtasks, at least one and never all), so that no recording and no
+    image is in ``train/`` for one subtask and in ``val/`` for another."""
+    by_dataset: dict[str, set[str]] = {}
+    for plan in plans:
+        if plan.groups is not None:
+            by_dataset.setdefault(plan.dataset, set()).update(plan.groups)
+    held: dict[str, set[str]] = {}
+    for dataset, groups in by_dataset.items():
+        ordered = sorted(groups)
+        rng = np.random.default_rng([seed, zlib.crc32(dataset.encode())])
+        ordered = [ordered[i] for i in rng.permutation(len(ordered))]
+        k = round(len(ordered) * n_val / max(1, n + n_val)) if n_val > 0 else 0
+        k = min(max(k, int(n_val > 0)), len(ordered) - 1)
+        held[dataset] = set(ordered[:max(0, k)])
+    return held
+
+
+def _split_examples(plan: TaskPlan, order: np.ndarray, n: int, n_val: int,
+                    held: set[str]) -> Iterator[tuple[str, Example]]:
+    """``(split, example)`` for a subtask: ``n`` for train and ``n_val`` for val, fewer when the task is
+    small. With groups, val takes only held-out groups and train only the others; without, the first
+    candidates of ``order`` go to train (a small task is shared between the two in proportion)."""
+    if plan.groups is None:
+        n_train = n
+        if plan.n_candidates < n + n_val:
+            n_train = min(plan.n_candidates - (n_val > 0), max(1, round(plan.n_candidates * n / (n + n_val))))
+        for j, ex in enumerate(_examples(plan, order, n_train + n_val)):
+            yield ("train" if j < n_train else "val"), ex
+        return
+    in_val = np.array([plan.groups[int(i)] in held for i in order], bool)
+    yield from (("train", ex) for ex in _examples(plan, order[~in_val], n))
+    yield from (("val", ex) for ex in _examples(plan, order[in_val], n_val))
+
+
 def make_fmuia_root(
     out: str | os.PathLike,
     n: int = 4,
@@ -301,16 +349,13 @@ def make_fmuia_root(
     writers = {"train": RootWriter(root / "train"), "val": RootWriter(root / "val", labelled=val_labelled)}
     plans = task_plans(data if data.is_dir() else None, tuple(sources), seed, size, n_syn=4 * (n + n_val) + 8)
     summary: dict[str, Any] = {"train": root / "train", "val": root / "val", "tasks": {}}
+    held_out = _val_groups(plans, n, n_val, seed)
     bar = tqdm(total=len(plans) * (n + n_val), desc="fmuia root", unit="img", disable=not progress)
     for k, plan in enumerate(plans):
         rng = np.random.default_rng([seed, k])
         order = rng.permutation(plan.n_candidates) if plan.shuffle else np.arange(plan.n_candidates)
         counts = {"kind": plan.kind, "num_classes": plan.num_classes, "train": 0, "val": 0, "screens": 0}
-        n_train = n
-        if plan.n_candidates < n + n_val:  # a small dataset: shared between train and val in proportion
-            n_train = min(plan.n_candidates - (n_val > 0), max(1, round(plan.n_candidates * n / (n + n_val))))
-        for j, ex in enumerate(_examples(plan, order, n_train + n_val)):
-            split = "train" if j < n_train else "val"
+        for split, ex in _split_examples(plan, order, n, n_val, held_out.get(plan.dataset, set())):
             writers[split].add(plan.task_id, plan.kind, plan.num_classes, plan.dataset, ex.name, ex.image,
                                mask=ex.mask, label=ex.label, box=ex.box, points=ex.points)
             counts[split] += 1
