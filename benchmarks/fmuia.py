@@ -343,7 +343,7 @@ def smp_train(train: Path, size: int, batch_size: int, lr: float, *, budget_s: f
         steps += 1
         losses.append(float(loss.detach()))
         bar.update(1)
-        bar.set_postfix(task=t, loss=f"{float(loss):.3f}")
+        bar.set_postfix(task=t, loss=f"{losses[-1]:.3f}")
     bar.close()
     return model, {"steps": steps, "train_wall_s": time.perf_counter() - start,
                    "budget": f"{budget_s} s" if budget_s is not None else f"while: {shlex.join(until.args)}",
