@@ -194,7 +194,7 @@ def test_soft_argmax_reads_cell_centres_and_the_keypoint_loss_masks_points_outsi
     maps[0, 1, 10, 0] = 50.0
     np.testing.assert_allclose(soft_argmax(maps, (64, 64))[0].numpy(), [[22.0, 14.0], [2.0, 42.0]], atol=1e-3)
     head = KeypointHead(8, 2, 16, mode="regression")
-    assert not head.uses_decoder and KeypointHead(8, 2, 16).uses_decoder
+    assert not head.uses_decoder and KeypointHead(8, 2, 16, mode="heatmap").uses_decoder
     pts = head(HeadInputs((64, 64), torch.zeros(1, 16), lambda: torch.zeros(1, 8, 16, 16)))["points"]
     assert pts.shape == (1, 2, 2) and (pts >= 0).all() and (pts <= 64).all()
     kind = get_task_kind("kp")

@@ -396,8 +396,9 @@ class FinetuneConfig:
     # resumable checkpoints out_dir/checkpoints/step-N/ every N steps and at the end (--resume auto)
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every=100, keep_last=2))
     log_keys: bool = False  # audit the data order: sample keys per step in out_dir/keys/rank<r>.txt
-    # head of the keypoint datasets (universal): soft-argmax heatmaps or direct regression from the pooled feature
-    keypoint_head: str = "heatmap"
+    # head of the keypoint datasets (universal): direct regression from the pooled feature, or soft-argmax
+    # heatmaps on the decoder; regression measured better and cheaper at CPU scale (benchmarks/RESULTS_fmuia.md §2)
+    keypoint_head: str = "regression"
 
     def cross_checks(self, at: str) -> Iterator[Problem]:
         if self.dataset_weights is not None:

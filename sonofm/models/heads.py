@@ -146,7 +146,7 @@ class KeypointHead(_Head):
     task, title, uses_decoder = "kp", "keypoints", True
     MODES: ClassVar[tuple[str, ...]] = ("heatmap", "regression")
 
-    def __init__(self, channels: int, num_points: int, num_features: int, mode: str = "heatmap",
+    def __init__(self, channels: int, num_points: int, num_features: int, mode: str = "regression",
                  hidden: int = 64) -> None:
         super().__init__()
         if mode not in self.MODES:

@@ -1,8 +1,10 @@
 """Keypoints: K ordered points per image (FM_UIA's regression subtasks, landmarks, the ends of a
 measured axis); MRE in original pixels, in millimetres where the spacing is known, and PCK.
 
-The head is a heatmap per point read out by a soft-argmax (integral regression) by default; direct
-regression from the pooled feature is the other mode (``keypoints.mode``). The loss is L1 on the
+The head regresses the K points directly from the pooled feature by default; a heatmap per point on
+the decoder's fused map, read out by a soft-argmax (integral regression), is the other mode
+(``keypoint_head=heatmap``). Regression was measured better and cheaper on the CPU recipe, in the
+universal run and on keypoints alone (benchmarks/RESULTS_fmuia.md §2). The loss is L1 on the
 coordinates, divided by the input size. Points keep their order, so training never flips these
 images (a flip would swap left and right ends). A point outside the crop is left out of the loss.
 """
@@ -25,8 +27,8 @@ from sonofm.models.heads import KeypointHead
 
 #: PCK threshold: a point is correct within this share of the original image's diagonal
 PCK_RADIUS = 0.05
-#: which head: measured in benchmarks/fmuia.py (--keypoint-mode), see benchmarks/RESULTS_fmuia.md
-DEFAULT_MODE = "heatmap"
+#: which head: measured by benchmarks/fmuia.py (stages kp_regression and kp_only), benchmarks/RESULTS_fmuia.md §2
+DEFAULT_MODE = "regression"
 
 
 @register_task
