@@ -24,8 +24,6 @@ ALLOWED = {
     # each kind's own module
     **{f"finetune/tasks/{m}.py": "the kind itself" for m in ("segmentation", "classification", "detection", "keypoints")},
     # the FM_UIA formats read and write the challenge's own task_name values (its CSV column, its file names)
-    "datasets/sources/fmuia.py": "the challenge's CSV format",
-    "datasets/sources/adapters/fmuia.py": "the challenge's CSV format",
     "datasets/sources/fmuia_root.py": "writes challenge roots",
     "evaluation/fmuia_predictions.py": "the challenge's prediction files",
     "evaluation/fmuia_score.py": "the challenge's scoring definitions",

@@ -33,7 +33,7 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,22 +42,6 @@ import numpy as np
 from PIL import Image
 
 CSV_DIR = "csv_files"
-#: ``task_name`` as the challenge writes it -> the kind sonofm calls it.
-TASK_KINDS: dict[str, str] = {
-    "segmentation": "segmentation",
-    "classification": "classification",
-    "detection": "detection",
-    "Regression": "keypoints",
-}
-#: kind -> ``task_name`` (for writing a root).
-TASK_NAMES: dict[str, str] = {kind: name for name, kind in TASK_KINDS.items()}
-#: kind -> top-level image folder of the layout.
-KIND_FOLDERS: dict[str, str] = {
-    "segmentation": "Segmentation",
-    "classification": "Classification",
-    "detection": "Detection",
-    "keypoints": "Regression",
-}
 REQUIRED_COLUMNS = ("image_path", "task_id", "task_name", "num_classes")
 LABEL_COLUMN = "mask"
 MASK_COLUMN = "mask_path"
@@ -95,11 +79,11 @@ class Task:
 
     @property
     def task_name(self) -> str:
-        return TASK_NAMES[self.kind]
+        return LAYOUTS[self.kind].task_name
 
     def classes(self) -> list[str] | None:
         """Class names as records carry them (``"0"``, ``"1"``, ...) for classification, else ``None``."""
-        return [str(i) for i in range(self.num_classes)] if self.kind == "classification" else None
+        return [str(i) for i in range(self.num_classes)] if LAYOUTS[self.kind].named_classes else None
 
     def to_index(self) -> dict[str, Any]:
         """``index["task"]`` of the source built from this task: what later stages read the kind from."""
@@ -134,9 +118,7 @@ class Row:
 
     @property
     def labelled(self) -> bool:
-        if self.kind == "segmentation":
-            return self.mask is not None
-        return self.label is not None or self.box is not None or self.points is not None
+        return any(v is not None for v in (self.mask, self.label, self.box, self.points))
 
 
 @dataclass(frozen=True)
@@ -270,6 +252,65 @@ def _points(cells: Mapping[str, str], k: int) -> tuple[tuple[float, float], ...]
     return tuple(pts)
 
 
+@dataclass(frozen=True)
+class KindLayout:
+    """How the challenge lays out one kind of subtask: its ``task_name``, its image folder, the
+    smallest usable ``num_classes``, and its label columns read into :class:`Row` fields and written
+    back. The one place that knows a kind's columns: reading, writing and folders all ask it."""
+
+    kind: str
+    task_name: str
+    folder: str
+    min_classes: int
+    #: ``(cells, num_classes) -> Row fields`` (``label`` / ``box`` / ``points``), :class:`_Bad` when unusable
+    read_labels: Callable[[Mapping[str, str], int], dict[str, Any]]
+    #: ``(num_classes, mask_path=, label=, box=, points=) -> cells`` (``None`` leaves a cell empty)
+    label_cells: Callable[..., dict[str, str]]
+    #: the label is a mask PNG named by ``mask_path`` (folders ``<Word>/<dataset>/{images,masks}``)
+    masks: bool = False
+    #: records carry class names ``"0"``..``"C-1"``
+    named_classes: bool = False
+
+
+def _read_class(cells: Mapping[str, str], n: int) -> dict[str, Any]:
+    if not cells.get(LABEL_COLUMN):
+        return {}
+    label = _int(cells[LABEL_COLUMN], "class (column mask)", "row_bad_label")
+    if not 0 <= label < n:
+        raise _Bad("row_bad_label", f"class {label} outside 0..{n - 1} (num_classes {n})")
+    return {"label": label}
+
+
+def _mask_cells(n: int, *, mask_path: str | None = None, **_: Any) -> dict[str, str]:
+    return {MASK_COLUMN: mask_path or ""}
+
+
+def _class_cells(n: int, *, label: int | None = None, **_: Any) -> dict[str, str]:
+    return {LABEL_COLUMN: "" if label is None else str(int(label))}
+
+
+def _box_cells(n: int, *, box: Sequence[float] | None = None, **_: Any) -> dict[str, str]:
+    return {c: "" if v is None else _num(v) for c, v in zip(BOX_COLUMNS, box if box is not None else [None] * 4)}
+
+
+def _point_cells(n: int, *, points: Sequence[Sequence[float]] | None = None, **_: Any) -> dict[str, str]:
+    return {f"point_{i + 1}_xy": "" if points is None else json.dumps([float(points[i][0]), float(points[i][1])])
+            for i in range(n)}
+
+
+#: kind -> its layout; mask PNGs count background, so segmentation and classification need 2 classes.
+LAYOUTS: dict[str, KindLayout] = {layout.kind: layout for layout in (
+    KindLayout("segmentation", "segmentation", "Segmentation", 2, lambda cells, n: {}, _mask_cells, masks=True),
+    KindLayout("classification", "classification", "Classification", 2, _read_class, _class_cells,
+               named_classes=True),
+    KindLayout("detection", "detection", "Detection", 1, lambda cells, n: {"box": _box(cells)}, _box_cells),
+    KindLayout("keypoints", "Regression", "Regression", 1, lambda cells, n: {"points": _points(cells, n)},
+               _point_cells),
+)}
+#: ``task_name`` as the challenge writes it -> its layout.
+TASK_KINDS: dict[str, KindLayout] = {layout.task_name: layout for layout in LAYOUTS.values()}
+
+
 def parse_row(root: Path, where: str, cells: Mapping[str, str], check_files: bool = True,
               labels: bool = True) -> Row:
     """One CSV row as a :class:`Row`; :class:`_Bad` (counter and reason) for anything unusable.
@@ -282,34 +323,23 @@ def parse_row(root: Path, where: str, cells: Mapping[str, str], check_files: boo
     if missing:
         raise _Bad("row_missing_value", f"empty or absent column(s) {', '.join(missing)}")
     task_name = cells["task_name"]
-    kind = TASK_KINDS.get(task_name)
-    if kind is None:
+    layout = TASK_KINDS.get(task_name)
+    if layout is None:
         raise _Bad("row_unknown_task_name",
                    f"task_name {task_name!r} is not one of {', '.join(TASK_KINDS)} (case matters)")
     n = _int(cells["num_classes"], "num_classes", "row_bad_num_classes")
-    lowest = 2 if kind in ("segmentation", "classification") else 1
-    if not lowest <= n <= 255:
-        raise _Bad("row_bad_num_classes", f"num_classes {n} for {task_name} must be in {lowest}..255")
+    if not layout.min_classes <= n <= 255:
+        raise _Bad("row_bad_num_classes", f"num_classes {n} for {task_name} must be in {layout.min_classes}..255")
     image = resolve(root, cells["image_path"])
     if check_files and not (root / image).is_file():
         raise _Bad("row_missing_file", f"image {cells['image_path']} not found ({root / image})")
-    mask_path = cells.get(MASK_COLUMN) or None if kind == "segmentation" else None
+    mask_path = cells.get(MASK_COLUMN) or None if layout.masks else None
     mask = resolve(root, mask_path) if mask_path and labels else None
-    label = box = points = None
-    if not labels:
-        pass
-    elif kind == "classification" and cells.get(LABEL_COLUMN):
-        label = _int(cells[LABEL_COLUMN], "class (column mask)", "row_bad_label")
-        if not 0 <= label < n:
-            raise _Bad("row_bad_label", f"class {label} outside 0..{n - 1} (num_classes {n})")
-    elif kind == "detection":
-        box = _box(cells)
-    elif kind == "keypoints":
-        points = _points(cells, n)
+    targets = layout.read_labels(cells, n) if labels else {}
     known = {*REQUIRED_COLUMNS, MASK_COLUMN, LABEL_COLUMN, *BOX_COLUMNS}
     extras = {k: v for k, v in cells.items() if v and k not in known and not _POINT_COLUMN.match(k)}
-    return Row(where=where, task_id=cells["task_id"], kind=kind, num_classes=n, image_path=cells["image_path"],
-               image=image, mask_path=mask_path, mask=mask, label=label, box=box, points=points, extras=extras)
+    return Row(where=where, task_id=cells["task_id"], kind=layout.kind, num_classes=n,
+               image_path=cells["image_path"], image=image, mask_path=mask_path, mask=mask, extras=extras, **targets)
 
 
 def read_root(root: str | os.PathLike, labels: bool = True) -> RootTable:
@@ -338,7 +368,7 @@ def read_root(root: str | os.PathLike, labels: bool = True) -> RootTable:
         t = tasks[r.task_id]
         if (r.kind, r.num_classes) != (t.kind, t.num_classes):
             problems.append(Problem("row_task_inconsistent", r.where, r.task_id,
-                                    f"{TASK_NAMES[r.kind]} with num_classes {r.num_classes}, but task "
+                                    f"{LAYOUTS[r.kind].task_name} with num_classes {r.num_classes}, but task "
                                     f"{r.task_id!r} is {t.task_name} with num_classes {t.num_classes} "
                                     "in most of its rows"))
         else:
@@ -409,19 +439,10 @@ def row_cells(task_id: str, kind: str, num_classes: int, image_path: str, *, mas
               label: int | None = None, box: Sequence[float] | None = None,
               points: Sequence[Sequence[float]] | None = None) -> dict[str, str]:
     """One CSV row in the challenge's columns (``None`` labels leave their cells empty)."""
-    cells = {"image_path": image_path, "task_id": task_id, "task_name": TASK_NAMES[kind],
+    layout = LAYOUTS[kind]
+    cells = {"image_path": image_path, "task_id": task_id, "task_name": layout.task_name,
              "num_classes": str(num_classes)}
-    if kind == "segmentation":
-        cells[MASK_COLUMN] = mask_path or ""
-    elif kind == "classification":
-        cells[LABEL_COLUMN] = "" if label is None else str(int(label))
-    elif kind == "detection":
-        for c, v in zip(BOX_COLUMNS, box if box is not None else [None] * 4):
-            cells[c] = "" if v is None else _num(v)
-    elif kind == "keypoints":
-        for i in range(num_classes):
-            cells[f"point_{i + 1}_xy"] = "" if points is None else json.dumps([float(points[i][0]),
-                                                                                 float(points[i][1])])
+    cells.update(layout.label_cells(num_classes, mask_path=mask_path, label=label, box=box, points=points))
     return cells
 
 
@@ -472,21 +493,23 @@ class RootWriter:
 
     def folder(self, kind: str, num_classes: int, dataset: str) -> str:
         """The image folder of a task's dataset, relative to the root."""
-        if kind == "segmentation":
-            return f"{KIND_FOLDERS[kind]}/{number_word(num_classes)}/{dataset}"
-        return f"{KIND_FOLDERS[kind]}/{dataset}"
+        layout = LAYOUTS[kind]
+        if layout.masks:  # the challenge's Segmentation/<Two|Three|...>/<dataset>
+            return f"{layout.folder}/{number_word(num_classes)}/{dataset}"
+        return f"{layout.folder}/{dataset}"
 
     def add(self, task_id: str, kind: str, num_classes: int, dataset: str, name: str, image: np.ndarray, *,
             mask: np.ndarray | None = None, label: int | None = None, box: Sequence[float] | None = None,
             points: Sequence[Sequence[float]] | None = None, image_format: str = "png") -> dict[str, str]:
         """Write one image (and its mask) under the task's folder and queue its CSV row."""
-        if kind not in KIND_FOLDERS:
-            raise ValueError(f"unknown kind {kind!r}; known: {', '.join(KIND_FOLDERS)}")
+        layout = LAYOUTS.get(kind)
+        if layout is None:
+            raise ValueError(f"unknown kind {kind!r}; known: {', '.join(LAYOUTS)}")
         base = self.folder(kind, num_classes, dataset)
-        img_rel = f"{base}/images/{name}.{image_format}" if kind == "segmentation" else f"{base}/{name}.{image_format}"
+        img_rel = f"{base}/images/{name}.{image_format}" if layout.masks else f"{base}/{name}.{image_format}"
         self._save(as_rgb(image), img_rel)
         mask_rel = None
-        if kind == "segmentation":
+        if layout.masks:
             mask_rel = f"{base}/masks/{name}.png"
             if self.labelled:
                 if mask is None:
@@ -514,13 +537,13 @@ class RootWriter:
 __all__ = [
     "BOX_COLUMNS",
     "CSV_DIR",
-    "KIND_FOLDERS",
     "LABEL_COLUMN",
+    "LAYOUTS",
     "MASK_COLUMN",
     "PROBLEMS",
     "REQUIRED_COLUMNS",
     "TASK_KINDS",
-    "TASK_NAMES",
+    "KindLayout",
     "Problem",
     "RootTable",
     "RootWriter",

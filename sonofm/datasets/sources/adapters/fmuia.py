@@ -29,7 +29,15 @@ from typing import Any
 import numpy as np
 
 from sonofm.datasets.sources.adapters.base import Adapter, Item
-from sonofm.datasets.sources.fmuia import CSV_DIR, RootTable, Task, check_targets, read_root, source_name
+from sonofm.datasets.sources.fmuia import (
+    CSV_DIR,
+    LAYOUTS,
+    RootTable,
+    Task,
+    check_targets,
+    read_root,
+    source_name,
+)
 from sonofm.datasets.sources.imageio import AdapterError, read_image, read_mask
 from sonofm.datasets.sources.records import Record
 from sonofm.errors import BadOptionError
@@ -153,7 +161,7 @@ class FmuiaAdapter(Adapter):
                     self.count("rows_without_group_value")
             meta: dict[str, Any] = {"source": source, "task_id": r.task_id, "image_path": r.image_path,
                                     "csv_row": r.where, "group": group}
-            if r.kind == "segmentation":
+            if LAYOUTS[r.kind].masks:
                 meta["mask_path"] = r.mask_path
             if r.label is not None:
                 meta["label"] = str(r.label)
